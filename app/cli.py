@@ -1,0 +1,158 @@
+"""The `cadre` command line. Every failure a person can fix ends in one line naming the fix."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from enum import Enum
+from typing import Annotated
+
+import click
+import typer
+
+from app.errors import CadreError
+
+cli = typer.Typer(
+    help="Cadre: durable, observable, guarded agent runs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+class _Role(str, Enum):
+    viewer = "viewer"
+    analyst = "analyst"
+    operator = "operator"
+    admin = "admin"
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+@cli.command()
+def up(
+    workers: Annotated[int, typer.Option(min=0, max=64, help="Worker processes to run.")] = 2,
+) -> None:
+    """Start the whole local stack (PostgreSQL, Redis, SQS endpoint, API, workers) and
+    supervise it until Ctrl-C or SIGTERM. Services with a configured URL are used, not started."""
+    from app.settings import load_settings
+    from app.stack import LocalStack
+
+    raise typer.Exit(LocalStack(settings=load_settings(), workers=workers, echo=_echo).run())
+
+
+@cli.command()
+def api() -> None:
+    """Serve the HTTP API (production: run behind a load balancer, scale horizontally)."""
+    import uvicorn
+
+    from app.api import create_app
+    from app.logs import configure_logging
+    from app.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def worker() -> None:
+    """Consume the task queue (production: scale the number of these on queue depth)."""
+    from app.logs import configure_logging
+    from app.settings import load_settings
+    from app.worker import serve
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    serve(settings)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (Cadre's tables and LangGraph's checkpoints); idempotent."""
+    from app import migrate as migrations
+    from app.deps import require_database_url
+    from app.settings import load_settings, redact_url
+    from app.stack.supervisor import _probe_postgres
+
+    url = require_database_url(load_settings())
+    _probe_postgres(url)
+    migrations.upgrade(url)
+    _echo(f"database {redact_url(url)} is at schema {migrations.current_revision(url)}")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check each configured service and say what is wrong. Exit 1 if a required one fails."""
+    from app.health import all_checks
+    from app.settings import load_settings
+
+    checks = asyncio.run(all_checks(load_settings()))
+    for check in checks:
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
+        _echo(f"{mark}  {check.name:<9} {check.detail}")
+    failed = [c for c in checks if c.required and not c.ok]
+    if failed:
+        _echo(f"{len(failed)} required service(s) not healthy")
+        raise typer.Exit(1)
+
+
+@keys_cli.command("create")
+def keys_create(
+    email: Annotated[str, typer.Option(help="The key owner's email; the user is created if new.")],
+    role: Annotated[_Role, typer.Option(help="The user's role.")] = _Role.analyst,
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+) -> None:
+    """Create an API key (printed once; only its hash is stored)."""
+    from app.deps import connect_db
+    from app.keys import create_key
+    from app.settings import load_settings
+
+    async def _create() -> str:
+        db = await connect_db(load_settings())
+        try:
+            issued = await create_key(db, email=email, role=role.value, name=name)
+        finally:
+            await db.close()
+        return issued.secret
+
+    _echo(asyncio.run(_create()))
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning Cadre's errors into one line and an exit code."""
+    command = typer.main.get_command(cli)
+    try:
+        code = command.main(prog_name="cadre", standalone_mode=False)
+    except CadreError as exc:
+        print(f"cadre: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("CADRE_DEBUG"):
+            raise
+        print(f"cadre: internal error: {type(exc).__name__}: {exc} "
+              "(set CADRE_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The one typed dependencies object that reaches the API, workers, nodes and tools."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from app.errors import ConfigError, StackError, first_line
+from app.queue import TaskQueue
+from app.settings import Settings, redact_url
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deps:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+    queue: TaskQueue
+
+
+def require_database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigError(
+            "DATABASE_URL is not set; set it to your PostgreSQL server, "
+            "or start the local stack with `cadre up`"
+        )
+    return settings.database_url
+
+
+def require_redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise ConfigError(
+            "REDIS_URL is not set; set it to your Redis server, or start the local stack with `cadre up`"
+        )
+    return settings.redis_url
+
+
+async def connect_db(settings: Settings) -> asyncpg.Pool:
+    """An asyncpg pool, or a `StackError` naming DATABASE_URL when the server cannot be reached."""
+    url = require_database_url(settings)
+    try:
+        pool = await asyncpg.create_pool(
+            url, min_size=1, max_size=settings.db_pool_size, timeout=10, command_timeout=60
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise StackError(
+            f"cannot connect to PostgreSQL at DATABASE_URL={redact_url(url)}: {first_line(exc)}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
+    """Open the pools every long-running process needs, and close them on exit."""
+    redis_url = require_redis_url(settings)
+    queue = TaskQueue.from_settings(settings)
+    db = await connect_db(settings)
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        yield Deps(settings=settings, db=db, redis=client, queue=queue)
+    finally:
+        await client.aclose()
+        await db.close()

@@ -1,0 +1,175 @@
+"""The task queue: Amazon SQS through boto3, or any endpoint that speaks its API (moto locally).
+
+boto3 is synchronous, so the async `TaskQueue` runs each call in a thread; a long poll
+therefore never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from pydantic import BaseModel
+
+from app.errors import ConfigError
+from app.settings import Settings
+
+DLQ_SUFFIX = "-dlq"
+
+T = TypeVar("T")
+
+
+def sqs_client(
+    *,
+    region: str,
+    endpoint_url: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> Any:
+    """A boto3 SQS client; unset credentials fall back to AWS's usual chain (env, role, profile)."""
+    return boto3.session.Session().client(
+        "sqs",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        # Long polls hold a connection for up to 20 s: the read timeout must exceed that.
+        config=Config(connect_timeout=5, read_timeout=30, retries={"mode": "standard"}),
+    )
+
+
+def client_from_settings(settings: Settings) -> Any:
+    return sqs_client(
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url_sqs,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=(
+            settings.aws_secret_access_key.get_secret_value()
+            if settings.aws_secret_access_key
+            else None
+        ),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueUrls:
+    url: str
+    dlq_url: str
+
+
+def ensure_queues(client: Any, name: str, *, max_receive_count: int) -> QueueUrls:
+    """Create `name` and `name-dlq` (idempotent); after `max_receive_count` receives a
+    message moves to the dead-letter queue."""
+    dlq_url = client.create_queue(QueueName=name + DLQ_SUFFIX)["QueueUrl"]
+    dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})
+    url = client.create_queue(
+        QueueName=name,
+        Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "60"},
+    )["QueueUrl"]
+    return QueueUrls(url=url, dlq_url=dlq_url)
+
+
+class TaskMessage(BaseModel):
+    """What travels on the queue: a task id, and for a resume the human's decision."""
+
+    task_id: str
+    resume: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceivedMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+
+
+class TaskQueue:
+    """Async access to one SQS queue."""
+
+    def __init__(self, client: Any, url: str) -> None:
+        self._client = client
+        self.url = url
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TaskQueue:
+        if not settings.sqs_queue_url:
+            raise ConfigError(
+                "SQS_QUEUE_URL is not set; set it (and AWS_REGION / AWS_ENDPOINT_URL_SQS), "
+                "or start the local stack with `cadre up`"
+            )
+        return cls(client_from_settings(settings), settings.sqs_queue_url)
+
+    async def send(self, message: TaskMessage) -> str:
+        response = await asyncio.to_thread(
+            self._client.send_message, QueueUrl=self.url, MessageBody=message.model_dump_json()
+        )
+        return str(response["MessageId"])
+
+    async def receive(self, *, wait_seconds: int, max_messages: int = 1) -> list[ReceivedMessage]:
+        response = await _in_daemon_thread(
+            self._client.receive_message,
+            QueueUrl=self.url,
+            WaitTimeSeconds=wait_seconds,
+            MaxNumberOfMessages=max_messages,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            ReceivedMessage(
+                message_id=m["MessageId"],
+                receipt_handle=m["ReceiptHandle"],
+                body=m["Body"],
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            )
+            for m in response.get("Messages", [])
+        ]
+
+    async def delete(self, message: ReceivedMessage) -> None:
+        await asyncio.to_thread(
+            self._client.delete_message, QueueUrl=self.url, ReceiptHandle=message.receipt_handle
+        )
+
+    async def attributes(self) -> dict[str, str]:
+        response = await asyncio.to_thread(
+            self._client.get_queue_attributes, QueueUrl=self.url, AttributeNames=["All"]
+        )
+        return dict(response.get("Attributes", {}))
+
+
+async def _in_daemon_thread(fn: Callable[..., T], **kwargs: Any) -> T:
+    """Run `fn` in a daemon thread. Unlike `asyncio.to_thread`, a 20-second long poll still in
+    flight does not hold up the process when the worker shuts down."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def _settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def _run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn(**kwargs)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(_settle, result, error)
+        except RuntimeError:
+            pass  # the loop closed while we polled: nobody is waiting any more
+
+    threading.Thread(target=_run, name="sqs-receive", daemon=True).start()
+    return await future

@@ -1,0 +1,183 @@
+"""Cadre's configuration: one pydantic-settings class read from the environment.
+
+Standard names of each ecosystem are used (`DATABASE_URL`, `REDIS_URL`, `OPENAI_*`,
+`AWS_*`, `E2B_API_KEY`); Cadre's own knobs start with `CADRE_`. Precedence, highest
+first: explicit arguments, environment variables, a `.env` file in the working
+directory, the running local stack's `.cadre/stack.json` (so `cadre keys create`
+next to a running `cadre up` uses its services), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import psutil
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from app.errors import ConfigError
+
+STACK_FILE = "stack.json"
+
+
+def _env(name: str, *more: str) -> AliasChoices:
+    return AliasChoices(name, *more)
+
+
+class Settings(BaseSettings):
+    """Every setting Cadre reads. See `.env.example` for the documented list."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Backing services; unset means "the embedded one that `cadre up` starts".
+    database_url: str | None = Field(None, validation_alias=_env("DATABASE_URL"))
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    sqs_queue_url: str | None = Field(None, validation_alias=_env("SQS_QUEUE_URL"))
+    aws_region: str = Field(
+        "us-east-1", validation_alias=_env("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    aws_endpoint_url_sqs: str | None = Field(
+        None, validation_alias=_env("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL")
+    )
+    aws_access_key_id: str | None = Field(None, validation_alias=_env("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=_env("AWS_SECRET_ACCESS_KEY")
+    )
+
+    # Model, sandbox, email.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    model: str | None = Field(None, validation_alias=_env("CADRE_MODEL"))
+    e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
+    smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
+
+    # The local stack.
+    home: Path = Field(Path(".cadre"), validation_alias=_env("CADRE_HOME"))
+    api_host: str = Field("127.0.0.1", validation_alias=_env("CADRE_API_HOST"))
+    api_port: int = Field(8000, ge=1, le=65535, validation_alias=_env("CADRE_API_PORT"))
+    pg_port: int = Field(5544, ge=1, le=65535, validation_alias=_env("CADRE_PG_PORT"))
+    redis_port: int = Field(6390, ge=1, le=65535, validation_alias=_env("CADRE_REDIS_PORT"))
+    sqs_port: int = Field(9324, ge=1, le=65535, validation_alias=_env("CADRE_SQS_PORT"))
+    queue_name: str = Field("agent_tasks", validation_alias=_env("CADRE_QUEUE_NAME"))
+    max_receive_count: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_RECEIVE_COUNT"))
+
+    # Pools and polling. Cadre's tables use asyncpg; LangGraph's checkpointer brings psycopg.
+    db_pool_size: int = Field(10, ge=1, validation_alias=_env("CADRE_DB_POOL_SIZE"))
+    checkpoint_pool_size: int = Field(
+        5, ge=1, validation_alias=_env("CADRE_CHECKPOINT_POOL_SIZE")
+    )
+    sqs_wait_seconds: int = Field(
+        20, ge=0, le=20, validation_alias=_env("CADRE_SQS_WAIT_SECONDS")
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=_env("CADRE_LOG_LEVEL")
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL, e.g. postgresql://user:pass@host:5432/db")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://localhost:6379/0")
+        return value
+
+    @field_validator("sqs_queue_url", "aws_endpoint_url_sqs", "openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _RunningStackSource(settings_cls),
+            file_secret_settings,
+        )
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / STACK_FILE
+
+
+class _RunningStackSource(PydanticBaseSettingsSource):
+    """Service URLs published by a live `cadre up` in this directory's `.cadre/`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        home = Path(os.environ.get("CADRE_HOME", ".cadre"))
+        published = read_running_stack(home / STACK_FILE)
+        return dict(published.get("env", {})) if published else {}
+
+
+def read_running_stack(path: Path) -> dict[str, Any] | None:
+    """The contents of a stack file whose `cadre up` process is still alive, else None."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = data.get("pid")
+    if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        return None
+    try:
+        if psutil.Process(pid).create_time() != data.get("started"):
+            return None  # the pid was reused by another process
+    except psutil.Error:
+        return None
+    return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation failures into a `ConfigError` that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = error["loc"][0] if error["loc"] else "?"
+            name = _env_name(str(loc))
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _env_name(field_or_alias: str) -> str:
+    field = Settings.model_fields.get(field_or_alias)
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return field_or_alias
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print in errors and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

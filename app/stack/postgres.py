@@ -1,0 +1,179 @@
+"""PostgreSQL 16 from the `pgserver` wheel's binaries, run as a plain child process.
+
+The wheel's own launcher is not used: it serves over a Unix socket in a shared runtime
+directory and outlives its caller, while `cadre up` wants a loopback TCP port, a data
+directory under `.cadre/pg` and a process it can stop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from app.errors import StackError
+from app.stack.process import ManagedProcess
+
+# PostgreSQL refuses to run as root; under root the server runs as this system user.
+SERVICE_USER = "cadre"
+DATABASE = "cadre"
+SUPERUSER = "cadre"
+
+
+def bin_dir() -> Path:
+    """Where the `pgserver` wheel keeps `initdb` and `postgres` (found without importing it)."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(
+            "the embedded PostgreSQL is not installed; run `make run` (or "
+            "`pip install -e .[embedded]`), or set DATABASE_URL to an existing server"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass(kw_only=True)
+class EmbeddedPostgres:
+    """A PostgreSQL server whose data lives in `data_dir` and persists across restarts."""
+
+    data_dir: Path
+    port: int
+    password: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _run_as(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        _ensure_service_user()
+        return SERVICE_USER
+
+    def initialise(self) -> None:
+        """Create the cluster on first use (idempotent), with password auth on loopback."""
+        user = self._run_as()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            _ensure_traversable(self.data_dir)
+            _chown_tree(self.data_dir, user)
+        self.data_dir.chmod(0o700)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        # initdb reads the password from a file: a private one, readable by the server's user.
+        pwfile = self.data_dir.parent / f".initdb-{os.getpid()}"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.password)
+        try:
+            if user is not None:
+                _chown(pwfile, user)
+            result = subprocess.run(
+                [
+                    str(bin_dir() / "initdb"),
+                    "-D", str(self.data_dir),
+                    "-U", SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
+                ],
+                user=user,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise StackError(f"initdb failed in {self.data_dir}: {detail[-1] if detail else '?'}")
+
+    def process(self) -> ManagedProcess:
+        return ManagedProcess(
+            name="postgres",
+            argv=[
+                str(bin_dir() / "postgres"),
+                "-D", str(self.data_dir),
+                "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", "unix_socket_directories=",
+                "-c", "max_connections=300",
+                "-c", "fsync=on",
+            ],
+            log_path=self.log_path,
+            user=self._run_as(),
+            # SIGINT is PostgreSQL's "fast" shutdown: abort sessions, checkpoint, exit.
+            stop_signal=signal.SIGINT,
+        )
+
+    def wait_ready(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
+        """Block until the server accepts connections, then make sure the `cadre` database exists."""
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise StackError(f"PostgreSQL exited while starting: {proc.log_tail()}")
+            try:
+                with psycopg.connect(self.admin_url(), connect_timeout=2, autocommit=True) as conn:
+                    exists = conn.execute(
+                        "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+                    ).fetchone()
+                    if not exists:
+                        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+                    return
+            except psycopg.OperationalError as exc:
+                last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            time.sleep(0.2)
+        raise StackError(f"PostgreSQL did not become ready in {timeout:.0f}s: {last_error}")
+
+
+
+def _ensure_service_user() -> None:
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        result = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             SERVICE_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise StackError(
+                f"PostgreSQL cannot run as root and creating the system user "
+                f"'{SERVICE_USER}' failed: {result.stderr.strip()}; run cadre as a normal user"
+            ) from None
+
+
+def _ensure_traversable(path: Path) -> None:
+    # The service user must be able to walk down to its data directory; only the
+    # search (x) bit is added, so directory listings stay private.
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+def _chown(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    _chown(path, user)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            _chown(Path(root) / name, user)

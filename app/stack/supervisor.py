@@ -1,0 +1,290 @@
+"""`cadre up`: start the whole local stack, supervise it, and stop all of it cleanly.
+
+Backing services run only where no URL is configured, so the same command also serves a
+developer who points Cadre at a shared Postgres but wants a local Redis and queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import psutil
+import psycopg
+
+from app import migrate
+from app.deps import connect_db
+from app.errors import StackError, first_line
+from app.keys import IssuedKey, bootstrap_admin
+from app.settings import Settings, read_running_stack, redact_url
+from app.stack.ports import ensure_free
+from app.stack.postgres import EmbeddedPostgres
+from app.stack.process import ManagedProcess
+from app.stack.redis import EmbeddedRedis
+from app.stack.secrets import local_secrets
+from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS
+
+Echo = Callable[[str], None]
+
+# A crashing API or worker is restarted, but not forever: past this many restarts within
+# the window, `cadre up` gives up and says so.
+_MAX_RESTARTS = 5
+_RESTART_WINDOW_S = 60.0
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+@dataclass
+class _Role:
+    proc: ManagedProcess
+    restarts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LocalStack:
+    """What `cadre up` started, in start order, so it can stop them in reverse."""
+
+    settings: Settings
+    workers: int
+    echo: Echo
+    services: list[ManagedProcess] = field(default_factory=list)
+    apps: list[_Role] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home.resolve()
+
+    def run(self) -> int:
+        """Start everything, supervise until SIGINT/SIGTERM, stop everything. Returns the exit code."""
+        previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            admin_key = self._start()
+            self._announce(admin_key)
+            code = self._supervise()
+        except _StopRequested as stop:
+            self.echo(f"cadre up: {stop} received, stopping")
+        finally:
+            # A second Ctrl-C must not cut the orderly shutdown short.
+            for s in previous:
+                signal.signal(s, signal.SIG_IGN)
+            self._stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return code
+
+    # -- start ------------------------------------------------------------------------------
+
+    def _start(self) -> IssuedKey | None:
+        s = self.settings
+        running = read_running_stack(self.home / "stack.json")
+        if running:
+            raise StackError(
+                f"a Cadre stack is already running from {self.home} (pid {running['pid']}); "
+                "stop it first, or use another directory / CADRE_HOME"
+            )
+        planned = [("CADRE_API_PORT", s.api_port, "the API")]
+        if not s.database_url:
+            planned.append(("CADRE_PG_PORT", s.pg_port, "PostgreSQL"))
+        if not s.redis_url:
+            planned.append(("CADRE_REDIS_PORT", s.redis_port, "Redis"))
+        if not s.sqs_queue_url:
+            planned.append(("CADRE_SQS_PORT", s.sqs_port, "the SQS endpoint"))
+        for env_name, port, service in planned:
+            ensure_free(port, service=service, env_name=env_name)
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        logs = self.home / "logs"
+        passwords = local_secrets(self.home)
+        env = {"CADRE_HOME": str(self.home), "AWS_REGION": s.aws_region}
+
+        if s.database_url:
+            _probe_postgres(s.database_url)
+            env["DATABASE_URL"] = s.database_url
+        else:
+            pg = EmbeddedPostgres(data_dir=self.home / "pg", port=s.pg_port,
+                                  password=passwords["postgres_password"],
+                                  log_path=logs / "postgres.log")
+            self.echo(f"starting PostgreSQL on 127.0.0.1:{s.pg_port} (data in {pg.data_dir})")
+            pg.initialise()
+            proc = self._launch_service(pg.process())
+            pg.wait_ready(proc)
+            env["DATABASE_URL"] = pg.url
+
+        if s.redis_url:
+            env["REDIS_URL"] = s.redis_url
+        else:
+            rd = EmbeddedRedis(data_dir=self.home / "redis", port=s.redis_port,
+                               password=passwords["redis_password"], log_path=logs / "redis.log")
+            self.echo(f"starting Redis on 127.0.0.1:{s.redis_port}")
+            proc = self._launch_service(rd.process())
+            rd.wait_ready(proc)
+            env["REDIS_URL"] = rd.url
+
+        if s.sqs_queue_url:
+            env["SQS_QUEUE_URL"] = s.sqs_queue_url
+            if s.aws_endpoint_url_sqs:
+                env["AWS_ENDPOINT_URL_SQS"] = s.aws_endpoint_url_sqs
+        else:
+            sqs = EmbeddedSQS(port=s.sqs_port, region=s.aws_region, log_path=logs / "sqs.log")
+            self.echo(f"starting the SQS endpoint on 127.0.0.1:{s.sqs_port}")
+            proc = self._launch_service(sqs.process())
+            env["SQS_QUEUE_URL"] = sqs.wait_ready(proc, s.queue_name, s.max_receive_count)
+            env["AWS_ENDPOINT_URL_SQS"] = sqs.endpoint
+            env.update(LOCAL_CREDENTIALS)
+
+        self.echo("applying database migrations")
+        migrate.upgrade(env["DATABASE_URL"])
+        admin_key = asyncio.run(_bootstrap(self.settings.model_copy(
+            update={"database_url": env["DATABASE_URL"]})))
+
+        self.env = env
+        child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        api = ManagedProcess(name="api", argv=[sys.executable, "-m", "app.cli", "api"],
+                             env=child_env, log_path=logs / "api.log", echo=self.echo)
+        api.start()
+        self.apps.append(_Role(api))
+        self._wait_api(api)
+        for n in range(1, self.workers + 1):
+            worker = ManagedProcess(name=f"worker-{n}",
+                                    argv=[sys.executable, "-m", "app.cli", "worker"],
+                                    env=child_env, log_path=logs / f"worker-{n}.log",
+                                    echo=self.echo)
+            worker.start()
+            self.apps.append(_Role(worker))
+        self._publish()
+        return admin_key
+
+    def _launch_service(self, proc: ManagedProcess) -> ManagedProcess:
+        proc.start()
+        self.services.append(proc)
+        return proc
+
+    def _wait_api(self, api: ManagedProcess, timeout: float = 60.0) -> None:
+        url = f"{self.api_url}/healthz"
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not api.alive():
+                raise StackError(f"the API server exited while starting: {api.log_tail()}")
+            try:
+                response = httpx.get(url, timeout=5)
+                if response.status_code == 200:
+                    return
+                last = response.text[:300]
+            except httpx.HTTPError as exc:
+                last = first_line(exc)
+            time.sleep(0.3)
+        raise StackError(f"the API did not become healthy in {timeout:.0f}s: {last}")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    def _publish(self) -> None:
+        """Write `stack.json` so other `cadre` commands here find these services."""
+        me = psutil.Process()
+        data = {
+            "pid": me.pid,
+            "started": me.create_time(),
+            "api_url": self.api_url,
+            "env": self.env,
+            "processes": {p.name: p.pid for p in self.services + [r.proc for r in self.apps]},
+        }
+        path = self.home / "stack.json"
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        tmp.replace(path)
+
+    def _announce(self, admin_key: IssuedKey | None) -> None:
+        lines = [
+            "",
+            "Cadre is up.",
+            f"  API        {self.api_url}   (docs: {self.api_url}/docs)",
+            f"  health     {self.api_url}/healthz",
+            f"  postgres   {redact_url(self.env['DATABASE_URL'])}",
+            f"  redis      {redact_url(self.env['REDIS_URL'])}",
+            f"  queue      {self.env['SQS_QUEUE_URL']}",
+            f"  workers    {self.workers}",
+            f"  logs       {self.home / 'logs'}",
+        ]
+        if admin_key:
+            lines += [
+                "",
+                f"  First start: admin user {admin_key.email}, API key (shown once, keep it):",
+                f"    {admin_key.secret}",
+            ]
+        lines += ["", "Press Ctrl-C to stop everything.", ""]
+        for line in lines:
+            self.echo(line)
+
+    # -- supervise and stop -----------------------------------------------------------------
+
+    def _supervise(self) -> int:
+        while True:
+            time.sleep(0.5)
+            for proc in self.services:
+                if not proc.alive():
+                    self.echo(f"cadre up: {proc.name} stopped unexpectedly "
+                              f"(exit {proc.exit_code()}): {proc.log_tail()}")
+                    return 1
+            for role in self.apps:
+                if role.proc.alive():
+                    continue
+                now = time.monotonic()
+                role.restarts = [t for t in role.restarts if now - t < _RESTART_WINDOW_S]
+                if len(role.restarts) >= _MAX_RESTARTS:
+                    self.echo(f"cadre up: {role.proc.name} keeps crashing "
+                              f"({_MAX_RESTARTS} restarts in {_RESTART_WINDOW_S:.0f}s); stopping")
+                    return 1
+                self.echo(f"cadre up: {role.proc.name} exited ({role.proc.exit_code()}), restarting")
+                role.restarts.append(now)
+                role.proc.stop()
+                role.proc.start()
+                self._publish()
+
+    def _stop(self) -> None:
+        for role in reversed(self.apps):
+            role.proc.stop()
+        for proc in reversed(self.services):
+            proc.stop(timeout=30)
+        (self.home / "stack.json").unlink(missing_ok=True)
+        if self.services or self.apps:
+            self.echo("cadre up: stopped")
+
+
+def _probe_postgres(url: str) -> None:
+    try:
+        with psycopg.connect(url, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        raise StackError(
+            f"cannot connect to PostgreSQL at DATABASE_URL={redact_url(url)} ({first_line(exc)}); "
+            "fix DATABASE_URL, or unset it to use the embedded server"
+        ) from None
+
+
+async def _bootstrap(settings: Settings) -> IssuedKey | None:
+    db = await connect_db(settings)
+    try:
+        return await bootstrap_admin(db)
+    finally:
+        await db.close()
