@@ -58,7 +58,7 @@ async def connect_db(settings: Settings) -> asyncpg.Pool:
 async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
     """Open the pools every long-running process needs, and close them on exit."""
     redis_url = require_redis_url(settings)
-    queue = TaskQueue.from_settings(settings)
+    queue = await TaskQueue.connect(settings)
     db = await connect_db(settings)
     client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from urllib.parse import urlsplit, urlunsplit
 
 from alembic import command
@@ -49,6 +50,7 @@ def current_revision(database_url: str) -> str | None:
         engine.dispose()
 
 
+@functools.cache
 def head_revision() -> str:
     head = ScriptDirectory.from_config(_alembic_config("postgresql://unused/x")).get_current_head()
     assert head is not None

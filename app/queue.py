@@ -101,13 +101,16 @@ class TaskQueue:
         self.url = url
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TaskQueue:
+    async def connect(cls, settings: Settings) -> TaskQueue:
+        """The configured queue. Building a boto3 client reads its service model from disk,
+        so it happens off the event loop."""
         if not settings.sqs_queue_url:
             raise ConfigError(
                 "SQS_QUEUE_URL is not set; set it (and AWS_REGION / AWS_ENDPOINT_URL_SQS), "
                 "or start the local stack with `cadre up`"
             )
-        return cls(client_from_settings(settings), settings.sqs_queue_url)
+        client = await asyncio.to_thread(client_from_settings, settings)
+        return cls(client, settings.sqs_queue_url)
 
     async def send(self, message: TaskMessage) -> str:
         response = await asyncio.to_thread(

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from app.errors import StackError
-from app.stack.process import ManagedProcess
+from app.stack.process import ManagedProcess, identity
 
 # PostgreSQL refuses to run as root; under root the server runs as this system user.
 SERVICE_USER = "cadre"
@@ -50,10 +50,12 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
+        return self.admin_url(DATABASE)
 
     def admin_url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+        # The embedded server has no TLS; saying so spares every client a certificate search.
+        return (f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{database}"
+                "?sslmode=disable")
 
     def _run_as(self) -> str | None:
         if os.geteuid() != 0:
@@ -89,7 +91,7 @@ class EmbeddedPostgres:
                     "--encoding=UTF8",
                     "--no-locale",
                 ],
-                user=user,
+                **identity(user),
                 capture_output=True,
                 text=True,
                 check=False,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -20,6 +21,18 @@ def _die_with_parent() -> None:
     # if `cadre up` is killed outright, the kernel sends SIGTERM here, so nothing is orphaned.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def identity(user: str | None) -> dict[str, Any]:
+    """`subprocess` arguments that run a child as `user` with only that user's own group.
+
+    Setting `user=` alone keeps root's group, which makes a root-owned 0701 directory
+    (pytest's temp dirs) untraversable: the group bits, not the "other" bits, then apply.
+    """
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 @dataclass(kw_only=True)
@@ -45,7 +58,7 @@ class ManagedProcess:
             list(self.argv),
             env=self.env,
             cwd=self.cwd,
-            user=self.user,
+            **identity(self.user),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.STDOUT,

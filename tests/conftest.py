@@ -1,0 +1,189 @@
+"""Shared fixtures: the real embedded Postgres, Redis and SQS endpoint, one set per session,
+with each test isolated on a fresh database, a flushed Redis and fresh queues."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+from blockbuster import blockbuster_ctx
+
+from app import migrate
+from app.queue import QueueUrls, ensure_queues, sqs_client
+from app.settings import Settings
+from app.stack.ports import free_port
+from app.stack.postgres import EmbeddedPostgres
+from app.stack.process import ManagedProcess
+from app.stack.redis import EmbeddedRedis
+from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS
+
+TEMPLATE_DB = "cadre_template"
+SERVICE_ENV = (
+    "DATABASE_URL", "REDIS_URL", "SQS_QUEUE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL",
+    "CADRE_HOME",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    postgres: EmbeddedPostgres
+    redis_url: str
+    sqs_endpoint: str
+    region: str = "us-east-1"
+
+    def sqs(self) -> object:
+        return sqs_client(
+            region=self.region,
+            endpoint_url=self.sqs_endpoint,
+            access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    root = tmp_path_factory.mktemp("services")
+    procs: list[ManagedProcess] = []
+    try:
+        pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
+                              password=secrets.token_urlsafe(16), log_path=root / "pg.log")
+        pg.initialise()
+        procs.append(proc := pg.process())
+        proc.start()
+        pg.wait_ready(proc)
+
+        rd = EmbeddedRedis(data_dir=root / "redis", port=free_port(),
+                           password=secrets.token_urlsafe(16), log_path=root / "redis.log")
+        procs.append(proc := rd.process())
+        proc.start()
+        rd.wait_ready(proc)
+
+        sqs = EmbeddedSQS(port=free_port(), region="us-east-1", log_path=root / "sqs.log")
+        procs.append(proc := sqs.process())
+        proc.start()
+        sqs.wait_ready(proc, "agent_tasks", 5)
+
+        import psycopg
+
+        with psycopg.connect(pg.admin_url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        migrate.upgrade(pg.admin_url(TEMPLATE_DB))
+        yield Services(postgres=pg, redis_url=rd.url, sqs_endpoint=sqs.endpoint)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+async def _create_database(services: Services, template: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(services.postgres.admin_url())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_database(services: Services, name: str) -> None:
+    conn = await asyncpg.connect(services.postgres.admin_url())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url(services: Services) -> AsyncIterator[str]:
+    """A fresh, fully migrated database for this test alone."""
+    name = await _create_database(services, TEMPLATE_DB)
+    yield services.postgres.admin_url(name)
+    await _drop_database(services, name)
+
+
+@pytest.fixture
+async def empty_database_url(services: Services) -> AsyncIterator[str]:
+    """A fresh database with no schema at all."""
+    name = await _create_database(services, "template0")
+    yield services.postgres.admin_url(name)
+    await _drop_database(services, name)
+
+
+@pytest.fixture
+def redis_url(services: Services) -> str:
+    client = redis.Redis.from_url(services.redis_url)
+    client.flushall()
+    client.close()
+    return services.redis_url
+
+
+@pytest.fixture
+def queue(services: Services) -> QueueUrls:
+    """A fresh queue (and its DLQ) for this test alone, redriving after 5 receives."""
+    return ensure_queues(services.sqs(), f"q-{uuid.uuid4().hex[:12]}", max_receive_count=5)
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, queue: QueueUrls, services: Services,
+             tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        sqs_queue_url=queue.url,
+        aws_endpoint_url_sqs=services.sqs_endpoint,
+        aws_region=services.region,
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        home=tmp_path / ".cadre",
+        sqs_wait_seconds=1,
+    )
+
+
+@pytest.fixture
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment a `cadre` subprocess needs to use this test's services."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
+    assert settings.aws_secret_access_key is not None
+    env.update(
+        DATABASE_URL=str(settings.database_url),
+        REDIS_URL=str(settings.redis_url),
+        SQS_QUEUE_URL=str(settings.sqs_queue_url),
+        AWS_ENDPOINT_URL_SQS=str(settings.aws_endpoint_url_sqs),
+        AWS_REGION=settings.aws_region,
+        AWS_ACCESS_KEY_ID=str(settings.aws_access_key_id),
+        AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key.get_secret_value(),
+        CADRE_HOME=str(settings.home),
+    )
+    return env
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    """The environment with no service configured, as on a fresh machine."""
+    return {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
+
+
+CADRE = [sys.executable, "-m", "app.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A blocking call on the event loop fails the test (async tests only)."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    with blockbuster_ctx(["app", "graph", "tools", "guardrails"]) as bb:
+        for function in bb.functions.values():
+            # Libraries' own one-off lookups, not ours to move off the loop: redis-py reads
+            # its package version per new connection, asyncpg looks for ~/.postgresql certs.
+            function.can_block_in("redis/utils.py", "get_lib_version")
+            function.can_block_in("asyncpg/connect_utils.py", "_dot_postgresql_path")
+        yield

@@ -1,0 +1,43 @@
+"""`GET /healthz` reports each backing service through the real ASGI app."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.api import create_app
+from app.settings import Settings
+from app.stack.ports import free_port
+
+
+async def _get(settings: Settings) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_app(settings))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cadre") as client:
+        return await client.get("/healthz")
+
+
+async def test_healthy_stack(settings: Settings) -> None:
+    response = await _get(settings)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert {name: c["ok"] for name, c in body["checks"].items()} == {
+        "postgres": True, "redis": True, "sqs": True,
+    }
+    assert "schema 0001" in body["checks"]["postgres"]["detail"]
+
+
+async def test_unreachable_redis_is_503_and_named(settings: Settings) -> None:
+    broken = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    response = await _get(broken)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["redis"]["ok"] is False
+    assert "cannot reach" in body["checks"]["redis"]["detail"]
+    assert body["checks"]["postgres"]["ok"] is True
+
+
+async def test_unmigrated_database_is_reported(settings: Settings, empty_database_url: str) -> None:
+    response = await _get(settings.model_copy(update={"database_url": empty_database_url}))
+    assert response.status_code == 503
+    assert "cadre migrate" in response.json()["checks"]["postgres"]["detail"]
