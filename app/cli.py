@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
-import click
 import typer
 
 from app.errors import CadreError
@@ -23,7 +22,7 @@ keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 
 
-class _Role(str, Enum):
+class _Role(StrEnum):
     viewer = "viewer"
     analyst = "analyst"
     operator = "operator"
@@ -132,18 +131,12 @@ def keys_create(
 
 def main() -> None:
     """Console entry point: run the CLI, turning Cadre's errors into one line and an exit code."""
-    command = typer.main.get_command(cli)
     try:
-        code = command.main(prog_name="cadre", standalone_mode=False)
+        cli(prog_name="cadre")
     except CadreError as exc:
         print(f"cadre: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:
         if os.environ.get("CADRE_DEBUG"):
@@ -151,7 +144,6 @@ def main() -> None:
         print(f"cadre: internal error: {type(exc).__name__}: {exc} "
               "(set CADRE_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

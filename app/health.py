@@ -59,13 +59,15 @@ async def check_redis(settings: Settings) -> Check:
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         info: dict[str, Any] = await client.info("server")
+        workers = len([key async for key in client.scan_iter("cadre:workers:*", count=1000)])
     except aioredis.RedisError as exc:
         return Check(name="redis", ok=False,
                      detail=f"cannot reach {redact_url(settings.redis_url)}: {first_line(exc)}")
     finally:
         await client.aclose()
     return Check(name="redis", ok=True,
-                 detail=f"Redis {info.get('redis_version', '?')} at {redact_url(settings.redis_url)}")
+                 detail=f"Redis {info.get('redis_version', '?')} at {redact_url(settings.redis_url)}, "
+                        f"{workers} workers alive")
 
 
 async def check_sqs(settings: Settings) -> Check:
@@ -113,8 +115,8 @@ def check_sandbox(settings: Settings) -> Check:
 
 async def check_smtp(settings: Settings) -> Check:
     if not settings.smtp_url:
-        return Check(name="smtp", ok=True, required=False,
-                     detail="SMTP_URL not set: mail goes to the local capture server")
+        return Check(name="smtp", ok=False, required=False,
+                     detail="SMTP_URL is not set: outgoing email is not configured")
     parts = urlsplit(settings.smtp_url)
     host, port = parts.hostname or "localhost", parts.port or (465 if parts.scheme == "smtps" else 25)
     try:

@@ -143,6 +143,8 @@ def read_running_stack(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):
+        return None
     pid = data.get("pid")
     if not isinstance(pid, int) or not psutil.pid_exists(pid):
         return None

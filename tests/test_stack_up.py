@@ -1,0 +1,178 @@
+"""`cadre up` end to end, as a person runs it: start, use, supervise, stop, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import psutil
+import pytest
+
+from app.stack.ports import free_port
+from tests.cli import CADRE, run_cadre
+
+pytestmark = pytest.mark.slow
+
+
+class UpProcess:
+    """A running `cadre up` whose output is drained continuously into `lines`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for_line(self, needle: str, timeout: float = 180) -> None:
+        async def _poll() -> None:
+            while not any(needle in line for line in self.lines):
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"cadre up exited ({self.proc.returncode}):\n{self.text}")
+                await asyncio.sleep(0.2)
+        await asyncio.wait_for(_poll(), timeout)
+
+    async def finish(self, timeout: float = 90) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+
+@pytest.fixture
+def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **clean_env,
+        "CADRE_API_PORT": str(free_port()),
+        "CADRE_PG_PORT": str(free_port()),
+        "CADRE_REDIS_PORT": str(free_port()),
+        "CADRE_SQS_PORT": str(free_port()),
+        "CADRE_SQS_WAIT_SECONDS": "2",
+    }
+
+
+@pytest.fixture
+async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[object]:
+    started: list[UpProcess] = []
+
+    async def _start() -> UpProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *CADRE, "up", "--workers", "2", env=stack_env, cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        up = UpProcess(proc)
+        started.append(up)
+        await up.wait_for_line("Press Ctrl-C to stop everything.")
+        return up
+
+    yield _start
+    for up in started:
+        if up.proc.returncode is None:
+            up.proc.kill()
+            await up.proc.wait()
+
+
+def _stack_file(cwd: Path) -> dict[str, object]:
+    return json.loads((cwd / ".cadre" / "stack.json").read_text())
+
+
+def _family(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+async def _all_gone(processes: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or asyncio.get_running_loop().time() > deadline:
+            return alive
+        await asyncio.sleep(0.2)
+
+
+async def test_up_doctor_keys_supervise_stop_restart(
+    start_up: object, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    up = await start_up()  # type: ignore[operator]
+    assert "Cadre is up." in up.text
+    assert "First start: admin user admin@localhost" in up.text
+    assert "received" not in up.text
+    stack = _stack_file(tmp_path)
+    processes = stack["processes"]
+    assert set(processes) == {"postgres", "redis", "sqs", "api", "worker-1", "worker-2"}  # type: ignore[arg-type]
+
+    # Other commands in the same directory find the running stack without any URL set.
+    doctor = await run_cadre("doctor", env=clean_env, cwd=tmp_path)
+    assert doctor.code == 0, doctor.stdout + doctor.stderr
+    assert "2 workers alive" in doctor.stdout
+    created = await run_cadre("keys", "create", "--email", "bob@example.com", env=clean_env,
+                              cwd=tmp_path)
+    assert created.code == 0, created.stderr
+
+    # A crashed worker is restarted by the supervisor.
+    old_worker = processes["worker-1"]  # type: ignore[index]
+    os.kill(old_worker, signal.SIGKILL)
+    await up.wait_for_line("worker-1 exited", timeout=30)
+    for _ in range(100):
+        new_worker = _stack_file(tmp_path)["processes"]["worker-1"]  # type: ignore[index]
+        if new_worker != old_worker and psutil.pid_exists(new_worker):
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError("worker-1 was not restarted")
+
+    # SIGTERM stops everything, leaving no process behind.
+    family = _family(up.proc.pid)
+    assert len(family) >= 6
+    up.proc.send_signal(signal.SIGTERM)
+    assert await up.finish() == 0, up.text
+    assert await _all_gone(family) == []
+    assert not (tmp_path / ".cadre" / "stack.json").exists()
+    assert "cadre up: stopped" in up.text
+
+    # Restart: the data written before is still there, and no second admin is minted.
+    again = await start_up()  # type: ignore[operator]
+    assert "First start" not in again.text
+    url = _stack_file(tmp_path)["env"]["DATABASE_URL"]  # type: ignore[index]
+    conn = await asyncpg.connect(url)
+    try:
+        emails = {r["email"] for r in await conn.fetch("SELECT email FROM users")}
+    finally:
+        await conn.close()
+    assert emails == {"admin@localhost", "bob@example.com"}
+
+    # Even `cadre up` killed outright takes its children with it.
+    family = _family(again.proc.pid)
+    again.proc.kill()
+    await again.finish()
+    assert await _all_gone(family) == []
+
+
+async def test_second_up_in_the_same_directory_is_refused(
+    start_up: object, tmp_path: Path, stack_env: dict[str, str]
+) -> None:
+    up = await start_up()  # type: ignore[operator]
+    env = {**stack_env, "CADRE_API_PORT": str(free_port()), "CADRE_PG_PORT": str(free_port()),
+           "CADRE_REDIS_PORT": str(free_port()), "CADRE_SQS_PORT": str(free_port())}
+    second = await run_cadre("up", env=env, cwd=tmp_path)
+    assert second.code == 2
+    assert "already running" in second.stderr and str(up.proc.pid) in second.stderr
+    up.proc.send_signal(signal.SIGINT)
+    assert await up.finish() == 0
+
+
+def test_python_is_311() -> None:
+    assert sys.version_info[:2] == (3, 11)
