@@ -1,0 +1,1 @@
+"""Policy (role x tool -> allow / approve / deny), screening, redaction, rate limits and quotas."""
