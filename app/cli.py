@@ -83,10 +83,9 @@ def migrate() -> None:
     from app import migrate as migrations
     from app.deps import require_database_url
     from app.settings import load_settings, redact_url
-    from app.stack.supervisor import _probe_postgres
 
     url = require_database_url(load_settings())
-    _probe_postgres(url)
+    migrations.probe(url)
     migrations.upgrade(url)
     _echo(f"database {redact_url(url)} is at schema {migrations.current_revision(url)}")
 

@@ -6,12 +6,16 @@ import asyncio
 import functools
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from sqlalchemy import create_engine, pool
+
+from app.errors import StackError, first_line
+from app.settings import redact_url
 
 SCRIPT_LOCATION = "app:migrations"
 
@@ -27,6 +31,18 @@ def _alembic_config(database_url: str) -> Config:
     # ConfigParser treats % as interpolation; a password may contain one.
     config.set_main_option("sqlalchemy.url", _sqlalchemy_url(database_url).replace("%", "%%"))
     return config
+
+
+def probe(database_url: str) -> None:
+    """Connect once, or raise a `StackError` that names DATABASE_URL and the fix."""
+    try:
+        with psycopg.connect(database_url, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        raise StackError(
+            f"cannot connect to PostgreSQL at DATABASE_URL={redact_url(database_url)} "
+            f"({first_line(exc)}); fix DATABASE_URL, or unset it to use the embedded server"
+        ) from None
 
 
 def upgrade(database_url: str) -> None:

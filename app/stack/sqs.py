@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.exceptions
 
-from app.errors import StackError
 from app.queue import ensure_queues, sqs_client
-from app.stack.process import ManagedProcess
+from app.stack.process import ManagedProcess, wait_ready
 
 # moto accepts any credentials; these only keep boto3 from searching the machine for real ones.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "cadre-local", "AWS_SECRET_ACCESS_KEY": "cadre-local"}
@@ -45,16 +43,7 @@ class EmbeddedSQS:
             access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )
-        deadline = time.monotonic() + timeout
-        last_error = ""
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise StackError(f"the SQS endpoint exited while starting: {proc.log_tail()}")
-            try:
-                client.list_queues()
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                last_error = str(exc)
-                time.sleep(0.2)
-                continue
-            return ensure_queues(client, queue_name, max_receive_count=max_receive_count).url
-        raise StackError(f"the SQS endpoint did not become ready in {timeout:.0f}s: {last_error}")
+        wait_ready(proc, client.list_queues, what="the SQS endpoint",
+                   errors=(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError),
+                   timeout=timeout)
+        return ensure_queues(client, queue_name, max_receive_count=max_receive_count).url

@@ -19,16 +19,15 @@ from types import FrameType
 
 import httpx
 import psutil
-import psycopg
 
 from app import migrate
 from app.deps import connect_db
-from app.errors import StackError, first_line
+from app.errors import StackError
 from app.keys import IssuedKey, bootstrap_admin
 from app.settings import Settings, read_running_stack, redact_url
 from app.stack.ports import ensure_free
 from app.stack.postgres import EmbeddedPostgres
-from app.stack.process import ManagedProcess
+from app.stack.process import ManagedProcess, wait_ready
 from app.stack.redis import EmbeddedRedis
 from app.stack.secrets import local_secrets
 from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS
@@ -115,7 +114,7 @@ class LocalStack:
         env = {"CADRE_HOME": str(self.home), "AWS_REGION": s.aws_region}
 
         if s.database_url:
-            _probe_postgres(s.database_url)
+            migrate.probe(s.database_url)
             env["DATABASE_URL"] = s.database_url
         else:
             pg = EmbeddedPostgres(data_dir=self.home / "pg", port=s.pg_port,
@@ -177,21 +176,11 @@ class LocalStack:
         return proc
 
     def _wait_api(self, api: ManagedProcess, timeout: float = 60.0) -> None:
-        url = f"{self.api_url}/healthz"
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if not api.alive():
-                raise StackError(f"the API server exited while starting: {api.log_tail()}")
-            try:
-                response = httpx.get(url, timeout=5)
-                if response.status_code == 200:
-                    return
-                last = response.text[:300]
-            except httpx.HTTPError as exc:
-                last = first_line(exc)
-            time.sleep(0.3)
-        raise StackError(f"the API did not become healthy in {timeout:.0f}s: {last}")
+        def _probe() -> None:
+            httpx.get(f"{self.api_url}/healthz", timeout=5).raise_for_status()
+
+        wait_ready(api, _probe, what="the API server", errors=(httpx.HTTPError,), timeout=timeout,
+                   interval=0.3)
 
     @property
     def api_url(self) -> str:
@@ -269,17 +258,6 @@ class LocalStack:
         (self.home / "stack.json").unlink(missing_ok=True)
         if self.services or self.apps:
             self.echo("cadre up: stopped")
-
-
-def _probe_postgres(url: str) -> None:
-    try:
-        with psycopg.connect(url, connect_timeout=5):
-            pass
-    except psycopg.Error as exc:
-        raise StackError(
-            f"cannot connect to PostgreSQL at DATABASE_URL={redact_url(url)} ({first_line(exc)}); "
-            "fix DATABASE_URL, or unset it to use the embedded server"
-        ) from None
 
 
 async def _bootstrap(settings: Settings) -> IssuedKey | None:
