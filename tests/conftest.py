@@ -187,3 +187,13 @@ def _no_blocking_calls(request: pytest.FixtureRequest) -> Iterator[None]:
             function.can_block_in("redis/utils.py", "get_lib_version")
             function.can_block_in("asyncpg/connect_utils.py", "_dot_postgresql_path")
         yield
+
+
+@pytest.fixture
+async def agent(database_url: str, redis_url: str) -> AsyncIterator[object]:
+    """The real graph on this test's database, with a scripted model (see tests/agent.py)."""
+    from tests.agent import agent_for
+
+    async with agent_for(database_url, redis_url) as harness:
+        yield harness
+        harness.model.assert_done()

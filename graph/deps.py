@@ -1,0 +1,28 @@
+"""The dependencies object every node receives as its LangGraph runtime context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from redis.asyncio import Redis
+
+from graph.recorder import StepRecorder
+from guardrails import Policy
+from tools import Ledger, Toolset
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphDeps:
+    model: BaseChatModel
+    toolset: Toolset
+    policy: Policy
+    ledger: Ledger
+    recorder: StepRecorder
+    # Mirror of each task's current prompt window; None only where no Redis is configured.
+    redis: Redis | None = None
+    context_tokens: int = 6_000
+    context_ttl_seconds: int = 24 * 3600
+    # Handed to tools as `ToolContext.deps` (sandbox, database pools, ...).
+    tool_deps: Any = None

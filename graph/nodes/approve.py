@@ -1,0 +1,90 @@
+"""approve: each proposed tool call is checked — unknown tools and bad arguments go back to
+the model, the policy allows, denies, or holds the call for a human via `interrupt()`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, assert_never
+
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+from pydantic import ValidationError
+
+from graph.deps import GraphDeps
+from graph.nodes._common import last_ai, record
+from graph.state import AgentState, Decision
+from guardrails import Allow, Deny, RequireApproval
+from tools.contract import describe_validation_error
+
+
+async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
+    deps = runtime.context
+    message = last_ai(state)
+    assert message is not None, "approve runs after act"
+    decisions: list[Decision] = []
+    replan_reason: str | None = None
+
+    for bad in message.invalid_tool_calls:
+        decisions.append(Decision(
+            tool_call_id=bad.get("id") or f"invalid-{uuid.uuid4().hex[:8]}",
+            name=bad.get("name") or "?", arguments={}, run=False,
+            message=f"malformed tool call ({bad.get('error') or 'arguments are not valid JSON'}); "
+                    "send the arguments as a JSON object matching the tool's schema",
+        ))
+
+    # Interrupts below must come before any write: on resume this node runs again from the top.
+    for call in message.tool_calls:
+        decision = Decision(tool_call_id=call["id"] or "", name=call["name"],
+                            arguments=dict(call["args"]), run=False, message="")
+        tool = deps.toolset.get(call["name"])
+        if tool is None:
+            names = ", ".join(t.name for t in deps.toolset) or "none"
+            decision["message"] = f"unknown tool {call['name']!r}; available tools: {names}"
+            decisions.append(decision)
+            continue
+        try:
+            tool.validate(call["args"])
+        except ValidationError as exc:
+            decision["message"] = f"invalid arguments for {tool.name}: {describe_validation_error(exc)}"
+            decisions.append(decision)
+            continue
+
+        verdict = deps.policy.decide(role=state.get("role", "analyst"), tool=tool.name,
+                                     risk=tool.risk, arguments=call["args"])
+        if isinstance(verdict, Allow):
+            decision["run"] = True
+        elif isinstance(verdict, Deny):
+            decision["message"] = f"denied by policy ({verdict.rule}): {verdict.message}"
+        elif isinstance(verdict, RequireApproval):
+            answer = interrupt({
+                "type": "approval_required",
+                "tool_call_id": decision["tool_call_id"],
+                "tool": tool.name,
+                "arguments": decision["arguments"],
+                "risk": tool.risk,
+                "reason": verdict.reason,
+                "rule": verdict.rule,
+            })
+            approved, comment = _read_answer(answer)
+            if approved:
+                decision["run"] = True
+            else:
+                decision["message"] = "a person rejected this call" + (f": {comment}" if comment else "")
+                replan_reason = f"a person rejected {tool.name}" + (f" ({comment})" if comment else "")
+        else:
+            assert_never(verdict)
+        decisions.append(decision)
+
+    step = state.get("step", 0)
+    for d in decisions:
+        if not d["run"]:
+            step = await record(deps, {**state, "step": step}, "approve", tool_name=d["name"],
+                                tool_input=d["arguments"], thought=d["message"])
+    return {"decisions": decisions, "replan_reason": replan_reason, "step": step}
+
+
+def _read_answer(answer: Any) -> tuple[bool, str]:
+    """A resume value is `{"decision": "approve" | "reject", "comment": ...}`; anything else rejects."""
+    if isinstance(answer, dict) and answer.get("decision") in ("approve", "reject"):
+        return answer["decision"] == "approve", str(answer.get("comment") or "")
+    return False, "the approval answer was not understood"

@@ -1,0 +1,46 @@
+"""execute: run the approved calls through the tool contract, each once (the ledger), and
+answer every proposed call with a tool message — a result, or why it did not run."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from langchain_core.messages import ToolMessage
+from langgraph.runtime import Runtime
+
+from graph.deps import GraphDeps
+from graph.nodes._common import record
+from graph.state import AgentState
+from tools import ToolContext, ToolOutcome
+
+
+async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
+    deps = runtime.context
+    results: list[ToolMessage] = []
+    step = state.get("step", 0)
+    for decision in state.get("decisions") or []:
+        started = time.monotonic()
+        replayed = False
+        tool = deps.toolset.get(decision["name"])
+        if decision["run"] and tool is not None:
+            ctx = ToolContext(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
+                              role=state.get("role", "analyst"), deps=deps.tool_deps)
+            outcome, replayed = await deps.ledger.run_once(
+                ctx, tool_name=tool.name, arguments=decision["arguments"],
+                call=functools.partial(tool.invoke, ctx, decision["arguments"]),
+            )
+            step = await record(deps, {**state, "step": step}, "execute", tool_name=tool.name,
+                                tool_input=decision["arguments"],
+                                tool_output={**outcome.to_json(), "replayed": replayed},
+                                latency_ms=int((time.monotonic() - started) * 1000))
+        else:
+            outcome = ToolOutcome(ok=False, content=decision["message"])
+        results.append(ToolMessage(
+            content=outcome.content,
+            tool_call_id=decision["tool_call_id"],
+            name=decision["name"],
+            status="success" if outcome.ok else "error",
+        ))
+    return {"messages": results, "step": step}

@@ -1,0 +1,75 @@
+"""plan: the model writes (or revises) a numbered plan as a structured tool call."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.deps import GraphDeps
+from graph.errors import BudgetExceeded, DeadlineExceeded
+from graph.llm import call_model
+from graph.nodes._common import (
+    add_usage,
+    call_tokens,
+    deadline_passed,
+    over_budget,
+    record,
+    stop,
+    task_input,
+    window_for,
+    window_state,
+)
+from graph.prompts import SUBMIT_PLAN, plan_prompt
+from graph.state import AgentState, PlanStep
+
+
+async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
+    deps = runtime.context
+    if deadline_passed(state):
+        return stop(DeadlineExceeded("the task's deadline passed while planning"))
+    tool_lines = "\n".join(f"- {t.name}: {t.description.splitlines()[0]}" for t in deps.toolset)
+    window = await window_for(deps, state, plan_prompt(tool_lines, state.get("replan_reason")))
+    if reason := over_budget(state, window.messages):
+        return stop(BudgetExceeded(reason))
+
+    started = time.monotonic()
+    message = await call_model(deps.model, window.messages, tools=[SUBMIT_PLAN],
+                               tool_choice="submit_plan")
+    steps, problem = _parse(message.tool_calls)
+    errors = list(state.get("errors") or [])
+    if problem:
+        # A plan the model could not express still leaves the task itself as the one step.
+        errors.append(f"plan: {problem}")
+        steps = [task_input(state)[:500] or "Complete the task"]
+    plan_steps = [PlanStep(number=i, description=s, status="pending")
+                  for i, s in enumerate(steps, start=1)]
+    plan_steps[0]["status"] = "in_progress"
+    tokens_in, tokens_out = call_tokens(message)
+    step = await record(deps, state, "plan",
+                        thought="\n".join(f"{p['number']}. {p['description']}" for p in plan_steps),
+                        tokens_in=tokens_in, tokens_out=tokens_out,
+                        latency_ms=int((time.monotonic() - started) * 1000))
+    return {
+        "plan": plan_steps,
+        "current_step": 1,
+        "replan_reason": None,
+        "errors": errors,
+        "usage": add_usage(state, message, window.messages),
+        "step": step,
+        **window_state(window),
+    }
+
+
+def _parse(calls: list[Any]) -> tuple[list[str], str | None]:
+    for call in calls:
+        if call["name"] != "submit_plan":
+            continue
+        steps = call["args"].get("steps")
+        if isinstance(steps, list):
+            cleaned = [str(s).strip() for s in steps if str(s).strip()][:12]
+            if cleaned:
+                return cleaned, None
+        return [], "submit_plan had no usable steps"
+    return [], "the model did not call submit_plan"

@@ -1,0 +1,72 @@
+"""The graph's state. One thread per conversation: `messages` accumulate across the
+conversation's tasks (memory); the per-task fields are reset by each task's input."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+StepStatus = Literal["pending", "in_progress", "done", "failed"]
+
+
+class PlanStep(TypedDict):
+    number: int
+    description: str
+    status: StepStatus
+
+
+class Usage(TypedDict):
+    tokens_in: int
+    tokens_out: int
+    model_calls: int
+
+
+class Decision(TypedDict):
+    """What the approve node decided for one tool call of the current turn."""
+
+    tool_call_id: str
+    name: str
+    arguments: dict[str, Any]
+    run: bool
+    message: str
+
+
+class Stop(TypedDict):
+    kind: str
+    message: str
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    # Per task, set by the task's input.
+    task_id: str
+    role: str
+    max_iterations: int
+    token_budget: int | None
+    deadline: float | None
+    task_start: int
+    # Progress.
+    plan: list[PlanStep]
+    current_step: int
+    iterations: int
+    usage: Usage
+    observations: list[str]
+    errors: list[str]
+    decisions: list[Decision]
+    recent_calls: list[str]
+    repeat_replans: int
+    verify_failures: int
+    replan_reason: str | None
+    step: int
+    # Context management: a digest of messages that no longer fit the window.
+    summary: str
+    summarized_upto: int
+    # Outcome.
+    final_answer: str | None
+    stop: Stop | None
+
+
+def empty_usage() -> Usage:
+    return Usage(tokens_in=0, tokens_out=0, model_calls=0)

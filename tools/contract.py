@@ -1,0 +1,203 @@
+"""The tool contract: an async function with typed parameters and a docstring, registered on
+a `Toolset` with its risk, timeout and output cap. Its JSON schema comes from the signature.
+
+    toolset = Toolset()
+
+    @toolset.tool(risk="read_only", timeout=10)
+    async def add(ctx: ToolContext, a: int, b: int) -> int:
+        \"\"\"Add two integers.\"\"\"
+        return a + b
+
+Errors the model should see and correct (bad arguments, a failed lookup) come back to it as
+the tool's result, never as an exception out of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_type_hints
+
+from pydantic import BaseModel, ValidationError, create_model
+
+from guardrails.policy import Risk
+
+RISKS: tuple[Risk, ...] = get_args(Risk)
+
+
+class ToolError(Exception):
+    """Raised by a tool for an error the model should read and correct (not a crash)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolContext:
+    """What a tool knows about the call: whose task, which call, and shared dependencies."""
+
+    task_id: str
+    tool_call_id: str
+    role: str = "analyst"
+    deps: Any = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and resumes of this call: use it to make side effects once-only."""
+        return f"{self.task_id}:{self.tool_call_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolOutcome:
+    """A tool call's result as the model will read it."""
+
+    ok: bool
+    content: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "content": self.content}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ToolOutcome:
+        return cls(ok=bool(data["ok"]), content=str(data["content"]))
+
+
+ToolFunction = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tool:
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    function: ToolFunction
+    risk: Risk
+    timeout: float
+    max_output_chars: int
+    _whole_model: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI function-tool schema the model sees."""
+        parameters = self.args_model.model_json_schema()
+        parameters.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description,
+                         "parameters": parameters},
+        }
+
+    def validate(self, arguments: Mapping[str, Any]) -> BaseModel:
+        return self.args_model.model_validate(dict(arguments))
+
+    async def invoke(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> ToolOutcome:
+        """Validate, run within the timeout, and cap the output. Never raises for tool errors."""
+        try:
+            args = self.validate(arguments)
+        except ValidationError as exc:
+            return ToolOutcome(ok=False, content=f"invalid arguments for {self.name}: "
+                                                 f"{describe_validation_error(exc)}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self._whole_model:
+                    value = await self.function(ctx, args)
+                else:
+                    value = await self.function(ctx, **{k: getattr(args, k)
+                                                         for k in type(args).model_fields})
+        except TimeoutError:
+            return ToolOutcome(ok=False, content=f"{self.name} timed out after {self.timeout:g}s")
+        except ToolError as exc:
+            return ToolOutcome(ok=False, content=str(exc))
+        except Exception as exc:
+            return ToolOutcome(ok=False, content=f"{self.name} failed: {type(exc).__name__}: {exc}")
+        return ToolOutcome(ok=True, content=_cap(_render(value), self.max_output_chars))
+
+
+@dataclass
+class Toolset:
+    """An explicit, named collection of tools."""
+
+    tools: dict[str, Tool] = field(default_factory=dict)
+
+    def tool(
+        self,
+        *,
+        risk: Risk,
+        name: str | None = None,
+        timeout: float = 60.0,
+        max_output_chars: int = 20_000,
+    ) -> Callable[[ToolFunction], ToolFunction]:
+        if risk not in RISKS:
+            raise ValueError(f"risk must be one of {RISKS}, not {risk!r}")
+
+        def register(function: ToolFunction) -> ToolFunction:
+            self.add(_tool_from_function(function, name=name, risk=risk, timeout=timeout,
+                                         max_output_chars=max_output_chars))
+            return function
+
+        return register
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self.tools:
+            raise ValueError(f"a tool named {tool.name!r} is already registered")
+        self.tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [tool.schema() for tool in self.tools.values()]
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self.tools.values())
+
+    def __len__(self) -> int:
+        return len(self.tools)
+
+
+def _tool_from_function(function: ToolFunction, *, name: str | None, risk: Risk, timeout: float,
+                        max_output_chars: int) -> Tool:
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(f"tool {function.__name__} must be an async function")
+    description = inspect.getdoc(function)
+    if not description:
+        raise TypeError(f"tool {function.__name__} needs a docstring: it is what the model reads")
+    hints = get_type_hints(function)
+    params = list(inspect.signature(function).parameters.values())
+    if not params or hints.get(params[0].name) is not ToolContext:
+        raise TypeError(f"tool {function.__name__}'s first parameter must be `ctx: ToolContext`")
+    rest = params[1:]
+    whole = (len(rest) == 1 and isinstance(hints.get(rest[0].name), type)
+             and issubclass(hints[rest[0].name], BaseModel))
+    if whole:
+        args_model: type[BaseModel] = hints[rest[0].name]
+    else:
+        fields: dict[str, Any] = {}
+        for p in rest:
+            if p.name not in hints:
+                raise TypeError(f"tool {function.__name__}: parameter {p.name} needs a type")
+            default = ... if p.default is inspect.Parameter.empty else p.default
+            fields[p.name] = (hints[p.name], default)
+        args_model = create_model(f"{function.__name__}_args", **fields)
+    return Tool(name=name or function.__name__, description=description, args_model=args_model,
+                function=function, risk=risk, timeout=timeout, max_output_chars=max_output_chars,
+                _whole_model=whole)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _cap(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[output truncated: {len(text) - limit} more characters]"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+    )
