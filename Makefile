@@ -7,7 +7,15 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS := embedded,dev
+EXTRAS := embedded,dev,local-llm
+# llama-cpp-python (the offline model) compiles from source. It is built once into a
+# wheelhouse outside the checkout, as a portable CPU build: no -march=native, no AVX-512 or
+# AMX (llama.cpp's AMX kernels crash where the OS has not enabled AMX).
+WHEELHOUSE    ?= $(HOME)/.cache/cadre/wheels
+LLAMA_VERSION := 0.3.36
+LLAMA_WHEELS  := $(WHEELHOUSE)/llama-portable
+LLAMA_BUILT   := $(LLAMA_WHEELS)/.built-$(LLAMA_VERSION)
+LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 PYTEST_ARGS ?=
 
 .PHONY: run test install system-deps lint constraints clean
@@ -17,6 +25,7 @@ run: install
 
 test: install
 	@$(BIN)/ruff check .
+	@$(BIN)/mypy
 	@# pytest exits 5 when it collected no test: report it rather than fail the build.
 	@$(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$code
@@ -28,8 +37,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+$(STAMP): pyproject.toml constraints.txt $(LLAMA_BUILT) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt --find-links $(LLAMA_WHEELS) -e ".[$(EXTRAS)]"
+	@touch $@
+
+$(LLAMA_BUILT): | $(BIN)/python
+	@echo "building llama-cpp-python $(LLAMA_VERSION) for the offline model (once; about 5-10 min on 2 cores)"
+	@mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(BIN)/python -m pip wheel --quiet --no-cache-dir --no-deps \
+	  llama-cpp-python==$(LLAMA_VERSION) -w $(LLAMA_WHEELS)
 	@touch $@
 
 # System packages the project needs at run time. bubblewrap runs the local code sandbox.
@@ -48,8 +64,8 @@ lint: install
 	$(BIN)/mypy
 
 # Re-pin every installed package after a dependency change in pyproject.toml.
-constraints: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+constraints: $(LLAMA_BUILT) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --find-links $(LLAMA_WHEELS) -e ".[$(EXTRAS)]"
 	@{ echo "# Every installed package, pinned: \`make\` installs with \`-c constraints.txt\`. Regenerate with"; \
 	   echo "# \`make constraints\` after changing dependencies in pyproject.toml."; \
 	   $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt

@@ -96,12 +96,18 @@ async def check_sqs(settings: Settings) -> Check:
 
 
 def check_model(settings: Settings) -> Check:
+    if settings.offline_model:
+        return Check(name="model", ok=False, required=False,
+                     detail=f"the tiny offline model {settings.model} at {settings.openai_base_url}: "
+                            "fine for trying Cadre out, not for real tasks; set OPENAI_API_KEY "
+                            "or OPENAI_BASE_URL")
     if settings.openai_api_key or settings.openai_base_url:
         where = settings.openai_base_url or "api.openai.com"
         return Check(name="model", ok=True,
                      detail=f"OpenAI-compatible endpoint {where}, model {settings.model or 'default'}")
     return Check(name="model", ok=False, required=False,
-                 detail="no OPENAI_API_KEY or OPENAI_BASE_URL: the offline local model will be used")
+                 detail="no model configured: set OPENAI_API_KEY or OPENAI_BASE_URL "
+                        "(`cadre up` serves a tiny offline model)")
 
 
 def check_sandbox(settings: Settings) -> Check:

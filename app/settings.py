@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
     model: str | None = Field(None, validation_alias=_env("CADRE_MODEL"))
+    offline_model: bool = Field(False, validation_alias=_env("CADRE_OFFLINE_MODEL"))
+    model_timeout: float = Field(120.0, gt=0, validation_alias=_env("CADRE_MODEL_TIMEOUT"))
+    model_max_retries: int = Field(4, ge=0, validation_alias=_env("CADRE_MODEL_MAX_RETRIES"))
+    context_tokens: int = Field(6000, ge=500, validation_alias=_env("CADRE_CONTEXT_TOKENS"))
+    max_iterations: int = Field(15, ge=1, validation_alias=_env("CADRE_MAX_ITERATIONS"))
+    token_budget: int = Field(200_000, ge=1, validation_alias=_env("CADRE_TOKEN_BUDGET"))
     e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
 
@@ -66,6 +72,7 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535, validation_alias=_env("CADRE_API_PORT"))
     pg_port: int = Field(5544, ge=1, le=65535, validation_alias=_env("CADRE_PG_PORT"))
     redis_port: int = Field(6390, ge=1, le=65535, validation_alias=_env("CADRE_REDIS_PORT"))
+    llm_port: int = Field(8011, ge=1, le=65535, validation_alias=_env("CADRE_LLM_PORT"))
     sqs_port: int = Field(9324, ge=1, le=65535, validation_alias=_env("CADRE_SQS_PORT"))
     queue_name: str = Field("agent_tasks", validation_alias=_env("CADRE_QUEUE_NAME"))
     max_receive_count: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_RECEIVE_COUNT"))
@@ -124,6 +131,16 @@ class Settings(BaseSettings):
     def stack_file(self) -> Path:
         return self.home / STACK_FILE
 
+    @classmethod
+    def of(cls, **fields: Any) -> Settings:
+        """Settings from Python field names (`Settings.of(redis_url=...)`), with the environment
+        and `.env` still filling the rest. Plain keyword arguments must use the environment
+        names: fields are deliberately not matched by name, so `$HOME` never becomes `home`."""
+        unknown = set(fields) - set(cls.model_fields)
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        return cls(**{_env_name(name): value for name, value in fields.items()})
+
 
 class _RunningStackSource(PydanticBaseSettingsSource):
     """Service URLs published by a live `cadre up` in this directory's `.cadre/`."""
@@ -159,7 +176,7 @@ def read_running_stack(path: Path) -> dict[str, Any] | None:
 def load_settings(**overrides: Any) -> Settings:
     """Read settings, turning validation failures into a `ConfigError` that names the variable."""
     try:
-        return Settings(**overrides)
+        return Settings.of(**overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

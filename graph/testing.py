@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Usag
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,7 +56,8 @@ class ScriptedModel(BaseChatModel):
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: str | None = None,
                    **kwargs: Any) -> Runnable[Any, AIMessage]:
-        return self.bind(tools=list(tools), tool_choice=tool_choice, **kwargs)
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools],
+                         tool_choice=tool_choice, **kwargs)
 
     def add(self, *responses: AIMessage | Exception) -> ScriptedModel:
         self.script.extend(responses)

@@ -134,7 +134,7 @@ def queue(services: Services) -> QueueUrls:
 @pytest.fixture
 def settings(database_url: str, redis_url: str, queue: QueueUrls, services: Services,
              tmp_path: Path) -> Settings:
-    return Settings(
+    return Settings.of(
         database_url=database_url,
         redis_url=redis_url,
         sqs_queue_url=queue.url,

@@ -108,3 +108,10 @@ def test_unset_services_are_not_invented(isolated: Path) -> None:
     settings = Settings()
     assert settings.database_url is None and settings.redis_url is None
     assert os.environ.get("DATABASE_URL") is None
+
+
+def test_settings_of_takes_field_names(isolated: Path) -> None:
+    settings = Settings.of(sqs_wait_seconds=1, home=Path("/srv/cadre"), model="qwen")
+    assert (settings.sqs_wait_seconds, settings.home, settings.model) == (1, Path("/srv/cadre"), "qwen")
+    with pytest.raises(TypeError, match="unknown settings"):
+        Settings.of(sqs_wait=1)

@@ -59,6 +59,7 @@ def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
         "CADRE_PG_PORT": str(free_port()),
         "CADRE_REDIS_PORT": str(free_port()),
         "CADRE_SQS_PORT": str(free_port()),
+        "CADRE_LLM_PORT": str(free_port()),
         "CADRE_SQS_WAIT_SECONDS": "2",
     }
 
@@ -112,12 +113,15 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert "received" not in up.text
     stack = _stack_file(tmp_path)
     processes = stack["processes"]
-    assert set(processes) == {"postgres", "redis", "sqs", "api", "worker-1", "worker-2"}  # type: ignore[arg-type]
+    assert set(processes) == {"postgres", "redis", "sqs", "llm", "api", "worker-1", "worker-2"}  # type: ignore[arg-type]
+    assert "TINY OFFLINE model" in up.text
+    assert stack["env"]["CADRE_OFFLINE_MODEL"] == "true"  # type: ignore[index]
 
     # Other commands in the same directory find the running stack without any URL set.
     doctor = await run_cadre("doctor", env=clean_env, cwd=tmp_path)
     assert doctor.code == 0, doctor.stdout + doctor.stderr
     assert "2 workers alive" in doctor.stdout
+    assert "warn  model     the tiny offline model smollm2-135m-instruct" in doctor.stdout
     created = await run_cadre("keys", "create", "--email", "bob@example.com", env=clean_env,
                               cwd=tmp_path)
     assert created.code == 0, created.stderr
@@ -166,7 +170,8 @@ async def test_second_up_in_the_same_directory_is_refused(
 ) -> None:
     up = await start_up()  # type: ignore[operator]
     env = {**stack_env, "CADRE_API_PORT": str(free_port()), "CADRE_PG_PORT": str(free_port()),
-           "CADRE_REDIS_PORT": str(free_port()), "CADRE_SQS_PORT": str(free_port())}
+           "CADRE_REDIS_PORT": str(free_port()), "CADRE_SQS_PORT": str(free_port()),
+           "CADRE_LLM_PORT": str(free_port())}
     second = await run_cadre("up", env=env, cwd=tmp_path)
     assert second.code == 2
     assert "already running" in second.stderr and str(up.proc.pid) in second.stderr

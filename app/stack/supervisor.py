@@ -25,6 +25,7 @@ from app.deps import connect_db
 from app.errors import StackError
 from app.keys import IssuedKey, bootstrap_admin
 from app.settings import Settings, read_running_stack, redact_url
+from app.stack import llm
 from app.stack.ports import ensure_free
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.process import ManagedProcess, wait_ready
@@ -105,6 +106,9 @@ class LocalStack:
             planned.append(("CADRE_REDIS_PORT", s.redis_port, "Redis"))
         if not s.sqs_queue_url:
             planned.append(("CADRE_SQS_PORT", s.sqs_port, "the SQS endpoint"))
+        serve_model = not s.openai_api_key and not s.openai_base_url and llm.available()
+        if serve_model:
+            planned.append(("CADRE_LLM_PORT", s.llm_port, "the offline model server"))
         for env_name, port, service in planned:
             ensure_free(port, service=service, env_name=env_name)
 
@@ -147,6 +151,17 @@ class LocalStack:
             env["SQS_QUEUE_URL"] = sqs.wait_ready(proc, s.queue_name, s.max_receive_count)
             env["AWS_ENDPOINT_URL_SQS"] = sqs.endpoint
             env.update(LOCAL_CREDENTIALS)
+
+        if serve_model:
+            model = llm.EmbeddedLLM(port=s.llm_port, log_path=logs / "llm.log")
+            self.echo(f"starting the offline model ({llm.MODEL_ALIAS}) on 127.0.0.1:{s.llm_port}")
+            proc = self._launch_service(model.process())
+            model.wait_ready(proc)
+            env.update(OPENAI_BASE_URL=model.base_url, CADRE_MODEL=llm.MODEL_ALIAS,
+                       CADRE_OFFLINE_MODEL="true")
+        elif not s.openai_api_key and not s.openai_base_url:
+            self.echo("warning: no model configured and the offline model is not installed "
+                      "(make run installs it); set OPENAI_API_KEY or OPENAI_BASE_URL")
 
         self.echo("applying database migrations")
         migrate.upgrade(env["DATABASE_URL"])
@@ -212,6 +227,7 @@ class LocalStack:
             f"  postgres   {redact_url(self.env['DATABASE_URL'])}",
             f"  redis      {redact_url(self.env['REDIS_URL'])}",
             f"  queue      {self.env['SQS_QUEUE_URL']}",
+            f"  model      {self._model_line()}",
             f"  workers    {self.workers}",
             f"  logs       {self.home / 'logs'}",
         ]
@@ -224,6 +240,15 @@ class LocalStack:
         lines += ["", "Press Ctrl-C to stop everything.", ""]
         for line in lines:
             self.echo(line)
+
+    def _model_line(self) -> str:
+        s = self.settings
+        if self.env.get("CADRE_OFFLINE_MODEL"):
+            return (f"{llm.MODEL_ALIAS} at {self.env['OPENAI_BASE_URL']} -- a TINY OFFLINE model "
+                    "for trying Cadre out; set OPENAI_API_KEY or OPENAI_BASE_URL for real work")
+        if s.openai_api_key or s.openai_base_url:
+            return f"{s.model or 'default'} at {s.openai_base_url or 'api.openai.com'}"
+        return "none configured"
 
     # -- supervise and stop -----------------------------------------------------------------
 

@@ -1,0 +1,27 @@
+"""Which model Cadre talks to, from the settings."""
+
+from __future__ import annotations
+
+from app.errors import ConfigError
+from app.settings import Settings
+from graph.llm import ModelConfig
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+
+
+def model_config(settings: Settings) -> ModelConfig:
+    """The configured OpenAI-compatible endpoint, or a `ConfigError` saying how to set one."""
+    if not settings.openai_api_key and not settings.openai_base_url:
+        raise ConfigError(
+            "no model is configured: set OPENAI_API_KEY (and optionally CADRE_MODEL), or "
+            "OPENAI_BASE_URL for any OpenAI-compatible server, or run `cadre up`, which "
+            "starts the offline model"
+        )
+    return ModelConfig(
+        model=settings.model or DEFAULT_MODEL,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        timeout=settings.model_timeout,
+        max_retries=settings.model_max_retries,
+        offline=settings.offline_model,
+    )
