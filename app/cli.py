@@ -106,6 +106,52 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+@cli.command()
+def run(
+    text: Annotated[str, typer.Argument(help="The task, in plain words.")],
+    email: Annotated[str, typer.Option(help="Whose task it is.")] = "admin@localhost",
+    conversation: Annotated[
+        str | None, typer.Option(help="Continue this conversation (its id).")] = None,
+    max_iterations: Annotated[int | None, typer.Option(min=1, help="Act iterations cap.")] = None,
+    token_budget: Annotated[int | None, typer.Option(min=1, help="Model token budget.")] = None,
+    approve_all: Annotated[bool, typer.Option(help="Approve every held call.")] = False,
+    reject_all: Annotated[bool, typer.Option(help="Reject every held call.")] = False,
+) -> None:
+    """Run one task in this process, printing each step; held calls ask for approval here.
+    Exit 0 when the task succeeds, 1 when it fails."""
+    from app.runner import run_task
+    from app.settings import load_settings
+
+    if approve_all and reject_all:
+        raise typer.BadParameter("--approve-all and --reject-all exclude each other")
+
+    async def decide(approval: dict[str, object]) -> dict[str, object]:
+        _echo(f"approval needed: {approval['tool']}({approval['arguments']}) -- {approval['reason']}")
+        if approve_all or reject_all:
+            return {"decision": "approve" if approve_all else "reject", "comment": "by flag"}
+        if not sys.stdin.isatty():
+            return {"decision": "reject",
+                    "comment": "no one to approve (use --approve-all or a terminal)"}
+        answer = await asyncio.to_thread(input, "approve? [y/N] ")
+        return {"decision": "approve" if answer.strip().lower() in ("y", "yes") else "reject",
+                "comment": "from the terminal"}
+
+    done = asyncio.run(run_task(load_settings(), text, email=email, conversation_id=conversation,
+                                max_iterations=max_iterations, token_budget=token_budget,
+                                decide=decide, echo=_echo))
+    result = done.result
+    if result.status == "succeeded":
+        _echo(f"answer: {result.final_answer}")
+    else:
+        assert result.stop is not None
+        _echo(f"failed ({result.stop['kind']}): {result.stop['message']}")
+        if result.partial:
+            _echo(f"partial result: {result.partial}")
+    _echo(f"usage: {result.usage['tokens_in']} tokens in, {result.usage['tokens_out']} out, "
+          f"{result.usage['model_calls']} model calls")
+    raise typer.Exit(0 if result.status == "succeeded" else 1)
+
+
 @keys_cli.command("create")
 def keys_create(
     email: Annotated[str, typer.Option(help="The key owner's email; the user is created if new.")],

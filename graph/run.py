@@ -4,7 +4,7 @@ its last checkpoint after a crash. Each returns where the task now stands."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from langchain_core.messages import HumanMessage
@@ -13,6 +13,7 @@ from langgraph.types import Command
 
 from graph.builder import AgentGraph
 from graph.deps import GraphDeps
+from graph.errors import RunFailure
 from graph.nodes._common import partial_result
 from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
 
@@ -58,21 +59,28 @@ def _config(thread_id: str) -> RunnableConfig:
 
 
 async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, input: AgentState) -> RunResult:
-    await graph.ainvoke(input, _config(thread_id), context=deps, durability="sync")
-    return await outcome(graph, thread_id)
+    return await _run(graph, deps, thread_id, input)
 
 
 async def resume(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
                  decision: dict[str, Any]) -> RunResult:
     """Answer the pending approval: `{"decision": "approve" | "reject", "comment": ...}`."""
-    await graph.ainvoke(Command(resume=decision), _config(thread_id), context=deps,
-                        durability="sync")
-    return await outcome(graph, thread_id)
+    return await _run(graph, deps, thread_id, Command(resume=decision))
 
 
 async def proceed(graph: AgentGraph, deps: GraphDeps, *, thread_id: str) -> RunResult:
     """Continue from the last checkpoint (after a crash): finished steps are not run again."""
-    await graph.ainvoke(None, _config(thread_id), context=deps, durability="sync")
+    return await _run(graph, deps, thread_id, None)
+
+
+async def _run(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any) -> RunResult:
+    try:
+        await graph.ainvoke(payload, _config(thread_id), context=deps, durability="sync")
+    except RunFailure as failure:
+        # Raised mid-node (the model endpoint gave up): the checkpoint holds the last
+        # finished step, so the task can also be retried later with `proceed`.
+        result = await outcome(graph, thread_id)
+        return replace(result, status="failed", stop=Stop(kind=failure.kind, message=failure.message))
     return await outcome(graph, thread_id)
 
 

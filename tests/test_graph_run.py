@@ -182,3 +182,14 @@ async def test_several_calls_in_one_turn(agent: Agent) -> None:
     results = [m for m in agent.model.calls[2].messages if isinstance(m, ToolMessage)]
     assert [r.status for r in results] == ["success", "error"]
     assert "no price for 'kiwi'" in str(results[1].content)
+
+
+async def test_model_unavailable_ends_the_run_with_a_clear_reason(agent: Agent) -> None:
+    from graph.errors import ModelUnavailable
+
+    agent.model.add(plan("Answer"), ModelUnavailable("the model endpoint answered 503 after retries"))
+    done = await agent.start("Anything.")
+    assert done.status == "failed"
+    assert done.stop == {"kind": "model_unavailable",
+                         "message": "the model endpoint answered 503 after retries"}
+    assert done.plan[0]["description"] == "Answer", "work done before the failure is kept"

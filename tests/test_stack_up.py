@@ -126,6 +126,20 @@ async def test_up_doctor_keys_supervise_stop_restart(
                               cwd=tmp_path)
     assert created.code == 0, created.stderr
 
+    # A task given to the running stack's offline model reaches a terminal state, steps stored.
+    ran = await run_cadre("run", "What is 6 times 7?", "--max-iterations", "3", "--reject-all",
+                          env=clean_env, cwd=tmp_path, timeout=300)
+    assert ran.code in (0, 1), ran.stdout + ran.stderr
+    assert "tiny offline model" in ran.stdout and "[ 1] plan" in ran.stdout
+    conn = await asyncpg.connect(stack["env"]["DATABASE_URL"])  # type: ignore[index]
+    try:
+        status, steps = await conn.fetchrow(
+            "SELECT t.status, count(l.id) FROM tasks t JOIN agent_logs l ON l.task_id = t.id "
+            "GROUP BY t.id")
+    finally:
+        await conn.close()
+    assert status in ("SUCCEEDED", "FAILED") and steps >= 2
+
     # A crashed worker is restarted by the supervisor.
     old_worker = processes["worker-1"]  # type: ignore[index]
     os.kill(old_worker, signal.SIGKILL)
