@@ -15,6 +15,8 @@ import signal
 import socket
 
 from app.deps import Deps, open_deps
+from app.errors import ConfigError
+from app.models import model_config
 from app.queue import TaskMessage
 from app.settings import Settings
 
@@ -33,6 +35,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     async with open_deps(settings) as deps:
         me = worker_id()
         log.info("worker %s connected: postgres, redis, queue %s", me, deps.queue.url)
+        try:
+            log.info("model: %s", model_config(settings).describe())
+        except ConfigError as exc:
+            log.warning("%s", exc)
         heartbeat = asyncio.create_task(_heartbeat(deps, me, stop))
         try:
             while not stop.is_set():
