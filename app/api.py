@@ -1,17 +1,25 @@
-"""The HTTP application. In this foundation: health and the OpenAPI docs; the task endpoints
-arrive with the task service."""
+"""The HTTP application: the task API under `/v1`, health and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel
 
+from app import problems
+from app.deps import Deps, open_deps
+from app.events import EventLog
 from app.health import service_checks
+from app.routes import router
+from app.service import TaskService
 from app.settings import Settings, load_settings
+
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class HealthCheck(BaseModel):
@@ -24,16 +32,36 @@ class Health(BaseModel):
     checks: dict[str, HealthCheck]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the ASGI app; `cadre api` serves it with uvicorn."""
-    resolved = settings or load_settings()
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastAPI:
+    """Build the ASGI app; `cadre api` serves it with uvicorn. Pass `deps` to reuse open pools
+    (tests); otherwise the app opens its own at start-up."""
+    resolved = settings or (deps.settings if deps else load_settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = resolved
-        yield
+        async with AsyncExitStack() as stack:
+            if deps is None:
+                _attach(app, await stack.enter_async_context(open_deps(resolved)))
+            yield
 
-    app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    if deps is not None:
+        _attach(app, deps)
+    problems.install(app)
+    app.include_router(router)
+    registry = CollectorRegistry()
+    requests = Counter("cadre_http_requests_total", "HTTP requests answered",
+                       ["method", "status"], registry=registry)
+    tasks_by_status = Gauge("cadre_tasks", "Tasks by status", ["status"], registry=registry)
+    queue_depth = Gauge("cadre_queue_messages", "Messages in the task queue", ["state"],
+                        registry=registry)
+    workers = Gauge("cadre_workers_alive", "Workers with a live heartbeat", registry=registry)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        requests.labels(request.method, str(response.status_code)).inc()
+        return response
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
@@ -45,4 +73,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
+    @app.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: requests, tasks by status, queue depth, live workers."""
+        opened: Deps = request.app.state.deps
+        counts = dict(await opened.db.fetch("SELECT status, count(*) FROM tasks GROUP BY status"))
+        for status in ("QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"):
+            tasks_by_status.labels(status).set(counts.get(status, 0))
+        attributes = await opened.queue.attributes()
+        queue_depth.labels("visible").set(int(attributes.get("ApproximateNumberOfMessages", 0)))
+        queue_depth.labels("in_flight").set(
+            int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)))
+        workers.set(len([k async for k in opened.redis.scan_iter("cadre:workers:*", count=1000)]))
+        payload = await asyncio.to_thread(generate_latest, registry)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _attach(app: FastAPI, deps: Deps) -> None:
+    events = EventLog(deps.redis)
+    app.state.deps = deps
+    app.state.events = events
+    app.state.service = TaskService(
+        db=deps.db, queue=deps.queue, events=events,
+        default_max_iterations=deps.settings.max_iterations,
+        default_token_budget=deps.settings.token_budget)

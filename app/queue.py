@@ -141,6 +141,12 @@ class TaskQueue:
             self._client.delete_message, QueueUrl=self.url, ReceiptHandle=message.receipt_handle
         )
 
+    async def change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
+        await asyncio.to_thread(
+            self._client.change_message_visibility, QueueUrl=self.url,
+            ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds,
+        )
+
     async def attributes(self) -> dict[str, str]:
         response = await asyncio.to_thread(
             self._client.get_queue_attributes, QueueUrl=self.url, AttributeNames=["All"]

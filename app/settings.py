@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     context_tokens: int = Field(6000, ge=500, validation_alias=_env("CADRE_CONTEXT_TOKENS"))
     max_iterations: int = Field(15, ge=1, validation_alias=_env("CADRE_MAX_ITERATIONS"))
     token_budget: int = Field(200_000, ge=1, validation_alias=_env("CADRE_TOKEN_BUDGET"))
+    tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
+    worker_concurrency: int = Field(4, ge=1, le=256,
+                                    validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
+    lease_seconds: int = Field(60, ge=10, validation_alias=_env("CADRE_LEASE_SECONDS"))
     e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
 
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
             _RunningStackSource(settings_cls),
             file_secret_settings,
         )
+
+    @property
+    def tool_plugins(self) -> list[str]:
+        return [name.strip() for name in self.tools.split(",") if name.strip()]
 
     @property
     def stack_file(self) -> Path:

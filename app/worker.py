@@ -1,9 +1,8 @@
-"""The queue worker. In this foundation it connects, long-polls SQS and reports what arrives;
-running the agent graph on a message comes with the task service.
+"""The queue worker: long-polls SQS and runs up to `CADRE_WORKER_CONCURRENCY` tasks at once.
 
-A received message is deliberately left on the queue (not deleted): it becomes visible again
-after the visibility timeout and, after `CADRE_MAX_RECEIVE_COUNT` receives, moves to the
-dead-letter queue — so nothing submitted before task execution exists is silently lost.
+On SIGTERM it stops taking messages, lets each running task finish its current step (which is
+checkpointed), releases the lease and makes the message visible again, so another worker
+continues the task from there.
 """
 
 from __future__ import annotations
@@ -14,64 +13,102 @@ import os
 import signal
 import socket
 
-from app.deps import Deps, open_deps
+from langchain_core.language_models import BaseChatModel
+
+from app.deps import Deps, open_deps, require_database_url
 from app.errors import ConfigError
+from app.events import EventLog
+from app.executor import Executor
 from app.models import model_config
-from app.queue import TaskMessage
+from app.service import TaskService
 from app.settings import Settings
+from graph import compile_graph, make_chat_model, postgres_checkpointer
+from guardrails import DefaultPolicy
+from tools import Toolset
+from tools.registry import load_toolset
 
 log = logging.getLogger("cadre.worker")
 
 HEARTBEAT_TTL_SECONDS = 60
+SHUTDOWN_GRACE_SECONDS = 60
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    """Serve the queue until `stop` is set (SIGTERM and SIGINT set it when run from the CLI)."""
+async def run_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    model: BaseChatModel | None = None,
+    toolset: Toolset | None = None,
+) -> None:
+    """Serve the queue until `stop` is set. `model` and `toolset` default to the configured ones."""
     stop = stop or asyncio.Event()
-    async with open_deps(settings) as deps:
-        me = worker_id()
-        log.info("worker %s connected: postgres, redis, queue %s", me, deps.queue.url)
+    problem = ""
+    if model is None:
         try:
-            log.info("model: %s", model_config(settings).describe())
+            config = model_config(settings)
+            log.info("model: %s", config.describe())
+            model = await asyncio.to_thread(make_chat_model, config)
         except ConfigError as exc:
-            log.warning("%s", exc)
+            problem = str(exc)
+            log.warning("%s -- tasks will fail until a model is configured", exc)
+    toolset = toolset if toolset is not None else load_toolset(settings.tool_plugins)
+    async with open_deps(settings) as deps, postgres_checkpointer(
+        require_database_url(settings), pool_size=settings.checkpoint_pool_size
+    ) as saver:
+        me = worker_id()
+        events = EventLog(deps.redis)
+        executor = Executor(
+            deps=deps,
+            service=TaskService(db=deps.db, queue=deps.queue, events=events),
+            events=events, graph=compile_graph(saver), model=model, model_problem=problem,
+            toolset=toolset, policy=DefaultPolicy(), worker_id=me,
+        )
+        log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once", me,
+                 deps.queue.url, len(toolset), settings.worker_concurrency)
         heartbeat = asyncio.create_task(_heartbeat(deps, me, stop))
+        running: set[asyncio.Task[None]] = set()
         try:
-            while not stop.is_set():
-                poll = asyncio.create_task(
-                    deps.queue.receive(wait_seconds=settings.sqs_wait_seconds)
-                )
-                stopped = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if poll not in done:
-                    # The long poll runs in a thread; its message (if any) simply stays queued.
-                    poll.cancel()
-                    break
-                for message in poll.result():
-                    _report(message.body, message.message_id, message.receive_count)
+            await _serve(deps, executor, running, stop)
         finally:
+            executor.stopping.set()
+            if running:
+                log.info("worker %s stopping: waiting for %d task(s) to reach a step boundary",
+                         me, len(running))
+                await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
             stop.set()
             await heartbeat
             await deps.redis.delete(f"cadre:workers:{me}")
         log.info("worker %s stopped", me)
 
 
-def _report(body: str, message_id: str, receive_count: int) -> None:
+async def _serve(deps: Deps, executor: Executor, running: set[asyncio.Task[None]],
+                 stop: asyncio.Event) -> None:
+    limit = deps.settings.worker_concurrency
+    stopped = asyncio.create_task(stop.wait())
     try:
-        task = TaskMessage.model_validate_json(body)
-    except ValueError:
-        log.warning("message %s is not a task message; it will reach the DLQ: %.200s",
-                    message_id, body)
-        return
-    log.info(
-        "received task %s (message %s, delivery %d); task execution is not available in this "
-        "build, the message stays queued", task.task_id, message_id, receive_count,
-    )
+        while not stop.is_set():
+            if len(running) >= limit:
+                await asyncio.wait({*running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            poll = asyncio.create_task(deps.queue.receive(
+                wait_seconds=deps.settings.sqs_wait_seconds,
+                max_messages=min(10, limit - len(running))))
+            done, _ = await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if poll not in done:
+                # The long poll runs in a daemon thread; a message it may still receive stays
+                # invisible for the visibility timeout, then returns to the queue.
+                poll.cancel()
+                break
+            for message in poll.result():
+                task = asyncio.create_task(executor.handle(message))
+                running.add(task)
+                task.add_done_callback(running.discard)
+    finally:
+        stopped.cancel()
 
 
 async def _heartbeat(deps: Deps, me: str, stop: asyncio.Event) -> None:

@@ -22,6 +22,8 @@ class StepRecord:
     tokens_in: int = 0
     tokens_out: int = 0
     latency_ms: int | None = None
+    # Structured facts for live views (the plan's steps, a call's id); not stored in agent_logs.
+    detail: dict[str, Any] | None = None
 
 
 class StepRecorder(Protocol):

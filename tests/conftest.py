@@ -197,3 +197,13 @@ async def agent(database_url: str, redis_url: str) -> AsyncIterator[object]:
     async with agent_for(database_url, redis_url) as harness:
         yield harness
         harness.model.assert_done()
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[object]:
+    """The API on loopback and an in-process worker with a scripted model (tests/service.py)."""
+    from tests.service import running_service
+
+    async with running_service(settings) as running:
+        yield running
+        running.model.assert_done()

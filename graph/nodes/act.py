@@ -46,7 +46,9 @@ async def act(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
                         tool_name=", ".join(calls) or None,
                         tool_input=[c["args"] for c in message.tool_calls] or None,
                         tokens_in=tokens_in, tokens_out=tokens_out,
-                        latency_ms=int((time.monotonic() - started) * 1000))
+                        latency_ms=int((time.monotonic() - started) * 1000),
+                        detail={"tool_calls": [{"id": c["id"], "name": c["name"], "arguments": c["args"]}
+                                               for c in message.tool_calls]})
     return {
         "messages": [message],
         "iterations": iterations + 1,

@@ -79,7 +79,8 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
     for d in decisions:
         if not d["run"]:
             step = await record(deps, {**state, "step": step}, "approve", tool_name=d["name"],
-                                tool_input=d["arguments"], thought=d["message"])
+                                tool_input=d["arguments"], thought=d["message"],
+                                detail={"tool_call_id": d["tool_call_id"]})
     return {"decisions": decisions, "replan_reason": replan_reason, "step": step}
 
 

@@ -34,7 +34,8 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             step = await record(deps, {**state, "step": step}, "execute", tool_name=tool.name,
                                 tool_input=decision["arguments"],
                                 tool_output={**outcome.to_json(), "replayed": replayed},
-                                latency_ms=int((time.monotonic() - started) * 1000))
+                                latency_ms=int((time.monotonic() - started) * 1000),
+                                detail={"tool_call_id": decision["tool_call_id"]})
         else:
             outcome = ToolOutcome(ok=False, content=decision["message"])
         results.append(ToolMessage(

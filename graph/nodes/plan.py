@@ -50,7 +50,8 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     step = await record(deps, state, "plan",
                         thought="\n".join(f"{p['number']}. {p['description']}" for p in plan_steps),
                         tokens_in=tokens_in, tokens_out=tokens_out,
-                        latency_ms=int((time.monotonic() - started) * 1000))
+                        latency_ms=int((time.monotonic() - started) * 1000),
+                        detail={"plan": plan_steps})
     return {
         "plan": plan_steps,
         "current_step": 1,

@@ -1,0 +1,290 @@
+"""Running one queued task on a worker: take the lease, run (or resume) the graph on the
+conversation's thread, stream its events, keep the lease and the message alive, and record
+the outcome. Every exit path either finishes the task or lets its message come back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command
+
+from app.deps import Deps
+from app.events import EventLog
+from app.queue import ReceivedMessage, TaskMessage
+from app.service import TaskService
+from graph import GraphDeps, task_input
+from graph.builder import AgentGraph
+from graph.errors import RunFailure
+from graph.recorder import PostgresRecorder, Recorders, StepRecord
+from graph.run import RunResult, outcome
+from guardrails import Policy
+from tools import Ledger, Toolset
+
+log = logging.getLogger("cadre.worker")
+
+
+class EventRecorder:
+    """Turns each recorded step into the live events followers see."""
+
+    def __init__(self, events: EventLog) -> None:
+        self._events = events
+
+    async def record(self, entry: StepRecord) -> None:
+        base = {"step": entry.step_number, "node": entry.node}
+        detail = entry.detail or {}
+        publish = self._events.publish
+        if entry.node == "plan":
+            await publish(entry.task_id, "plan", {**base, "plan": detail.get("plan", [])})
+        elif entry.node == "act":
+            if entry.thought:
+                await publish(entry.task_id, "thought", {**base, "text": entry.thought})
+            for call in detail.get("tool_calls", []):
+                await publish(entry.task_id, "tool_call", {**base, **call})
+        elif entry.node in ("execute", "approve"):
+            output = entry.tool_output or {"ok": False, "content": entry.thought or ""}
+            await publish(entry.task_id, "tool_result", {
+                **base, "id": detail.get("tool_call_id"), "name": entry.tool_name,
+                "ok": bool(output.get("ok")), "content": output.get("content"),
+                "replayed": bool(output.get("replayed", False))})
+        elif entry.node == "verify":
+            await publish(entry.task_id, "thought", {**base, "text": entry.thought})
+
+
+class _Interrupted(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass(kw_only=True)
+class Executor:
+    deps: Deps
+    service: TaskService
+    events: EventLog
+    graph: AgentGraph
+    model: BaseChatModel | None
+    model_problem: str
+    toolset: Toolset
+    policy: Policy
+    worker_id: str
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def lease_seconds(self) -> int:
+        return self.deps.settings.lease_seconds
+
+    async def handle(self, message: ReceivedMessage) -> None:
+        try:
+            body = TaskMessage.model_validate_json(message.body)
+        except ValueError:
+            log.warning("message %s is not a task message; after %d deliveries it goes to the "
+                        "dead-letter queue: %.200s", message.message_id,
+                        self.deps.settings.max_receive_count, message.body)
+            return
+        try:
+            await self._handle(body, message)
+        except Exception as exc:
+            log.exception("task %s failed on delivery %d", body.task_id, message.receive_count)
+            await self._release(body.task_id)
+            if message.receive_count >= self.deps.settings.max_receive_count:
+                await self._finish(body.task_id, "FAILED", output=None, error={
+                    "type": "delivery_failed",
+                    "message": f"the task failed {message.receive_count} deliveries; last error: "
+                               f"{type(exc).__name__}: {exc}"})
+
+    async def _handle(self, body: TaskMessage, message: ReceivedMessage) -> None:
+        db = self.deps.db
+        task = await db.fetchrow(
+            """
+            UPDATE tasks SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
+                   attempts = attempts + 1, started_at = coalesce(started_at, now()),
+                   status = 'RUNNING', updated_at = now()
+            WHERE id = $1::uuid AND status IN ('QUEUED', 'RUNNING')
+              AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = $2)
+            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id
+            """, body.task_id, self.worker_id, float(self.lease_seconds))
+        if task is None:
+            await self._not_taken(body.task_id, message)
+            return
+        task_id = str(task["id"])
+        if task["cancel_requested_at"] is not None:
+            await self._finish(task_id, "CANCELLED", output=None,
+                               error={"type": "cancelled", "message": "the task was cancelled"})
+            await self.deps.queue.delete(message)
+            return
+        await self.events.publish(task_id, "status", {"status": "RUNNING", "worker": self.worker_id})
+        if self.model is None:
+            await self._finish(task_id, "FAILED", output=None,
+                               error={"type": "model_unavailable", "message": self.model_problem})
+            await self.deps.queue.delete(message)
+            return
+
+        heartbeat = asyncio.create_task(self._heartbeat(task_id, message))
+        try:
+            result = await self._run_graph(task, body)
+        except _Interrupted as stop:
+            if stop.why == "cancelled":
+                await self._finish(task_id, "CANCELLED", output=None,
+                                   error={"type": "cancelled", "message": "the task was cancelled"})
+                await self.deps.queue.delete(message)
+            else:
+                # Shutting down: the step in flight is done and checkpointed; another worker
+                # picks the task up from there as soon as the message is visible again.
+                await self._release(task_id)
+                await self.deps.queue.change_visibility(message, 0)
+            return
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+
+        if result.status == "pending_approval":
+            await self._await_approval(task_id, result)
+        elif result.status == "succeeded":
+            await self._finish(task_id, "SUCCEEDED", output=result.final_answer, error=None,
+                               usage=result.usage)
+        else:
+            assert result.stop is not None
+            await self._finish(task_id, "FAILED", output=result.partial or None,
+                               error={"type": result.stop["kind"], "message": result.stop["message"]},
+                               usage=result.usage)
+        await self.deps.queue.delete(message)
+
+    async def _run_graph(self, task: Any, body: TaskMessage) -> RunResult:
+        thread = str(task["conversation_id"])
+        config: RunnableConfig = {"configurable": {"thread_id": thread}, "recursion_limit": 500}
+        snapshot = await self.graph.aget_state(config)
+        ours = snapshot.values.get("task_id") == str(task["id"])
+        payload: Any
+        if ours and snapshot.interrupts:
+            if body.resume is None:
+                return await outcome(self.graph, thread)  # still waiting for a person
+            payload = Command(resume=body.resume)
+        elif ours and snapshot.next:
+            payload = None  # crashed mid-run: continue from the last checkpoint
+        elif ours:
+            return await outcome(self.graph, thread)  # finished, but not yet recorded
+        else:
+            options = task["options"] if isinstance(task["options"], dict) \
+                else json.loads(task["options"] or "{}")
+            role = await self.deps.db.fetchval("SELECT role FROM users WHERE id = $1",
+                                               task["user_id"])
+            payload = task_input(task_id=str(task["id"]), text=task["input"], role=role,
+                                 max_iterations=options.get("max_iterations", 15),
+                                 token_budget=options.get("token_budget"))
+        assert self.model is not None
+        deps = GraphDeps(
+            model=self.model, toolset=self.toolset, policy=self.policy,
+            ledger=Ledger(self.deps.db),
+            recorder=Recorders(PostgresRecorder(self.deps.db), EventRecorder(self.events)),
+            redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
+        )
+        task_id = str(task["id"])
+        try:
+            async for mode, chunk in self.graph.astream(
+                payload, config, context=deps, stream_mode=["updates", "messages"],
+                durability="sync",
+            ):
+                if mode == "messages":
+                    token, meta = cast(tuple[Any, dict[str, Any]], chunk)
+                    if (isinstance(token, AIMessageChunk) and token.content
+                            and meta.get("langgraph_node") == "act"):
+                        await self.events.publish(task_id, "token", {"text": str(token.content)})
+                    continue
+                # A step just finished and is checkpointed: the boundary where we may stop.
+                if await self._cancel_requested(task_id):
+                    raise _Interrupted("cancelled")
+                if self.stopping.is_set():
+                    raise _Interrupted("shutdown")
+        except RunFailure as failure:
+            result = await outcome(self.graph, thread)
+            return RunResult(status="failed", final_answer=None,
+                             stop={"kind": failure.kind, "message": failure.message},
+                             partial=result.partial, usage=result.usage, plan=result.plan,
+                             approval=None)
+        return await outcome(self.graph, thread)
+
+    async def _cancel_requested(self, task_id: str) -> bool:
+        return bool(await self.deps.db.fetchval(
+            "SELECT cancel_requested_at IS NOT NULL FROM tasks WHERE id = $1::uuid", task_id))
+
+    async def _await_approval(self, task_id: str, result: RunResult) -> None:
+        approval = result.approval or {}
+        async with self.deps.db.acquire() as conn, conn.transaction():
+            approval_id = await conn.fetchval(
+                """
+                INSERT INTO approvals (task_id, tool_call_id, tool_name, tool_input, reason, risk)
+                VALUES ($1::uuid, $2, $3, $4::jsonb, $5, $6)
+                ON CONFLICT (task_id, tool_call_id) DO UPDATE SET reason = EXCLUDED.reason
+                RETURNING id
+                """, task_id, approval.get("tool_call_id", ""), approval.get("tool", "?"),
+                json.dumps(approval.get("arguments", {}), default=str), approval.get("reason", ""),
+                approval.get("risk", "side_effect"))
+            await conn.execute(
+                "UPDATE tasks SET status = 'PENDING_APPROVAL', lease_owner = NULL, "
+                "lease_expires_at = NULL, usage = $2::jsonb, updated_at = now() "
+                "WHERE id = $1::uuid", task_id, json.dumps(result.usage))
+        await self.events.publish(task_id, "approval_required", {
+            "approval_id": str(approval_id), "tool": approval.get("tool"),
+            "arguments": approval.get("arguments"), "risk": approval.get("risk"),
+            "reason": approval.get("reason"), "rule": approval.get("rule")})
+        await self.events.publish(task_id, "status", {"status": "PENDING_APPROVAL"})
+
+    async def _finish(self, task_id: str, status: str, *, output: str | None,
+                      error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None) -> None:
+        async with self.deps.db.acquire() as conn, conn.transaction():
+            updated = await conn.fetchval(
+                """
+                UPDATE tasks SET status = $2, final_output = $3, error = $4::jsonb,
+                       usage = coalesce($5::jsonb, usage), finished_at = now(), updated_at = now(),
+                       lease_owner = NULL, lease_expires_at = NULL
+                WHERE id = $1::uuid AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+                RETURNING id
+                """, task_id, status, output, json.dumps(error) if error else None,
+                json.dumps(dict(usage)) if usage else None)
+            following = await self.service.finish(conn, task_id) if updated else None
+        if not updated:
+            return
+        if status == "SUCCEEDED":
+            await self.events.publish(task_id, "final", {"output": output, "usage": usage})
+        else:
+            await self.events.publish(task_id, "error", {**(error or {}), "partial": output})
+        await self.events.publish(task_id, "status", {"status": status})
+        await self.service.dispatch(following)
+
+    async def _release(self, task_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.deps.db.execute(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE id = $1::uuid AND lease_owner = $2", task_id, self.worker_id)
+
+    async def _not_taken(self, task_id: str, message: ReceivedMessage) -> None:
+        row = await self.deps.db.fetchrow(
+            "SELECT status, extract(epoch FROM lease_expires_at - now()) AS left_s FROM tasks "
+            "WHERE id = $1::uuid", task_id)
+        if row is None or row["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "PENDING_APPROVAL"):
+            # A duplicate or stale delivery: nothing left to do for it.
+            await self.deps.queue.delete(message)
+            return
+        # Another live worker holds the lease: come back when it would have expired.
+        wait = int(min(max(float(row["left_s"] or 0) + 5, 5), 900))
+        log.info("task %s is leased by another worker; retry in %ds", task_id, wait)
+        await self.deps.queue.change_visibility(message, wait)
+
+    async def _heartbeat(self, task_id: str, message: ReceivedMessage) -> None:
+        every = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(every)
+            await self.deps.queue.change_visibility(message, self.lease_seconds)
+            await self.deps.db.execute(
+                "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3) "
+                "WHERE id = $1::uuid AND lease_owner = $2", task_id, self.worker_id,
+                float(self.lease_seconds))

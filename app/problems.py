@@ -1,0 +1,72 @@
+"""RFC 9457 problem details: every API error is `application/problem+json` with a stable
+`type` per kind of error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+TYPE_BASE = "https://cadre.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+_TITLES = {
+    "invalid-request": "The request is not valid",
+    "unauthorized": "Missing or invalid API key",
+    "forbidden": "Not allowed",
+    "not-found": "Not found",
+    "conflict": "Conflict with the current state",
+    "payload-too-large": "The request body is too large",
+    "rate-limited": "Too many requests",
+    "unavailable": "A backing service is unavailable",
+    "internal": "Internal error",
+}
+
+
+class Problem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(self, kind: str, status: int, detail: str, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.kind, self.status, self.detail = kind, status, detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def problem_response(kind: str, status: int, detail: str, *, instance: str | None = None,
+                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = {"type": TYPE_BASE + kind, "title": _TITLES.get(kind, kind), "status": status,
+            "detail": detail, **({"instance": instance} if instance else {}), **extra}
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+_HTTP_KINDS = {400: "invalid-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
+               405: "invalid-request", 409: "conflict", 413: "payload-too-large",
+               422: "invalid-request", 429: "rate-limited", 503: "unavailable"}
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through the problem format."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc.kind, exc.status, exc.detail, instance=request.url.path,
+                                headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response("invalid-request", 422, detail, instance=request.url.path,
+                                errors=errors)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = _HTTP_KINDS.get(exc.status_code, "internal" if exc.status_code >= 500
+                               else "invalid-request")
+        return problem_response(kind, exc.status_code, str(exc.detail), instance=request.url.path,
+                                headers=dict(exc.headers or {}))

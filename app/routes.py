@@ -1,0 +1,219 @@
+"""The task endpoints under `/v1`, all behind bearer API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.auth import Principal, authenticate
+from app.events import Event, EventLog
+from app.problems import Problem
+from app.service import TaskService
+
+router = APIRouter(prefix="/v1")
+STATUSES = Literal["QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"]
+SSE_HEARTBEAT_SECONDS = 15.0
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, max_length=20_000, description="The task, in plain words.")
+    conversation_id: uuid.UUID | None = Field(
+        None, description="Continue this conversation; omitted, a new one starts.")
+    max_iterations: int | None = Field(None, ge=1, le=100)
+    token_budget: int | None = Field(None, ge=1, le=10_000_000)
+    multitask_strategy: Literal["enqueue", "reject", "interrupt"] = Field(
+        "enqueue", description="When the conversation is busy: wait behind it (enqueue), "
+                               "refuse with 409 (reject), or cancel it and start (interrupt).")
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comment: str | None = Field(None, max_length=2_000)
+
+
+def _service(request: Request) -> TaskService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def _principal(request: Request,
+                     authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return await authenticate(request.app.state.deps.db, authorization)
+
+
+Who = Annotated[Principal, Depends(_principal)]
+Service = Annotated[TaskService, Depends(_service)]
+
+
+def _links(request: Request, task_id: str) -> dict[str, str]:
+    base = str(request.base_url).rstrip("/")
+    ws = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    return {"self": f"{base}/v1/tasks/{task_id}", "stream": f"{base}/v1/tasks/{task_id}/stream",
+            "ws": f"{ws}/v1/tasks/{task_id}/ws"}
+
+
+@router.post("/tasks", status_code=202)
+async def create_task(body: TaskCreate, request: Request, who: Who, service: Service) -> JSONResponse:
+    """Accept a task: it is queued and runs on a worker; follow it at `links.stream`."""
+    task = await service.submit(
+        who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
+        max_iterations=body.max_iterations, token_budget=body.token_budget,
+        strategy=body.multitask_strategy)
+    return JSONResponse(
+        {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
+         "links": _links(request, task["id"])},
+        status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+
+
+@router.get("/tasks")
+async def list_tasks(who: Who, service: Service,
+                     status: Annotated[STATUSES | None, Query()] = None,
+                     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                     cursor: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
+    """Your tasks, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    items, next_cursor = await service.list(who, status=status, limit=limit, cursor=cursor)
+    return {"items": [_public(t) for t in items], "next_cursor": next_cursor}
+
+
+@router.get("/tasks/{task_id}")
+async def get_task(task_id: str, request: Request, who: Who, service: Service) -> dict[str, Any]:
+    """Status, input, final output, error, usage, steps and approvals of one task."""
+    task = await service.get(who, task_id)
+    return {**_public(task), "steps": task["steps"], "approvals": task["approvals"],
+            "links": _links(request, task["id"])}
+
+
+@router.post("/tasks/{task_id}/approvals/{approval_id}")
+async def decide(task_id: str, approval_id: str, body: Decision, who: Who,
+                 service: Service) -> dict[str, Any]:
+    """Approve or reject a held tool call. Repeating the same decision is harmless; a
+    different one is a 409."""
+    return await service.decide(who, task_id, approval_id, decision=body.decision,
+                                comment=body.comment)
+
+
+@router.post("/tasks/{task_id}/cancel")
+async def cancel(task_id: str, who: Who, service: Service) -> dict[str, Any]:
+    """Cancel: a queued or waiting task ends now, a running one at its next step boundary."""
+    return _public(await service.cancel(who, task_id))
+
+
+@router.get("/tasks/{task_id}/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def stream(task_id: str, request: Request, who: Who, service: Service,
+                 last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+    """Server-Sent Events of every step. Reconnect with `Last-Event-ID` to get what you
+    missed; a comment line every 15 s keeps proxies from closing the connection; the stream
+    ends after the task's terminal status."""
+    task = await service.owned(who, task_id)
+    events: EventLog = request.app.state.events
+
+    async def body() -> AsyncIterator[bytes]:
+        async for event in _events(events, task, last_event_id):
+            if event is None:
+                yield b": keep-alive\n\n"
+                continue
+            data = json.dumps(event.data, default=str)
+            head = f"id: {event.id}\n" if event.id else ""
+            yield f"{head}event: {event.type}\ndata: {data}\n\n".encode()
+
+    return StreamingResponse(body(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(events: EventLog, task: dict[str, Any],
+                  after: str | None) -> AsyncIterator[Event | None]:
+    if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and not await events.history(
+            task["id"]):
+        # The live stream expired: tell the outcome from Postgres.
+        if task["status"] == "SUCCEEDED":
+            yield Event(id="", type="final", data={"output": task["final_output"]})
+        else:
+            yield Event(id="", type="error", data=task["error"] or {})
+        yield Event(id="", type="status", data={"status": task["status"]})
+        return
+    async for event in events.follow(task["id"], after, heartbeat_seconds=SSE_HEARTBEAT_SECONDS):
+        yield event
+
+
+@router.websocket("/tasks/{task_id}/ws")
+async def websocket(ws: WebSocket, task_id: str) -> None:
+    """The same events as the stream; the client may send `{"type": "approve" | "reject",
+    "approval_id", "comment"}` or `{"type": "cancel"}`. Authenticate with the
+    `Authorization` header or, from browsers, `?access_token=`."""
+    app = ws.app
+    authorization = ws.headers.get("authorization")
+    if authorization is None and ws.query_params.get("access_token"):
+        authorization = f"Bearer {ws.query_params['access_token']}"
+    try:
+        who = await authenticate(app.state.deps.db, authorization)
+        service: TaskService = app.state.service
+        task = await service.owned(who, task_id)
+    except Problem as problem:
+        await ws.close(code=4401 if problem.status == 401 else 4404, reason=problem.detail[:120])
+        return
+    await ws.accept()
+    after = ws.query_params.get("last_event_id")
+
+    async def send_events() -> None:
+        async for event in _events(app.state.events, task, after):
+            if event is None:
+                await ws.send_json({"type": "heartbeat"})
+            else:
+                await ws.send_json(event.to_json())
+
+    async def receive_commands() -> None:
+        while True:
+            try:
+                message = await ws.receive_json()
+            except (WebSocketDisconnect, json.JSONDecodeError, KeyError):
+                return
+            try:
+                command = _Command.model_validate(message)
+                if command.type == "cancel":
+                    await service.cancel(who, task_id)
+                elif command.approval_id is None:
+                    raise Problem("invalid-request", 422, "approve/reject need approval_id")
+                else:
+                    await service.decide(who, task_id, command.approval_id,
+                                         decision=command.type, comment=command.comment)
+                await ws.send_json({"type": "ack", "command": command.type})
+            except ValidationError as exc:
+                await ws.send_json({"type": "problem", "detail": str(exc.errors()[0]["msg"])})
+            except Problem as problem:
+                await ws.send_json({"type": "problem", "status": problem.status,
+                                    "detail": problem.detail})
+
+    sender = asyncio.create_task(send_events())
+    receiver = asyncio.create_task(receive_commands())
+    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    for task_ in pending:
+        task_.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task_ in done:
+        task_.exception()  # a send to a socket the client closed: nothing left to tell
+    with contextlib.suppress(RuntimeError):
+        await ws.close()
+
+
+class _Command(BaseModel):
+    type: Literal["approve", "reject", "cancel"]
+    approval_id: str | None = None
+    comment: str | None = Field(None, max_length=2_000)
+
+
+def _public(task: dict[str, Any]) -> dict[str, Any]:
+    return {k: task[k] for k in ("id", "conversation_id", "status", "input", "final_output",
+                                 "error", "usage", "options", "created_at", "updated_at",
+                                 "started_at", "finished_at")}
