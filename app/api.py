@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
                 _attach(app, await stack.enter_async_context(open_deps(resolved)))
             yield
 
-    app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan, max_body_size=MAX_BODY_BYTES)
+    app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES)
     if deps is not None:
         _attach(app, deps)
     problems.install(app)

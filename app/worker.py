@@ -55,7 +55,9 @@ async def run_worker(
         except ConfigError as exc:
             problem = str(exc)
             log.warning("%s -- tasks will fail until a model is configured", exc)
-    toolset = toolset if toolset is not None else load_toolset(settings.tool_plugins)
+    if toolset is None:
+        # Entry-point discovery scans site-packages: off the event loop.
+        toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver:
