@@ -161,6 +161,8 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
         service: TaskService = app.state.service
         task = await service.owned(who, task_id)
     except Problem as problem:
+        # Accept first: a browser cannot read why a handshake failed, but it gets a close code.
+        await ws.accept()
         await ws.close(code=4401 if problem.status == 401 else 4404, reason=problem.detail[:120])
         return
     await ws.accept()
