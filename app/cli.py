@@ -20,6 +20,8 @@ cli = typer.Typer(
 )
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+dlq_cli = typer.Typer(help="Inspect and redrive the dead-letter queue.", no_args_is_help=True)
+cli.add_typer(dlq_cli, name="dlq")
 
 
 class _Role(StrEnum):
@@ -172,6 +174,29 @@ def keys_create(
         return issued.secret
 
     _echo(asyncio.run(_create()))
+
+
+@dlq_cli.command("list")
+def dlq_list(limit: Annotated[int, typer.Option(min=1, max=10)] = 10) -> None:
+    """Show messages in the dead-letter queue (they stay there)."""
+    from app import dlq
+    from app.settings import load_settings
+
+    messages = dlq.peek(load_settings(), limit)
+    for m in messages:
+        _echo(f"{m['message_id']}  receives={m['receives']}  {m['body'][:200]}")
+    _echo(f"{len(messages)} message(s) shown")
+
+
+@dlq_cli.command("redrive")
+def dlq_redrive() -> None:
+    """Move every dead message back to the task queue; tasks that failed for lack of
+    deliveries are queued again."""
+    from app import dlq
+    from app.settings import load_settings
+
+    moved, reopened = dlq.redrive_and_reopen(load_settings())
+    _echo(f"moved {moved} message(s) back to the task queue; {reopened} task(s) queued again")
 
 
 def main() -> None:

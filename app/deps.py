@@ -60,7 +60,8 @@ async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
     redis_url = require_redis_url(settings)
     queue = await TaskQueue.connect(settings)
     db = await connect_db(settings)
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    # Event followers block up to 15 s in XREAD: the read timeout must be longer than that.
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=60)
     try:
         yield Deps(settings=settings, db=db, redis=client, queue=queue)
     finally:

@@ -118,6 +118,16 @@ class TaskService:
         if task_id is not None:
             await self._send(task_id)
 
+    async def requeue_orphans(self) -> int:
+        """Send again every dispatched task that no live worker holds: after the queue lost
+        its messages (the embedded endpoint keeps them in memory) or a message was dropped."""
+        rows = await self.db.fetch(
+            "SELECT id FROM tasks WHERE ((status = 'QUEUED' AND dispatched_at IS NOT NULL) "
+            "OR status = 'RUNNING') AND (lease_owner IS NULL OR lease_expires_at < now())")
+        for row in rows:
+            await self._send(str(row["id"]))
+        return len(rows)
+
     # -- read ----------------------------------------------------------------------------------
 
     async def get(self, who: Principal, task_id: str) -> dict[str, Any]:

@@ -92,7 +92,7 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         server = uvicorn.Server(uvicorn.Config(create_app(deps=deps), host="127.0.0.1", port=0,
                                                log_level="warning", lifespan="off"))
         serving = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        while not server.started:
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,

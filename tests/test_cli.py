@@ -108,3 +108,24 @@ async def test_up_with_unreachable_database_url(clean_env: dict[str, str], tmp_p
     result = await run_cadre("up", env=env, cwd=tmp_path)
     assert result.code == 2
     assert_one_line_error(result.stderr, "DATABASE_URL", "unset it to use the embedded server")
+
+
+async def test_dlq_list_and_redrive(service_env: dict[str, str], settings: object) -> None:
+    import asyncio
+    import json as _json
+
+    from app.queue import client_from_settings
+
+    client = await asyncio.to_thread(client_from_settings, settings)  # type: ignore[arg-type]
+    dlq_url = service_env["SQS_QUEUE_URL"] + "-dlq"
+    await asyncio.to_thread(client.send_message, QueueUrl=dlq_url,
+                            MessageBody=_json.dumps({"task_id": "t-dead"}))
+    listed = await run_cadre("dlq", "list", env=service_env)
+    assert listed.code == 0 and '"task_id": "t-dead"' in listed.stdout
+    assert "1 message(s) shown" in listed.stdout
+    redriven = await run_cadre("dlq", "redrive", env=service_env)
+    assert redriven.code == 0
+    assert "moved 1 message(s) back to the task queue" in redriven.stdout
+    back = await asyncio.to_thread(client.receive_message, QueueUrl=service_env["SQS_QUEUE_URL"],
+                                   WaitTimeSeconds=1)
+    assert _json.loads(back["Messages"][0]["Body"]) == {"task_id": "t-dead"}

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import httpx
 import psutil
 import pytest
 
@@ -139,6 +140,24 @@ async def test_up_doctor_keys_supervise_stop_restart(
     finally:
         await conn.close()
     assert status in ("SUCCEEDED", "FAILED") and steps >= 2
+
+    # The same through the API, as with curl: submit, then follow the live stream to the end.
+    admin_key = next(line.strip() for line in up.lines if line.strip().startswith("cadre_"))
+    api = stack["api_url"]  # type: ignore[index]
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    async with httpx.AsyncClient(base_url=str(api), headers=headers, timeout=300) as http:
+        created = (await http.post("/v1/tasks", json={"input": "Say hello.",
+                                                      "max_iterations": 3})).json()
+        types = []
+        async with http.stream("GET", created["links"]["stream"]) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("event: "):
+                    types.append(line[7:])
+        task = (await http.get(f"/v1/tasks/{created['id']}")).json()
+    assert types[0] == "status" and types[-1] == "status" and "plan" in types
+    assert task["status"] in ("SUCCEEDED", "FAILED") and task["steps"]
+    assert any(("worker-" in line and created["id"] in line) or "RUNNING" in line
+               for line in up.lines) or task["started_at"]
 
     # A crashed worker is restarted by the supervisor.
     old_worker = processes["worker-1"]  # type: ignore[index]

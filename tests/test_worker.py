@@ -96,3 +96,21 @@ async def test_live_lease_defers_and_expired_lease_is_taken_over(
     await service.deps.queue.send(TaskMessage(task_id=task_id))
     done = await service.wait_status(task_id, "SUCCEEDED", timeout=60)
     assert done["final_output"] == "Hello!"
+
+
+async def test_orphaned_tasks_are_sent_again(service: Service) -> None:
+    from app.events import EventLog
+    from app.service import TaskService
+    from graph.testing import plan, reply, verdict
+
+    db = service.deps.db
+    user = await db.fetchval("SELECT id FROM users WHERE email = 'ana@example.com'")
+    conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user)
+    task_id = str(await db.fetchval(
+        "INSERT INTO tasks (user_id, conversation_id, input, status, dispatched_at) "
+        "VALUES ($1, $2, 'lost message', 'QUEUED', now()) RETURNING id", user, conv))
+    service.model.add(plan("Answer"), reply("found"), verdict(True))
+    requeued = await TaskService(db=db, queue=service.deps.queue,
+                                 events=EventLog(service.deps.redis)).requeue_orphans()
+    assert requeued == 1
+    assert (await service.wait_status(task_id, "SUCCEEDED"))["final_output"] == "found"

@@ -19,11 +19,17 @@ from types import FrameType
 
 import httpx
 import psutil
+import redis
+import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from app import migrate
 from app.deps import connect_db
 from app.errors import StackError
+from app.events import EventLog
 from app.keys import IssuedKey, bootstrap_admin
+from app.queue import TaskQueue
+from app.service import TaskService
 from app.settings import Settings, read_running_stack, redact_url
 from app.stack import llm
 from app.stack.ports import ensure_free
@@ -165,8 +171,16 @@ class LocalStack:
 
         self.echo("applying database migrations")
         migrate.upgrade(env["DATABASE_URL"])
-        admin_key = asyncio.run(_bootstrap(self.settings.model_copy(
-            update={"database_url": env["DATABASE_URL"]})))
+        admin_key, requeued = asyncio.run(_bootstrap(self.settings.model_copy(update={
+            "database_url": env["DATABASE_URL"], "sqs_queue_url": env["SQS_QUEUE_URL"],
+            "redis_url": env["REDIS_URL"],
+            "aws_endpoint_url_sqs": env.get("AWS_ENDPOINT_URL_SQS", s.aws_endpoint_url_sqs),
+            "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID", s.aws_access_key_id),
+            "aws_secret_access_key": SecretStr(env["AWS_SECRET_ACCESS_KEY"])
+            if "AWS_SECRET_ACCESS_KEY" in env else s.aws_secret_access_key,
+        })))
+        if requeued:
+            self.echo(f"sent {requeued} unfinished task(s) to the queue again")
 
         self.env = env
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -182,6 +196,7 @@ class LocalStack:
                                     echo=self.echo)
             worker.start()
             self.apps.append(_Role(worker))
+        self._wait_workers(env["REDIS_URL"])
         self._publish()
         return admin_key
 
@@ -196,6 +211,25 @@ class LocalStack:
 
         wait_ready(api, _probe, what="the API server", errors=(httpx.HTTPError,), timeout=timeout,
                    interval=0.3)
+
+    def _wait_workers(self, redis_url: str, timeout: float = 90.0) -> None:
+        """Until every worker has connected and sent its first heartbeat."""
+        if not self.workers:
+            return
+        workers = [r.proc for r in self.apps if r.proc.name.startswith("worker-")]
+        client = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for proc in workers:
+                    if not proc.alive():
+                        raise StackError(f"{proc.name} exited while starting: {proc.log_tail()}")
+                if len(list(client.scan_iter("cadre:workers:*", count=1000))) >= self.workers:
+                    return
+                time.sleep(0.2)
+        finally:
+            client.close()
+        raise StackError(f"the workers did not all report ready in {timeout:.0f}s")
 
     @property
     def api_url(self) -> str:
@@ -285,9 +319,14 @@ class LocalStack:
             self.echo("cadre up: stopped")
 
 
-async def _bootstrap(settings: Settings) -> IssuedKey | None:
+async def _bootstrap(settings: Settings) -> tuple[IssuedKey | None, int]:
+    """First admin on an empty database; unfinished tasks back on the (fresh) queue."""
     db = await connect_db(settings)
     try:
-        return await bootstrap_admin(db)
+        admin = await bootstrap_admin(db)
+        queue = await TaskQueue.connect(settings)
+        async with aioredis.Redis.from_url(str(settings.redis_url)) as redis:
+            service = TaskService(db=db, queue=queue, events=EventLog(redis))
+            return admin, await service.requeue_orphans()
     finally:
         await db.close()
