@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +212,8 @@ class FakeOpenAIServer:
         self.requests: list[dict[str, Any]] = []
         self.unexpected = 0
         self.default: FakeResponse | None = None
+        # Answers computed from the request, for many concurrent conversations at once.
+        self.responder: Callable[[dict[str, Any]], FakeResponse] | None = None
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = 0
@@ -228,6 +230,8 @@ class FakeOpenAIServer:
         self.requests.append(body)
         if self.responses:
             response = self.responses.pop(0)
+        elif self.responder is not None:
+            response = self.responder(body)
         elif self.default is not None:
             response = self.default
         else:
