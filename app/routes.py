@@ -20,7 +20,6 @@ from app.service import TaskService
 
 router = APIRouter(prefix="/v1")
 STATUSES = Literal["QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"]
-SSE_HEARTBEAT_SECONDS = 15.0
 
 
 class TaskCreate(BaseModel):
@@ -114,13 +113,15 @@ async def cancel(task_id: str, who: Who, service: Service) -> dict[str, Any]:
 async def stream(task_id: str, request: Request, who: Who, service: Service,
                  last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """Server-Sent Events of every step. Reconnect with `Last-Event-ID` to get what you
-    missed; a comment line every 15 s keeps proxies from closing the connection; the stream
+    missed; a comment line every 15 s (CADRE_SSE_HEARTBEAT_SECONDS) keeps proxies from
+    closing the connection; the stream
     ends after the task's terminal status."""
     task = await service.owned(who, task_id)
     events: EventLog = request.app.state.events
 
     async def body() -> AsyncIterator[bytes]:
-        async for event in _events(events, task, last_event_id):
+        async for event in _events(events, task, last_event_id,
+                                   request.app.state.deps.settings.sse_heartbeat_seconds):
             if event is None:
                 yield b": keep-alive\n\n"
                 continue
@@ -132,8 +133,8 @@ async def stream(task_id: str, request: Request, who: Who, service: Service,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _events(events: EventLog, task: dict[str, Any],
-                  after: str | None) -> AsyncIterator[Event | None]:
+async def _events(events: EventLog, task: dict[str, Any], after: str | None,
+                  heartbeat: float) -> AsyncIterator[Event | None]:
     if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and not await events.history(
             task["id"]):
         # The live stream expired: tell the outcome from Postgres.
@@ -143,7 +144,7 @@ async def _events(events: EventLog, task: dict[str, Any],
             yield Event(id="", type="error", data=task["error"] or {})
         yield Event(id="", type="status", data={"status": task["status"]})
         return
-    async for event in events.follow(task["id"], after, heartbeat_seconds=SSE_HEARTBEAT_SECONDS):
+    async for event in events.follow(task["id"], after, heartbeat_seconds=heartbeat):
         yield event
 
 
@@ -169,7 +170,8 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
     after = ws.query_params.get("last_event_id")
 
     async def send_events() -> None:
-        async for event in _events(app.state.events, task, after):
+        async for event in _events(app.state.events, task, after,
+                                   app.state.deps.settings.sse_heartbeat_seconds):
             if event is None:
                 await ws.send_json({"type": "heartbeat"})
             else:

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     context_tokens: int = Field(6000, ge=500, validation_alias=_env("CADRE_CONTEXT_TOKENS"))
     max_iterations: int = Field(15, ge=1, validation_alias=_env("CADRE_MAX_ITERATIONS"))
     token_budget: int = Field(200_000, ge=1, validation_alias=_env("CADRE_TOKEN_BUDGET"))
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, le=300,
+                                         validation_alias=_env("CADRE_SSE_HEARTBEAT_SECONDS"))
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
     worker_concurrency: int = Field(4, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))

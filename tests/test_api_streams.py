@@ -67,3 +67,23 @@ async def test_websocket_refuses_a_bad_key(service: Service) -> None:
         else:
             raise AssertionError("an unauthenticated socket got data")
     await service.wait_status(created["id"], "SUCCEEDED")
+
+
+async def test_idle_stream_sends_keep_alive_comments(settings: object) -> None:
+    from tests.service import running_service
+
+    quick = settings.model_copy(update={"sse_heartbeat_seconds": 0.3})  # type: ignore[attr-defined]
+    async with running_service(quick) as service:
+        service.model.add(plan("Send"), call("send_report", {"to": "e@example.com", "body": "f"}))
+        created = await service.submit("Send f to e.")
+        await service.sse(created["id"], stop_after="approval_required")
+        keep_alives = 0
+        async with service.http.stream("GET", f"/v1/tasks/{created['id']}/stream",
+                                       headers=service.auth()) as response:
+            async for line in response.aiter_lines():
+                if line == ": keep-alive":
+                    keep_alives += 1
+                    if keep_alives == 3:
+                        break
+        assert keep_alives == 3, "an idle stream stays alive with comments"
+        await service.http.post(f"/v1/tasks/{created['id']}/cancel", headers=service.auth())

@@ -1,0 +1,183 @@
+"""Task throughput of the whole service on this machine: the real API, queue, Postgres, Redis
+and N `cadre worker` processes, against a fake OpenAI-compatible model that answers after a
+set latency (default 1 s, like a real model). Each task is plan -> answer -> verify (three
+model calls). Prints tasks/s, time to first event (queued -> a worker's RUNNING event) and
+task duration per configuration, and what that means per day. Asserts nothing.
+
+    .venv/bin/python bench/throughput.py [--workers 1,2,4] [--tasks 10,100] [--latency 1.0]
+                                         [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import migrate  # noqa: E402
+from app.api import create_app  # noqa: E402
+from app.deps import open_deps  # noqa: E402
+from app.events import EventLog  # noqa: E402
+from app.keys import create_key  # noqa: E402
+from app.queue import ensure_queues, sqs_client  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.stack.ports import free_port  # noqa: E402
+from app.stack.postgres import EmbeddedPostgres  # noqa: E402
+from app.stack.redis import EmbeddedRedis  # noqa: E402
+from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS  # noqa: E402
+from graph.testing import FakeOpenAIServer, FakeResponse, completion  # noqa: E402
+
+
+def _model(latency: float) -> Any:
+    def respond(body: dict[str, Any]) -> FakeResponse:
+        choice = body.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else None
+        if name == "submit_plan":
+            return FakeResponse(body=completion(tool_calls=[("submit_plan", '{"steps": ["Answer"]}')]),
+                                delay=latency)
+        if name == "submit_verdict":
+            return FakeResponse(body=completion(tool_calls=[
+                ("submit_verdict", '{"goal_met": true, "reason": "ok"}')]), delay=latency)
+        return FakeResponse(body=completion("Done."), delay=latency)
+    return respond
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, float]:
+    submitted: dict[str, float] = {}
+
+    async def submit(n: int) -> None:
+        response = await http.post("/v1/tasks", json={"input": f"task {n}"})
+        response.raise_for_status()
+        submitted[response.json()["id"]] = time.time()
+
+    began = time.time()
+    await asyncio.gather(*(submit(n) for n in range(count)))
+    while True:
+        done = await deps.db.fetchval(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1::uuid[]) AND status IN "
+            "('SUCCEEDED', 'FAILED', 'CANCELLED')", list(submitted))
+        if done == count:
+            break
+        await asyncio.sleep(0.25)
+    ended = time.time()
+    rows = await deps.db.fetch("SELECT id, status, started_at, finished_at FROM tasks "
+                               "WHERE id = ANY($1::uuid[])", list(submitted))
+    failed = sum(1 for r in rows if r["status"] != "SUCCEEDED")
+    events = EventLog(deps.redis)
+    first_event, duration = [], []
+    for row in rows:
+        task_id = str(row["id"])
+        history = await events.history(task_id)
+        running = next(e for e in history if e.type == "status" and e.data["status"] == "RUNNING")
+        first_event.append(int(running.id.split("-")[0]) / 1000 - submitted[task_id])
+        duration.append((row["finished_at"] - row["started_at"]).total_seconds())
+    return {"tasks_per_s": count / (ended - began), "ttfe_p50": _pct(first_event, 0.5),
+            "ttfe_p99": _pct(first_event, 0.99), "duration_p50": statistics.median(duration),
+            "failed": failed}
+
+
+async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
+                 tasks_list: list[int], latency: float) -> None:
+    async with FakeOpenAIServer() as model, open_deps(settings) as deps:
+        model.responder = _model(latency)
+        key = (await create_key(deps.db, email="bench@example.com", role="analyst")).secret
+        server = uvicorn.Server(uvicorn.Config(create_app(deps=deps), host="127.0.0.1", port=0,
+                                               log_level="warning", lifespan="off"))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        worker_env = {**env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
+                      "CADRE_LOG_LEVEL": "WARNING"}
+        print(f"model latency {latency:g}s per call, 3 calls per task, "
+              f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker")
+        print(f"{'workers':>7} {'tasks':>6} {'tasks/s':>8} {'TTFE p50':>9} {'TTFE p99':>9} "
+              f"{'task p50':>9} {'per day':>10} {'failed':>6}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                                     headers={"Authorization": f"Bearer {key}"},
+                                     limits=httpx.Limits(max_connections=200)) as http:
+            for n_workers in workers_list:
+                procs = [await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "app.cli", "worker", env=worker_env, cwd=ROOT,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL) for _ in range(n_workers)]
+                while len([k async for k in deps.redis.scan_iter("cadre:workers:*")]) < n_workers:
+                    await asyncio.sleep(0.2)
+                for count in tasks_list:
+                    r = await _round(http, deps, count)
+                    print(f"{n_workers:>7} {count:>6} {r['tasks_per_s']:>8.2f} "
+                          f"{r['ttfe_p50']:>8.2f}s {r['ttfe_p99']:>8.2f}s {r['duration_p50']:>8.2f}s "
+                          f"{r['tasks_per_s'] * 86400:>10,.0f} {int(r['failed']):>6}")
+                for proc in procs:
+                    proc.send_signal(signal.SIGTERM)
+                await asyncio.gather(*(p.wait() for p in procs))
+                while [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
+                    await asyncio.sleep(0.2)
+        server.should_exit = True
+        await serving
+    print("target: 10,000 tasks/day (0.12 tasks/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--tasks", default="10,100")
+    parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp:
+        root = Path(tmp)
+        pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
+                              password=secrets.token_urlsafe(16), log_path=root / "pg.log")
+        rd = EmbeddedRedis(data_dir=root / "redis", port=free_port(),
+                           password=secrets.token_urlsafe(16), log_path=root / "redis.log")
+        sqs = EmbeddedSQS(port=free_port(), region="us-east-1", log_path=root / "sqs.log")
+        pg.initialise()
+        procs = [pg.process(), rd.process(), sqs.process()]
+        for proc in procs:
+            proc.start()
+        try:
+            pg.wait_ready(procs[0])
+            rd.wait_ready(procs[1])
+            sqs.wait_ready(procs[2], "bench", 5)
+            client = sqs_client(region="us-east-1", endpoint_url=sqs.endpoint,
+                                access_key_id="cadre-local", secret_access_key="cadre-local")
+            queue = ensure_queues(client, "bench", max_receive_count=5)
+            migrate.upgrade(pg.url)
+            env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": rd.url,
+                   "SQS_QUEUE_URL": queue.url, "AWS_ENDPOINT_URL_SQS": sqs.endpoint,
+                   "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS,
+                   "CADRE_WORKER_CONCURRENCY": str(args.concurrency),
+                   "CADRE_SQS_WAIT_SECONDS": "1", "CADRE_HOME": str(root / ".cadre")}
+            settings = Settings.of(database_url=pg.url, redis_url=rd.url, sqs_queue_url=queue.url,
+                                   aws_endpoint_url_sqs=sqs.endpoint,
+                                   aws_access_key_id="cadre-local",
+                                   aws_secret_access_key="cadre-local", db_pool_size=20)
+            asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
+                               [int(t) for t in args.tasks.split(",")], args.latency))
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+
+
+if __name__ == "__main__":
+    main()
