@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -163,13 +163,17 @@ class Executor:
         config: RunnableConfig = {"configurable": {"thread_id": thread}, "recursion_limit": 500}
         snapshot = await self.graph.aget_state(config)
         ours = snapshot.values.get("task_id") == str(task["id"])
+        log.debug("task %s: thread tasks %s, interrupts %d, resume %s", task["id"],
+                  [t.name for t in snapshot.tasks], len(snapshot.interrupts), body.resume is not None)
         payload: Any
         if ours and snapshot.interrupts:
             if body.resume is None:
                 return await outcome(self.graph, thread)  # still waiting for a person
             payload = Command(resume=body.resume)
-        elif ours and snapshot.next:
-            payload = None  # crashed mid-run: continue from the last checkpoint
+        elif ours and snapshot.tasks:
+            # Stopped mid-run (crash or shutdown): continue from the last checkpoint. A step
+            # whose writes were saved is not run again (`next` omits it; `tasks` does not).
+            payload = None
         elif ours:
             return await outcome(self.graph, thread)  # finished, but not yet recorded
         else:
@@ -189,21 +193,23 @@ class Executor:
         )
         task_id = str(task["id"])
         try:
-            async for mode, chunk in self.graph.astream(
+            stream = cast(AsyncGenerator[Any, None], self.graph.astream(
                 payload, config, context=deps, stream_mode=["updates", "messages"],
-                durability="sync",
-            ):
-                if mode == "messages":
-                    token, meta = cast(tuple[Any, dict[str, Any]], chunk)
-                    if (isinstance(token, AIMessageChunk) and token.content
-                            and meta.get("langgraph_node") == "act"):
-                        await self.events.publish(task_id, "token", {"text": str(token.content)})
-                    continue
-                # A step just finished and is checkpointed: the boundary where we may stop.
-                if await self._cancel_requested(task_id):
-                    raise _Interrupted("cancelled")
-                if self.stopping.is_set():
-                    raise _Interrupted("shutdown")
+                durability="sync"))
+            async with contextlib.aclosing(stream):
+                async for mode, chunk in stream:
+                    if mode == "messages":
+                        token, meta = cast(tuple[Any, dict[str, Any]], chunk)
+                        if (isinstance(token, AIMessageChunk) and token.content
+                                and meta.get("langgraph_node") == "act"):
+                            await self.events.publish(task_id, "token", {"text": str(token.content)})
+                        continue
+                    # A step just finished; its writes are saved (or about to be, and an
+                    # aclose keeps them): the boundary where we may stop.
+                    if await self._cancel_requested(task_id):
+                        raise _Interrupted("cancelled")
+                    if self.stopping.is_set():
+                        raise _Interrupted("shutdown")
         except RunFailure as failure:
             result = await outcome(self.graph, thread)
             return RunResult(status="failed", final_answer=None,

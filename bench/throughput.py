@@ -65,9 +65,10 @@ async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, fl
     submitted: dict[str, float] = {}
 
     async def submit(n: int) -> None:
+        sent = time.time()
         response = await http.post("/v1/tasks", json={"input": f"task {n}"})
         response.raise_for_status()
-        submitted[response.json()["id"]] = time.time()
+        submitted[response.json()["id"]] = sent
 
     began = time.time()
     await asyncio.gather(*(submit(n) for n in range(count)))

@@ -41,3 +41,19 @@ async def test_unmigrated_database_is_reported(settings: Settings, empty_databas
     response = await _get(settings.model_copy(update={"database_url": empty_database_url}))
     assert response.status_code == 503
     assert "cadre migrate" in response.json()["checks"]["postgres"]["detail"]
+
+
+async def test_metrics_report_tasks_queue_and_workers(service: object) -> None:
+    from graph.testing import plan, reply, verdict
+
+    service.model.add(plan("Answer"), reply("ok"), verdict(True))  # type: ignore[attr-defined]
+    created = await service.submit("Q")  # type: ignore[attr-defined]
+    await service.wait_status(created["id"], "SUCCEEDED")  # type: ignore[attr-defined]
+    response = await service.http.get("/metrics")  # type: ignore[attr-defined]
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'cadre_tasks{status="SUCCEEDED"} 1.0' in text
+    assert 'cadre_queue_messages{state="visible"} 0.0' in text
+    assert "cadre_workers_alive 1.0" in text
+    assert 'cadre_http_requests_total{method="POST",status="202"} 1.0' in text

@@ -114,3 +114,49 @@ async def test_orphaned_tasks_are_sent_again(service: Service) -> None:
                                  events=EventLog(service.deps.redis)).requeue_orphans()
     assert requeued == 1
     assert (await service.wait_status(task_id, "SUCCEEDED"))["final_output"] == "found"
+
+
+async def test_sigterm_finishes_the_step_releases_the_lease_and_another_worker_continues(
+    settings: Settings,
+) -> None:
+    from app.deps import open_deps
+    from app.events import EventLog
+    from app.keys import create_key
+    from app.service import TaskService
+    from graph.testing import call, plan, reply, verdict
+    from tests.agent import Outbox, make_toolset
+
+    outbox = Outbox()
+    model = ScriptedModel().add(plan("Wait"), call("wait_a_while", {"seconds": 1}))
+    stop = asyncio.Event()
+    async with open_deps(settings) as deps:
+        await create_key(deps.db, email="w@example.com", role="analyst")
+        from app.auth import Principal
+
+        user = await deps.db.fetchrow("SELECT id, email, role FROM users")
+        who = Principal(user_id=str(user["id"]), email=user["email"], role=user["role"], key_id="")
+        service = TaskService(db=deps.db, queue=deps.queue, events=EventLog(deps.redis))
+        first = asyncio.create_task(run_worker(settings, stop=stop, model=model,
+                                               toolset=make_toolset(outbox)))
+        task = await service.submit(who, "Wait, then answer.")
+        await asyncio.wait_for(outbox.slow.wait(), timeout=20)
+        stop.set()  # SIGTERM arrives while the tool runs
+        await asyncio.wait_for(first, timeout=30)
+        row = await deps.db.fetchrow("SELECT status, lease_owner FROM tasks WHERE id = $1::uuid",
+                                     task["id"])
+        assert (row["status"], row["lease_owner"]) == ("RUNNING", None)
+        steps = [r["node"] for r in await deps.db.fetch(
+            "SELECT node FROM agent_logs WHERE task_id = $1::uuid ORDER BY id", task["id"])]
+        assert steps == ["plan", "act", "execute"], "the step in flight was finished"
+
+        model.add(reply("Waited."), verdict(True))
+        stop2 = asyncio.Event()
+        second = asyncio.create_task(run_worker(settings, stop=stop2, model=model,
+                                                toolset=make_toolset(outbox)))
+        async with asyncio.timeout(30):
+            while await deps.db.fetchval("SELECT status FROM tasks WHERE id = $1::uuid",
+                                         task["id"]) != "SUCCEEDED":
+                await asyncio.sleep(0.1)
+        stop2.set()
+        await asyncio.wait_for(second, timeout=30)
+        model.assert_done()
