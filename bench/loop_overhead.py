@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import sys
 import tempfile
@@ -27,9 +26,7 @@ from langchain_core.tools import tool as lc_tool
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import migrate
-from app.stack.ports import free_port
-from app.stack.postgres import EmbeddedPostgres
-from app.stack.redis import EmbeddedRedis
+from app.stack.ephemeral import ephemeral_services
 from graph import GraphDeps, compile_graph, postgres_checkpointer, task_input
 from graph.recorder import PostgresRecorder
 from graph.run import start
@@ -142,25 +139,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp:
-        root = Path(tmp)
-        pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
-                              password=secrets.token_urlsafe(16), log_path=root / "pg.log")
-        rd = EmbeddedRedis(data_dir=root / "redis", port=free_port(),
-                           password=secrets.token_urlsafe(16), log_path=root / "redis.log")
-        pg.initialise()
-        pg_proc, rd_proc = pg.process(), rd.process()
-        pg_proc.start()
-        rd_proc.start()
-        try:
-            pg.wait_ready(pg_proc)
-            rd.wait_ready(rd_proc)
-            migrate.upgrade(pg.url)
-            asyncio.run(_bench(pg.url, rd.url, args.runs))
-        finally:
-            rd_proc.stop()
-            pg_proc.stop()
-
+    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
+            ephemeral_services(Path(tmp), sqs=False) as running:
+        migrate.upgrade(running.postgres.url)
+        asyncio.run(_bench(running.postgres.url, running.redis_url, args.runs))
 
 if __name__ == "__main__":
     main()

@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,11 +34,9 @@ from app.events import EventLog  # noqa: E402
 from app.keys import create_key  # noqa: E402
 from app.queue import ensure_queues, sqs_client  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.stack.ports import free_port  # noqa: E402
-from app.stack.postgres import EmbeddedPostgres  # noqa: E402
-from app.stack.redis import EmbeddedRedis  # noqa: E402
-from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS  # noqa: E402
-from graph.testing import FakeOpenAIServer, FakeResponse, completion  # noqa: E402
+from app.stack.ephemeral import ephemeral_services  # noqa: E402
+from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
+from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  # noqa: E402
 
 
 def _model(latency: float) -> Any:
@@ -98,15 +95,10 @@ async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, fl
 
 async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
                  tasks_list: list[int], latency: float) -> None:
-    async with FakeOpenAIServer() as model, open_deps(settings) as deps:
+    async with FakeOpenAIServer() as model, open_deps(settings) as deps, AsyncExitStack() as stack:
         model.responder = _model(latency)
         key = (await create_key(deps.db, email="bench@example.com", role="analyst")).secret
-        server = uvicorn.Server(uvicorn.Config(create_app(deps=deps), host="127.0.0.1", port=0,
-                                               log_level="warning", lifespan="off"))
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = await stack.enter_async_context(serving(create_app(deps=deps)))
         worker_env = {**env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
                       "CADRE_LOG_LEVEL": "WARNING"}
         print(f"model latency {latency:g}s per call, 3 calls per task, "
@@ -133,8 +125,6 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
                 await asyncio.gather(*(p.wait() for p in procs))
                 while [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
                     await asyncio.sleep(0.2)
-        server.should_exit = True
-        await serving
     print("target: 10,000 tasks/day (0.12 tasks/s)")
 
 
@@ -145,40 +135,25 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp:
-        root = Path(tmp)
-        pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
-                              password=secrets.token_urlsafe(16), log_path=root / "pg.log")
-        rd = EmbeddedRedis(data_dir=root / "redis", port=free_port(),
-                           password=secrets.token_urlsafe(16), log_path=root / "redis.log")
-        sqs = EmbeddedSQS(port=free_port(), region="us-east-1", log_path=root / "sqs.log")
-        pg.initialise()
-        procs = [pg.process(), rd.process(), sqs.process()]
-        for proc in procs:
-            proc.start()
-        try:
-            pg.wait_ready(procs[0])
-            rd.wait_ready(procs[1])
-            sqs.wait_ready(procs[2], "bench", 5)
-            client = sqs_client(region="us-east-1", endpoint_url=sqs.endpoint,
-                                access_key_id="cadre-local", secret_access_key="cadre-local")
-            queue = ensure_queues(client, "bench", max_receive_count=5)
-            migrate.upgrade(pg.url)
-            env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": rd.url,
-                   "SQS_QUEUE_URL": queue.url, "AWS_ENDPOINT_URL_SQS": sqs.endpoint,
-                   "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS,
-                   "CADRE_WORKER_CONCURRENCY": str(args.concurrency),
-                   "CADRE_SQS_WAIT_SECONDS": "1", "CADRE_HOME": str(root / ".cadre")}
-            settings = Settings.of(database_url=pg.url, redis_url=rd.url, sqs_queue_url=queue.url,
-                                   aws_endpoint_url_sqs=sqs.endpoint,
-                                   aws_access_key_id="cadre-local",
-                                   aws_secret_access_key="cadre-local", db_pool_size=20)
-            asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
-                               [int(t) for t in args.tasks.split(",")], args.latency))
-        finally:
-            for proc in reversed(procs):
-                proc.stop()
-
+    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
+            ephemeral_services(Path(tmp)) as running:
+        root, pg = Path(tmp), running.postgres
+        assert running.sqs_endpoint is not None
+        client = sqs_client(region="us-east-1", endpoint_url=running.sqs_endpoint,
+                            access_key_id="cadre-local", secret_access_key="cadre-local")
+        queue = ensure_queues(client, "bench", max_receive_count=5)
+        migrate.upgrade(pg.url)
+        env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": running.redis_url,
+               "SQS_QUEUE_URL": queue.url, "AWS_ENDPOINT_URL_SQS": running.sqs_endpoint,
+               "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS,
+               "CADRE_WORKER_CONCURRENCY": str(args.concurrency),
+               "CADRE_SQS_WAIT_SECONDS": "1", "CADRE_HOME": str(root / ".cadre")}
+        settings = Settings.of(database_url=pg.url, redis_url=running.redis_url,
+                               sqs_queue_url=queue.url, aws_endpoint_url_sqs=running.sqs_endpoint,
+                               aws_access_key_id="cadre-local",
+                               aws_secret_access_key="cadre-local", db_pool_size=20)
+        asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
+                           [int(t) for t in args.tasks.split(",")], args.latency))
 
 if __name__ == "__main__":
     main()

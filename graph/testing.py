@@ -11,6 +11,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +175,26 @@ def verdict(goal_met: bool, reason: str = "", *, tokens: tuple[int, int] = (30, 
                 tokens=tokens)
 
 
+# -- serving ASGI apps on loopback ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[int]:
+    """Serve an ASGI app with uvicorn on a free loopback port for the block; yields the port."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # the server failed to start: raise why
+            await asyncio.sleep(0.01)
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+
+
 # -- a fake OpenAI-compatible HTTP server -------------------------------------------------------
 
 
@@ -214,8 +235,7 @@ class FakeOpenAIServer:
         self.default: FakeResponse | None = None
         # Answers computed from the request, for many concurrent conversations at once.
         self.responder: Callable[[dict[str, Any]], FakeResponse] | None = None
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stack = AsyncExitStack()
         self.port = 0
 
     @property
@@ -249,18 +269,12 @@ class FakeOpenAIServer:
 
     async def __aenter__(self) -> FakeOpenAIServer:
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
-            await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._stack = AsyncExitStack()
+        self.port = await self._stack.enter_async_context(serving(app))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await self._task
+        await self._stack.aclose()
 
 
 async def _sse(body: dict[str, Any]) -> AsyncIterator[bytes]:

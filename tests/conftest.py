@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,11 +19,9 @@ from blockbuster import blockbuster_ctx
 from app import migrate
 from app.queue import QueueUrls, ensure_queues, sqs_client
 from app.settings import Settings
-from app.stack.ports import free_port
+from app.stack.ephemeral import ephemeral_services
 from app.stack.postgres import EmbeddedPostgres
-from app.stack.process import ManagedProcess
-from app.stack.redis import EmbeddedRedis
-from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS
+from app.stack.sqs import LOCAL_CREDENTIALS
 
 TEMPLATE_DB = "cadre_template"
 SERVICE_ENV = (
@@ -51,36 +48,15 @@ class Services:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    root = tmp_path_factory.mktemp("services")
-    procs: list[ManagedProcess] = []
-    try:
-        pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
-                              password=secrets.token_urlsafe(16), log_path=root / "pg.log")
-        pg.initialise()
-        procs.append(proc := pg.process())
-        proc.start()
-        pg.wait_ready(proc)
+    import psycopg
 
-        rd = EmbeddedRedis(data_dir=root / "redis", port=free_port(),
-                           password=secrets.token_urlsafe(16), log_path=root / "redis.log")
-        procs.append(proc := rd.process())
-        proc.start()
-        rd.wait_ready(proc)
-
-        sqs = EmbeddedSQS(port=free_port(), region="us-east-1", log_path=root / "sqs.log")
-        procs.append(proc := sqs.process())
-        proc.start()
-        sqs.wait_ready(proc, "agent_tasks", 5)
-
-        import psycopg
-
+    with ephemeral_services(tmp_path_factory.mktemp("services")) as running:
+        pg = running.postgres
         with psycopg.connect(pg.admin_url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
         migrate.upgrade(pg.admin_url(TEMPLATE_DB))
-        yield Services(postgres=pg, redis_url=rd.url, sqs_endpoint=sqs.endpoint)
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
+        assert running.sqs_endpoint is not None
+        yield Services(postgres=pg, redis_url=running.redis_url, sqs_endpoint=running.sqs_endpoint)
 
 
 async def _create_database(services: Services, template: str) -> str:

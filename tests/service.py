@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 
 from app.api import create_app
 from app.deps import Deps, open_deps
 from app.keys import create_key
 from app.settings import Settings
 from app.worker import run_worker
-from graph.testing import ScriptedModel
+from graph.testing import ScriptedModel, serving
 from tests.agent import Outbox, make_toolset
 
 
@@ -86,15 +85,10 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     model = ScriptedModel()
     outbox = Outbox()
     stop = asyncio.Event()
-    async with open_deps(settings) as deps:
+    async with open_deps(settings) as deps, AsyncExitStack() as stack:
         key = (await create_key(deps.db, email="ana@example.com", role="analyst")).secret
         other = (await create_key(deps.db, email="eve@example.com", role="analyst")).secret
-        server = uvicorn.Server(uvicorn.Config(create_app(deps=deps), host="127.0.0.1", port=0,
-                                               log_level="warning", lifespan="off"))
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = await stack.enter_async_context(serving(create_app(deps=deps)))
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,
                                                 toolset=make_toolset(outbox)))
         base_url = f"http://127.0.0.1:{port}"
@@ -105,5 +99,3 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         finally:
             stop.set()
             await asyncio.wait_for(worker, timeout=90)
-            server.should_exit = True
-            await serving

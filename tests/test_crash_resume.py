@@ -10,12 +10,12 @@ import random
 import signal
 import sys
 from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,7 +26,7 @@ from app.deps import open_deps
 from app.events import EventLog
 from app.keys import create_key
 from app.settings import Settings
-from graph.testing import FakeOpenAIServer, FakeResponse, completion
+from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,28 +67,19 @@ def _agent_policy(body: dict[str, Any]) -> FakeResponse:
                         delay=0.3)
 
 
-async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    return server, task, server.servers[0].sockets[0].getsockname()[1]
-
-
 async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
     settings: Settings, service_env: dict[str, str], tmp_path: Path
 ) -> None:
     receiver = Receiver()
-    r_server, r_task, r_port = await _serve(
-        Starlette(routes=[Route("/effect", receiver.effect, methods=["POST"])]))
-    async with FakeOpenAIServer() as model, open_deps(settings) as deps:
+    async with serving(Starlette(routes=[Route("/effect", receiver.effect, methods=["POST"])])) \
+            as r_port, FakeOpenAIServer() as model, open_deps(settings) as deps, \
+            AsyncExitStack() as stack:
         model.responder = _agent_policy
         # Messages of a killed worker come back after 10 s (its heartbeat would have kept them).
         await asyncio.to_thread(deps.queue._client.set_queue_attributes, QueueUrl=deps.queue.url,
                                 Attributes={"VisibilityTimeout": "10"})
         key = (await create_key(deps.db, email="ops@example.com", role="operator")).secret
-        a_server, a_task, a_port = await _serve(create_app(deps=deps))
+        a_port = await stack.enter_async_context(serving(create_app(deps=deps)))
         env = {**service_env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
                "CADRE_TOOLS": "tests.plugins:toolset",
                "CADRE_TEST_RECEIVER": f"http://127.0.0.1:{r_port}",
@@ -151,15 +142,11 @@ async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
                 if worker.returncode is None:
                     worker.send_signal(signal.SIGTERM)
             await asyncio.gather(*(w.wait() for w in workers))
-            a_server.should_exit = True
-            await a_task
         events = EventLog(deps.redis)
         histories = {task_id: await events.history(task_id) for task_id in ids}
         ledger = await deps.db.fetch(
             "SELECT task_id, count(*) AS n, min(status) AS status FROM tool_calls "
             "WHERE tool_name = 'record_effect' GROUP BY task_id")
-    r_server.should_exit = True
-    await r_task
 
     print(f"\n{kills} workers killed; receiver got {receiver.requests} requests for "
           f"{len(receiver.applied)} effects")
