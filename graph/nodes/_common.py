@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from graph.deps import GraphDeps
-from graph.errors import RunFailure
+from graph.errors import BudgetExceeded, RunFailure
+from graph.llm import call_model
 from graph.recorder import StepRecord
 from graph.state import AgentState, Stop, Usage, empty_usage
 from graph.window import Window, build_window, estimate_tokens, mirror_window
@@ -103,3 +105,34 @@ def partial_result(state: AgentState) -> str:
         return str(ai.content).strip()
     observations = state.get("observations") or []
     return observations[-1] if observations else ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Asked:
+    """One model call made by a node: the answer, the window it saw, and its cost."""
+
+    message: AIMessage
+    window: Window
+    latency_ms: int
+
+    def cost(self) -> dict[str, int]:
+        tokens_in, tokens_out = call_tokens(self.message)
+        return {"tokens_in": tokens_in, "tokens_out": tokens_out, "latency_ms": self.latency_ms}
+
+    def state_update(self, state: AgentState) -> dict[str, Any]:
+        return {"usage": add_usage(state, self.message, self.window.messages),
+                **window_state(self.window)}
+
+
+async def ask(deps: GraphDeps, state: AgentState, system: str, *,
+              tools: Sequence[dict[str, Any]], tool_choice: str | None = None
+              ) -> Asked | dict[str, Any]:
+    """Build the window, check the budget, call the model. Returns the call, or the state
+    update that stops the run when the budget would be exceeded."""
+    window = await window_for(deps, state, system)
+    if reason := over_budget(state, window.messages):
+        return stop(BudgetExceeded(reason))
+    started = time.monotonic()
+    message = await call_model(deps.model, window.messages, tools=tools, tool_choice=tool_choice)
+    return Asked(message=message, window=window,
+                 latency_ms=int((time.monotonic() - started) * 1000))

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
-from graph.errors import BudgetExceeded, DeadlineExceeded, IterationLimit
-from graph.llm import call_model
-from graph.nodes._common import (
-    add_usage,
-    call_tokens,
-    deadline_passed,
-    over_budget,
-    record,
-    stop,
-    window_for,
-    window_state,
-)
+from graph.errors import DeadlineExceeded, IterationLimit
+from graph.nodes._common import Asked, ask, deadline_passed, record, stop
 from graph.prompts import act_prompt
 from graph.state import AgentState
 
@@ -34,25 +23,15 @@ async def act(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
         return stop(DeadlineExceeded("the task's deadline passed"))
     system = act_prompt(state.get("plan") or [], state.get("current_step", 1),
                         state.get("observations") or [])
-    window = await window_for(deps, state, system)
-    if reason := over_budget(state, window.messages):
-        return stop(BudgetExceeded(reason))
-
-    started = time.monotonic()
-    message = await call_model(deps.model, window.messages, tools=deps.toolset.schemas())
-    tokens_in, tokens_out = call_tokens(message)
-    calls = [c["name"] for c in message.tool_calls]
+    asked = await ask(deps, state, system, tools=deps.toolset.schemas())
+    if not isinstance(asked, Asked):
+        return asked
+    message = asked.message
     step = await record(deps, state, "act", thought=str(message.content) or None,
-                        tool_name=", ".join(calls) or None,
+                        tool_name=", ".join(c["name"] for c in message.tool_calls) or None,
                         tool_input=[c["args"] for c in message.tool_calls] or None,
-                        tokens_in=tokens_in, tokens_out=tokens_out,
-                        latency_ms=int((time.monotonic() - started) * 1000),
-                        detail={"tool_calls": [{"id": c["id"], "name": c["name"], "arguments": c["args"]}
-                                               for c in message.tool_calls]})
-    return {
-        "messages": [message],
-        "iterations": iterations + 1,
-        "usage": add_usage(state, message, window.messages),
-        "step": step,
-        **window_state(window),
-    }
+                        detail={"tool_calls": [{"id": c["id"], "name": c["name"],
+                                                "arguments": c["args"]} for c in message.tool_calls]},
+                        **asked.cost())
+    return {"messages": [message], "iterations": iterations + 1, "step": step,
+            **asked.state_update(state)}

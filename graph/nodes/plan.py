@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
-from graph.errors import BudgetExceeded, DeadlineExceeded
-from graph.llm import call_model
-from graph.nodes._common import (
-    add_usage,
-    call_tokens,
-    deadline_passed,
-    over_budget,
-    record,
-    stop,
-    task_input,
-    window_for,
-    window_state,
-)
+from graph.errors import DeadlineExceeded
+from graph.nodes._common import Asked, ask, deadline_passed, record, stop, task_input
 from graph.prompts import SUBMIT_PLAN, plan_prompt
 from graph.state import AgentState, PlanStep
 
@@ -30,14 +18,11 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     if deadline_passed(state):
         return stop(DeadlineExceeded("the task's deadline passed while planning"))
     tool_lines = "\n".join(f"- {t.name}: {t.description.splitlines()[0]}" for t in deps.toolset)
-    window = await window_for(deps, state, plan_prompt(tool_lines, state.get("replan_reason")))
-    if reason := over_budget(state, window.messages):
-        return stop(BudgetExceeded(reason))
-
-    started = time.monotonic()
-    message = await call_model(deps.model, window.messages, tools=[SUBMIT_PLAN],
-                               tool_choice="submit_plan")
-    steps, problem = _parse(message.tool_calls)
+    asked = await ask(deps, state, plan_prompt(tool_lines, state.get("replan_reason")),
+                      tools=[SUBMIT_PLAN], tool_choice="submit_plan")
+    if not isinstance(asked, Asked):
+        return asked
+    steps, problem = _parse(asked.message.tool_calls)
     errors = list(state.get("errors") or [])
     if problem:
         # A plan the model could not express still leaves the task itself as the one step.
@@ -46,21 +31,11 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     plan_steps = [PlanStep(number=i, description=s, status="pending")
                   for i, s in enumerate(steps, start=1)]
     plan_steps[0]["status"] = "in_progress"
-    tokens_in, tokens_out = call_tokens(message)
     step = await record(deps, state, "plan",
                         thought="\n".join(f"{p['number']}. {p['description']}" for p in plan_steps),
-                        tokens_in=tokens_in, tokens_out=tokens_out,
-                        latency_ms=int((time.monotonic() - started) * 1000),
-                        detail={"plan": plan_steps})
-    return {
-        "plan": plan_steps,
-        "current_step": 1,
-        "replan_reason": None,
-        "errors": errors,
-        "usage": add_usage(state, message, window.messages),
-        "step": step,
-        **window_state(window),
-    }
+                        detail={"plan": plan_steps}, **asked.cost())
+    return {"plan": plan_steps, "current_step": 1, "replan_reason": None, "errors": errors,
+            "step": step, **asked.state_update(state)}
 
 
 def _parse(calls: list[Any]) -> tuple[list[str], str | None]:

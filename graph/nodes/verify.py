@@ -3,25 +3,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
-from graph.errors import BudgetExceeded, GoalNotMet
-from graph.llm import call_model
-from graph.nodes._common import (
-    add_usage,
-    call_tokens,
-    last_ai,
-    over_budget,
-    record,
-    stop,
-    task_input,
-    window_for,
-    window_state,
-)
+from graph.errors import GoalNotMet
+from graph.nodes._common import Asked, ask, last_ai, record, stop, task_input
 from graph.prompts import SUBMIT_VERDICT, verify_prompt
 from graph.state import AgentState
 
@@ -32,20 +20,13 @@ async def verify(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, An
     deps = runtime.context
     answer_message = last_ai(state)
     answer = str(answer_message.content).strip() if answer_message else ""
-    window = await window_for(deps, state, verify_prompt(task_input(state), answer))
-    if reason := over_budget(state, window.messages):
-        return stop(BudgetExceeded(reason))
-
-    started = time.monotonic()
-    message = await call_model(deps.model, window.messages, tools=[SUBMIT_VERDICT],
-                               tool_choice="submit_verdict")
-    met, why = _parse(message.tool_calls)
-    tokens_in, tokens_out = call_tokens(message)
-    step = await record(deps, state, "verify", thought=f"goal met: {met}. {why}",
-                        tokens_in=tokens_in, tokens_out=tokens_out,
-                        latency_ms=int((time.monotonic() - started) * 1000))
-    update: dict[str, Any] = {"usage": add_usage(state, message, window.messages), "step": step,
-                              **window_state(window)}
+    asked = await ask(deps, state, verify_prompt(task_input(state), answer),
+                      tools=[SUBMIT_VERDICT], tool_choice="submit_verdict")
+    if not isinstance(asked, Asked):
+        return asked
+    met, why = _parse(asked.message.tool_calls)
+    step = await record(deps, state, "verify", thought=f"goal met: {met}. {why}", **asked.cost())
+    update: dict[str, Any] = {"step": step, **asked.state_update(state)}
     if met and answer:
         plan = [{**s, "status": "done" if s["status"] != "failed" else "failed"}
                 for s in state.get("plan") or []]
