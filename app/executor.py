@@ -76,6 +76,7 @@ class Executor:
     toolset: Toolset
     policy: Policy
     worker_id: str
+    tool_deps: Any = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -190,6 +191,7 @@ class Executor:
             ledger=Ledger(self.deps.db),
             recorder=Recorders(PostgresRecorder(self.deps.db), EventRecorder(self.events)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
+            tool_deps=self.tool_deps,
         )
         task_id = str(task["id"])
         try:

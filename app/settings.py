@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=10, validation_alias=_env("CADRE_LEASE_SECONDS"))
     e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
+    agent_sql_url: str | None = Field(None, validation_alias=_env("AGENT_SQL_URL"))
 
     # The local stack.
     home: Path = Field(Path(".cadre"), validation_alias=_env("CADRE_HOME"))
@@ -95,7 +96,7 @@ class Settings(BaseSettings):
         "INFO", validation_alias=_env("CADRE_LOG_LEVEL")
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "agent_sql_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):

@@ -22,9 +22,11 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
+from app.tooling import open_tool_deps
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails import DefaultPolicy
 from tools import Toolset
+from tools.builtin import builtin_toolset
 from tools.registry import load_toolset
 
 log = logging.getLogger("cadre.worker")
@@ -57,17 +59,19 @@ async def run_worker(
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
         # Entry-point discovery scans site-packages: off the event loop.
-        toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins)
+        toolset = await asyncio.to_thread(
+            load_toolset, settings.tool_plugins,
+            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url)))
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
-    ) as saver:
+    ) as saver, open_tool_deps(settings) as tool_deps:
         me = worker_id()
         events = EventLog(deps.redis)
         executor = Executor(
             deps=deps,
             service=TaskService(db=deps.db, queue=deps.queue, events=events),
             events=events, graph=compile_graph(saver), model=model, model_problem=problem,
-            toolset=toolset, policy=DefaultPolicy(), worker_id=me,
+            toolset=toolset, policy=DefaultPolicy(), worker_id=me, tool_deps=tool_deps,
         )
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once", me,
                  deps.queue.url, len(toolset), settings.worker_concurrency)

@@ -117,6 +117,7 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert set(processes) == {"postgres", "redis", "sqs", "llm", "api", "worker-1", "worker-2"}  # type: ignore[arg-type]
     assert "TINY OFFLINE model" in up.text
     assert stack["env"]["CADRE_OFFLINE_MODEL"] == "true"  # type: ignore[index]
+    assert "cadre_agent_ro" in stack["env"]["AGENT_SQL_URL"]  # type: ignore[index]
 
     # Other commands in the same directory find the running stack without any URL set.
     doctor = await run_cadre("doctor", env=clean_env, cwd=tmp_path)

@@ -12,9 +12,12 @@ from tools.contract import Tool, Toolset
 ENTRY_POINT_GROUP = "cadre.tools"
 
 
-def load_toolset(names: Iterable[str] = ()) -> Toolset:
-    """All tools available to this process. A plug-in exposes a `Toolset` or a `Tool`."""
+def load_toolset(names: Iterable[str] = (), *, builtin: Toolset | None = None) -> Toolset:
+    """All tools available to this process: `builtin`, then plug-ins. A plug-in exposes a
+    `Toolset` or a `Tool`."""
     toolset = Toolset()
+    if builtin is not None:
+        include(toolset, builtin, source="built-in tools")
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         include(toolset, entry.load(), source=f"entry point {entry.name}")
     for name in names:

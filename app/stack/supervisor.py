@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from app import migrate
+from app.demo_db import ensure_demo_database
 from app.deps import connect_db
 from app.errors import StackError
 from app.events import EventLog
@@ -171,6 +172,11 @@ class LocalStack:
 
         self.echo("applying database migrations")
         migrate.upgrade(env["DATABASE_URL"])
+        if s.agent_sql_url:
+            env["AGENT_SQL_URL"] = s.agent_sql_url
+        elif not s.database_url:
+            self.echo("preparing the demo database for the sql tool")
+            env["AGENT_SQL_URL"] = ensure_demo_database(env["DATABASE_URL"])
         admin_key, requeued = asyncio.run(_bootstrap(self.settings.model_copy(update={
             "database_url": env["DATABASE_URL"], "sqs_queue_url": env["SQS_QUEUE_URL"],
             "redis_url": env["REDIS_URL"],

@@ -1,0 +1,29 @@
+"""What the built-in tools need, opened from the settings for a worker's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from app.errors import StackError, first_line
+from app.settings import Settings, redact_url
+from tools.builtin import SqlAccess, ToolDeps
+
+
+@asynccontextmanager
+async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
+    sql_pool = None
+    if settings.agent_sql_url:
+        try:
+            sql_pool = await asyncpg.create_pool(settings.agent_sql_url, min_size=0, max_size=5,
+                                                 timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise StackError(f"cannot connect to AGENT_SQL_URL={redact_url(settings.agent_sql_url)}: "
+                             f"{first_line(exc)}") from None
+    try:
+        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None)
+    finally:
+        if sql_pool is not None:
+            await sql_pool.close()
