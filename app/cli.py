@@ -22,6 +22,8 @@ keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
 dlq_cli = typer.Typer(help="Inspect and redrive the dead-letter queue.", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
+sandbox_cli = typer.Typer(help="The code sandbox.", no_args_is_help=True)
+cli.add_typer(sandbox_cli, name="sandbox")
 
 
 class _Role(StrEnum):
@@ -174,6 +176,36 @@ def keys_create(
         return issued.secret
 
     _echo(asyncio.run(_create()))
+
+
+@sandbox_cli.command("exec")
+def sandbox_exec(
+    wall_seconds: Annotated[float, typer.Option(min=1, help="Wall-clock limit.")] = 60.0,
+) -> None:
+    """Run Python code from stdin in a fresh sandbox; print the result as JSON. Exit 1 if the
+    code raised or the interpreter died."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from tools.sandbox.bwrap import BwrapSandbox, Limits, SandboxUnavailable
+
+    code = sys.stdin.read()
+
+    async def _run() -> dict[str, object]:
+        with tempfile.TemporaryDirectory(prefix="cadre-sandbox-") as tmp:
+            sandbox = BwrapSandbox(root=Path(tmp), limits=Limits(wall_seconds=wall_seconds))
+            try:
+                return (await sandbox.run("cli", code)).to_json()
+            finally:
+                await sandbox.aclose()
+
+    try:
+        result = asyncio.run(_run())
+    except SandboxUnavailable as exc:
+        raise CadreError(str(exc)) from None
+    print(json.dumps(result, indent=2))
+    raise typer.Exit(1 if result.get("error") else 0)
 
 
 @dlq_cli.command("list")

@@ -261,6 +261,9 @@ class Executor:
             following = await self.service.finish(conn, task_id) if updated else None
         if not updated:
             return
+        sandbox = getattr(self.tool_deps, "sandbox", None)
+        if sandbox is not None:
+            await sandbox.close(task_id)  # the task's interpreter ends with the task
         if status == "SUCCEEDED":
             await self.events.publish(task_id, "final", {"output": output, "usage": usage})
         else:

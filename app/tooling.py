@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ import asyncpg
 from app.errors import StackError, first_line
 from app.settings import Settings, redact_url
 from tools.builtin import SqlAccess, ToolDeps
+from tools.sandbox.bwrap import BwrapSandbox
 
 
 @asynccontextmanager
@@ -22,8 +24,15 @@ async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StackError(f"cannot connect to AGENT_SQL_URL={redact_url(settings.agent_sql_url)}: "
                              f"{first_line(exc)}") from None
+    sandbox = BwrapSandbox(root=settings.home.resolve() / "sandbox") if sandbox_available() else None
     try:
-        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None)
+        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox)
     finally:
+        if sandbox is not None:
+            await sandbox.aclose()
         if sql_pool is not None:
             await sql_pool.close()
+
+
+def sandbox_available() -> bool:
+    return shutil.which("bwrap") is not None

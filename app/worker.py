@@ -22,7 +22,7 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
-from app.tooling import open_tool_deps
+from app.tooling import open_tool_deps, sandbox_available
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails import DefaultPolicy
 from tools import Toolset
@@ -61,7 +61,8 @@ async def run_worker(
         # Entry-point discovery scans site-packages: off the event loop.
         toolset = await asyncio.to_thread(
             load_toolset, settings.tool_plugins,
-            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url)))
+            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url),
+                                    with_python=sandbox_available()))
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings) as tool_deps:

@@ -8,9 +8,7 @@ directory under `.cadre/pg` and a process it can stop.
 from __future__ import annotations
 
 import os
-import pwd
 import signal
-import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,14 @@ from pathlib import Path
 import psycopg
 
 from app.errors import StackError
-from app.stack.process import ManagedProcess, identity, wait_ready, wheel_file
+from app.stack.process import ManagedProcess, wait_ready, wheel_file
+from tools.sandbox.users import (
+    UserSetupError,
+    chown,
+    ensure_system_user,
+    ensure_traversable,
+    identity,
+)
 
 # PostgreSQL refuses to run as root; under root the server runs as this system user.
 SERVICE_USER = "cadre"
@@ -52,7 +57,11 @@ class EmbeddedPostgres:
     def _run_as(self) -> str | None:
         if os.geteuid() != 0:
             return None
-        _ensure_service_user()
+        try:
+            ensure_system_user(SERVICE_USER)
+        except UserSetupError as exc:
+            raise StackError(f"PostgreSQL cannot run as root and {exc}; run cadre as a "
+                             "normal user") from None
         return SERVICE_USER
 
     def initialise(self) -> None:
@@ -60,8 +69,8 @@ class EmbeddedPostgres:
         user = self._run_as()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if user is not None:
-            _ensure_traversable(self.data_dir)
-            _chown_tree(self.data_dir, user)
+            ensure_traversable(self.data_dir)
+            chown(self.data_dir, user, recursive=True)
         self.data_dir.chmod(0o700)
         if (self.data_dir / "PG_VERSION").exists():
             return
@@ -72,7 +81,7 @@ class EmbeddedPostgres:
             handle.write(self.password)
         try:
             if user is not None:
-                _chown(pwfile, user)
+                chown(pwfile, user)
             result = subprocess.run(
                 [
                     str(bin_dir() / "initdb"),
@@ -125,41 +134,3 @@ class EmbeddedPostgres:
 
         wait_ready(proc, _probe, what="PostgreSQL", errors=(psycopg.OperationalError,),
                    timeout=timeout)
-
-def _ensure_service_user() -> None:
-    try:
-        pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        result = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             SERVICE_USER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0 and "already exists" not in result.stderr:
-            raise StackError(
-                f"PostgreSQL cannot run as root and creating the system user "
-                f"'{SERVICE_USER}' failed: {result.stderr.strip()}; run cadre as a normal user"
-            ) from None
-
-
-def _ensure_traversable(path: Path) -> None:
-    # The service user must be able to walk down to its data directory; only the
-    # search (x) bit is added, so directory listings stay private.
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
-
-
-def _chown(path: Path, user: str) -> None:
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-
-
-def _chown_tree(path: Path, user: str) -> None:
-    _chown(path, user)
-    for root, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            _chown(Path(root) / name, user)

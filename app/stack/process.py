@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
-import pwd
 import signal
 import subprocess
 import threading
@@ -13,9 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 from app.errors import StackError, first_line
+from tools.sandbox.users import identity
 
 T = TypeVar("T")
 
@@ -27,18 +27,6 @@ def _die_with_parent() -> None:
     # if `cadre up` is killed outright, the kernel sends SIGTERM here, so nothing is orphaned.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def identity(user: str | None) -> dict[str, Any]:
-    """`subprocess` arguments that run a child as `user` with only that user's own group.
-
-    Setting `user=` alone keeps root's group, which makes a root-owned 0701 directory
-    (pytest's temp dirs) untraversable: the group bits, not the "other" bits, then apply.
-    """
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 @dataclass(kw_only=True)

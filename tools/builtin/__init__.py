@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from tools.builtin import sql
+from tools.builtin import python, sql
 from tools.builtin.sql import SqlAccess
 from tools.contract import Toolset
 
@@ -14,11 +15,16 @@ class ToolDeps:
     """Handed to every tool as `ctx.deps`; a tool whose part is None says it is not configured."""
 
     sql: SqlAccess | None = None
+    # A `tools.sandbox.bwrap.BwrapSandbox` (or any object with its `run`/`close`).
+    sandbox: Any = None
 
 
-def builtin_toolset(*, with_sql: bool) -> Toolset:
+def builtin_toolset(*, with_sql: bool, with_python: bool = False,
+                    sandbox_wall_seconds: float = 60.0) -> Toolset:
     """The built-in tools available with this configuration."""
     toolset = Toolset()
+    if with_python:
+        python.register(toolset, wall_seconds=sandbox_wall_seconds)
     if with_sql:
         sql.register(toolset)
     return toolset

@@ -1,0 +1,28 @@
+"""`python`: run code in the task's sandboxed, stateful interpreter (variables, imports and
+files persist between calls; pandas, numpy and matplotlib are there; no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.contract import ToolContext, ToolError, Toolset
+
+
+def register(toolset: Toolset, *, wall_seconds: float) -> None:
+    # The code runs in a sandbox with no network and a throw-away workspace: its effects stay
+    # there, so the call is read-only as far as the world is concerned.
+    @toolset.tool(risk="read_only", timeout=wall_seconds + 15, max_output_chars=30_000)
+    async def python(ctx: ToolContext, code: str) -> dict[str, Any]:
+        """Run Python code in your own sandboxed interpreter. State persists between calls
+        (like a notebook). pandas, numpy and matplotlib are installed; uploaded files and
+        your outputs live in /workspace; figures you draw are saved as PNG files there. The
+        value of the last expression is returned. There is no network access."""
+        sandbox = getattr(ctx.deps, "sandbox", None)
+        if sandbox is None:
+            raise ToolError("no code sandbox is configured (install bubblewrap or set E2B_API_KEY)")
+        result = await sandbox.run(ctx.task_id, code)
+        body: dict[str, Any] = result.to_json()
+        if result.state_lost:
+            body["note"] = (f"Your earlier Python state is gone: {result.state_lost}. "
+                            "Re-run imports and setup before using earlier variables.")
+        return body

@@ -1,0 +1,285 @@
+"""The local code sandbox: bubblewrap around a long-lived Python interpreter per session.
+
+Isolation: every namespace unshared (no network at all), a fresh /proc and a minimal /dev,
+the system and the Python installation read-only, size-capped tmpfs for /tmp and for the
+session's /workspace (the only writable places), capabilities dropped, uid 65534 inside,
+`--die-with-parent` and `--new-session`. Limits: address space, file size, processes (per
+sandbox user), open files, CPU seconds per call (set by the kernel), a wall-clock timeout per
+call, and output caps. Under root, bwrap itself runs as the unprivileged `cadre-sbx` user so
+the process limit counts only sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tools.sandbox.users import ensure_system_user, ensure_traversable, identity
+
+KERNEL = Path(__file__).with_name("kernel.py")
+SANDBOX_USER = "cadre-sbx"
+
+
+class SandboxUnavailable(Exception):
+    """bubblewrap is missing or cannot create namespaces here."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    wall_seconds: float = 60.0
+    cpu_seconds: int = 60
+    memory_bytes: int = 2 * 1024**3
+    file_bytes: int = 64 * 1024**2
+    processes: int = 256
+    open_files: int = 256
+    workspace_bytes: int = 256 * 1024**2
+    tmp_bytes: int = 64 * 1024**2
+    output_chars: int = 20_000
+    idle_seconds: float = 900.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResult:
+    stdout: str = ""
+    stderr: str = ""
+    value: str | None = None
+    error: str | None = None
+    files: list[str] = field(default_factory=list)
+    duration_ms: int = 0
+    # Set when the interpreter was (re)started for this call after an earlier one died.
+    state_lost: str | None = None
+    # Set when this call killed the interpreter (timeout, CPU, memory, exit).
+    died: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "", [])}
+
+
+@dataclass
+class _Kernel:
+    proc: asyncio.subprocess.Process
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class BwrapSandbox:
+    """Sessions (one per task) of a stateful Python interpreter in bubblewrap."""
+
+    def __init__(self, *, root: Path, limits: Limits | None = None,
+                 python: str = sys.executable) -> None:
+        self.root = root
+        self.limits = limits or Limits()
+        self.python = python
+        self._kernels: dict[str, _Kernel] = {}
+        self._lost: dict[str, str] = {}
+        self._user: str | None = None
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailable("bubblewrap is not installed (apt-get install bubblewrap), "
+                                     "or set E2B_API_KEY")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            ensure_system_user(SANDBOX_USER)
+            self._user = SANDBOX_USER
+            for path in (Path(sys.base_prefix), Path(sys.prefix), KERNEL, Path(self.python)):
+                ensure_traversable(path)
+        self._prepared = True
+
+    def _prepared_argv(self) -> list[str]:
+        # File-system checks: run off the event loop.
+        self._prepare()
+        return self._argv()
+
+    def _argv(self) -> list[str]:
+        lim = self.limits
+        argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+                "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
+                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+                "--symlink", "usr/lib", "/lib"]
+        if Path("/usr/lib64").exists():
+            argv += ["--symlink", "usr/lib64", "/lib64"]
+        for prefix in sorted({str(Path(sys.base_prefix).resolve()), str(Path(sys.prefix))}):
+            if not prefix.startswith("/usr/"):
+                argv += ["--ro-bind", prefix, prefix]
+        argv += ["--ro-bind", str(KERNEL), "/sandbox/kernel.py",
+                 "--proc", "/proc", "--dev", "/dev",
+                 "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
+                 "--size", str(lim.workspace_bytes), "--tmpfs", "/workspace",
+                 "--chdir", "/workspace", "--clearenv",
+                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+                 "--setenv", "XDG_CACHE_HOME", "/tmp/.cache",
+                 "--setenv", "MPLBACKEND", "Agg", "--setenv", "MPLCONFIGDIR", "/tmp",
+                 "--setenv", "OPENBLAS_NUM_THREADS", "1", "--setenv", "OMP_NUM_THREADS", "1",
+                 "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
+                 "--setenv", "CADRE_OUTPUT_CAP", str(lim.output_chars),
+                 self.python, "-u", "/sandbox/kernel.py"]
+        return argv
+
+    def _rlimits(self) -> None:
+        # Runs in the child before exec; bwrap and the interpreter inherit these.
+        lim = self.limits
+        for kind, value in ((resource.RLIMIT_AS, lim.memory_bytes),
+                            (resource.RLIMIT_FSIZE, lim.file_bytes),
+                            (resource.RLIMIT_NPROC, lim.processes),
+                            (resource.RLIMIT_NOFILE, lim.open_files),
+                            (resource.RLIMIT_CORE, 0)):
+            resource.setrlimit(kind, (value, value))
+
+    async def _start(self, session: str) -> _Kernel:
+        argv = await asyncio.to_thread(self._prepared_argv)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            # bwrap's own init process stays visible in the sandbox's /proc: it must not carry
+            # the host's environment (API keys, database URLs) with it.
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            preexec_fn=self._rlimits, limit=4 * 1024 * 1024, **identity(self._user))
+        kernel = _Kernel(proc=proc)
+        self._kernels[session] = kernel
+        return kernel
+
+    async def run(self, session: str, code: str) -> ExecResult:
+        """Run `code` in the session's interpreter (started on first use, or again after it
+        died, in which case the result says the earlier state was lost)."""
+        await self._expire_idle()
+        kernel = self._kernels.get(session)
+        if kernel is None or kernel.proc.returncode is not None:
+            kernel = await self._start(session)
+        async with kernel.lock:
+            kernel.last_used = time.monotonic()
+            lost = self._lost.pop(session, None)
+            assert kernel.proc.stdin is not None and kernel.proc.stdout is not None
+            request = json.dumps({"code": code, "cpu_seconds": self.limits.cpu_seconds})
+            try:
+                kernel.proc.stdin.write(request.encode() + b"\n")
+                await kernel.proc.stdin.drain()
+                line = await asyncio.wait_for(kernel.proc.stdout.readline(),
+                                              timeout=self.limits.wall_seconds)
+            except TimeoutError:
+                await self._kill(session)
+                return self._died(session, lost, f"the call ran longer than "
+                                                  f"{self.limits.wall_seconds:g} s and was stopped")
+            except (BrokenPipeError, ConnectionResetError):
+                line = b""
+            if not line:
+                code_ = await kernel.proc.wait()
+                await self._kill(session)
+                return self._died(session, lost, _describe_exit(code_))
+            data = json.loads(line)
+            await asyncio.to_thread(self._copy_out, session, kernel, data["files"])
+            return ExecResult(stdout=data["stdout"], stderr=data["stderr"], value=data["value"],
+                              error=data["error"], files=data["files"],
+                              duration_ms=data["duration_ms"], state_lost=lost)
+
+    def _died(self, session: str, lost: str | None, why: str) -> ExecResult:
+        self._lost[session] = f"the previous interpreter stopped ({why})"
+        return ExecResult(error=why, died=why, state_lost=lost)
+
+    def artifacts(self, session: str) -> Path:
+        """Where the session's workspace files are copied after each call (on the host)."""
+        return self.root / session
+
+    def _copy_out(self, session: str, kernel: _Kernel, names: list[str]) -> None:
+        """Copy regular files the call wrote out of the sandbox, never following a link."""
+        inner = _innermost(kernel.proc.pid)
+        if inner is None or not names:
+            return
+        target = self.artifacts(session)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            data = _read_inside(Path(f"/proc/{inner}/root/workspace"), name,
+                                self.limits.file_bytes)
+            if data is not None:
+                out = target / name.replace("/", "__")
+                out.write_bytes(data)
+
+    async def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for session, kernel in list(self._kernels.items()):
+            if not kernel.lock.locked() and now - kernel.last_used > self.limits.idle_seconds:
+                await self._kill(session)
+                self._lost[session] = "the previous interpreter was idle too long and stopped"
+
+    async def _kill(self, session: str) -> None:
+        kernel = self._kernels.pop(session, None)
+        if kernel is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(kernel.proc.pid, signal.SIGKILL)
+        await kernel.proc.wait()
+
+    async def close(self, session: str) -> None:
+        await self._kill(session)
+        self._lost.pop(session, None)
+
+    async def aclose(self) -> None:
+        for session in list(self._kernels):
+            await self._kill(session)
+
+
+def _innermost(pid: int) -> int | None:
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return None
+    pythons = [c for c in children if "python" in (c.name() or "")]
+    chosen = pythons or children
+    return chosen[-1].pid if chosen else None
+
+
+def _read_inside(root: Path, name: str, limit: int) -> bytes | None:
+    """Open `root/name` one component at a time with O_NOFOLLOW: a symlink planted in the
+    workspace must not make the host read its own files."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            return None
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(parts[-1], flags, dir_fd=fd)
+        try:
+            if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+                return None
+            with os.fdopen(file_fd, "rb", closefd=False) as handle:
+                return handle.read(limit)
+        finally:
+            os.close(file_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _describe_exit(code: int) -> str:
+    # bwrap reports a child killed by signal N as exit status 128 + N.
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    if signum:
+        name = signal.Signals(signum).name
+        why = {"SIGXCPU": "it used up its CPU time", "SIGKILL": "it was killed",
+               "SIGSEGV": "it crashed"}.get(name, "it was stopped")
+        return f"the interpreter ended with {name}: {why}"
+    return f"the interpreter exited with status {code}"

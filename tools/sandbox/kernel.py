@@ -1,0 +1,118 @@
+"""The interpreter that runs inside the sandbox, one per task: it keeps variables and imports
+between calls, like a notebook kernel. Standard library only; started as a script.
+
+Protocol: one JSON request per line on stdin (`{"code": ..., "cpu_seconds": ...}`); one JSON
+result per line on the original stdout. The code's own output (including that of child
+processes and C extensions) goes to files on the sandbox's /tmp, read back and capped."""
+
+import ast
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+WORKSPACE = "/workspace"
+OUTPUT_CAP = int(os.environ.get("CADRE_OUTPUT_CAP", "20000"))
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    files: dict[str, tuple[int, int]] = {}
+    for root, _dirs, names in os.walk(WORKSPACE):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            files[os.path.relpath(path, WORKSPACE)] = (st.st_size, st.st_mtime_ns)
+    return files
+
+
+def _read_capped(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(OUTPUT_CAP + 1)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return ""
+    text = data[:OUTPUT_CAP].decode("utf-8", "replace")
+    if size > OUTPUT_CAP:
+        text += f"\n[output truncated: {size - OUTPUT_CAP} more bytes]"
+    return text
+
+
+def _format(exc: BaseException) -> str:
+    """The traceback from the cell's own frames on, without this kernel's."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != "<cell>":
+        tb = tb.tb_next
+    lines = traceback.format_exception(type(exc), exc, tb, limit=12)
+    return "".join(lines)[-OUTPUT_CAP:]
+
+
+def _save_figures() -> None:
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    for number in pyplot.get_fignums():
+        pyplot.figure(number).savefig(os.path.join(WORKSPACE, f"figure-{number}.png"))
+    pyplot.close("all")
+
+
+def _run(code: str, namespace: dict[str, object]) -> str | None:
+    tree = ast.parse(code, "<cell>", "exec")
+    last: ast.Expression | None = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body[-1].value)
+        tree.body.pop()
+    exec(compile(tree, "<cell>", "exec"), namespace)
+    if last is not None:
+        value = eval(compile(last, "<cell>", "eval"), namespace)
+        if value is not None:
+            return repr(value)[:OUTPUT_CAP]
+    return None
+
+
+def main() -> None:
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for line in sys.stdin:
+        request = json.loads(line)
+        before = _snapshot()
+        out_path, err_path = "/tmp/.cell-stdout", "/tmp/.cell-stderr"
+        saved = os.dup(1), os.dup(2)
+        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+        cpu = int(used + request.get("cpu_seconds", 30)) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))
+        started = time.monotonic()
+        value, error = None, None
+        try:
+            value = _run(request["code"], namespace)
+            _save_figures()
+        except BaseException as exc:  # the cell's error is its result
+            error = _format(exc)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (out, err, *saved):
+                os.close(fd)
+        after = _snapshot()
+        changed = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
+        protocol.write(json.dumps({
+            "stdout": _read_capped(out_path), "stderr": _read_capped(err_path),
+            "value": value, "error": error, "files": changed,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        }) + "\n")
+
+
+if __name__ == "__main__":
+    main()
