@@ -91,6 +91,7 @@ class Executor:
                         "dead-letter queue: %.200s", message.message_id,
                         self.deps.settings.max_receive_count, message.body)
             return
+        log.debug("task %s: delivery %d", body.task_id, message.receive_count)
         try:
             await self._handle(body, message)
         except Exception as exc:

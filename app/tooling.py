@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +25,10 @@ async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StackError(f"cannot connect to AGENT_SQL_URL={redact_url(settings.agent_sql_url)}: "
                              f"{first_line(exc)}") from None
-    sandbox = BwrapSandbox(root=settings.home.resolve() / "sandbox") if sandbox_available() else None
+    sandbox = None
+    if await asyncio.to_thread(sandbox_available):
+        root = await asyncio.to_thread(lambda: settings.home.resolve() / "sandbox")
+        sandbox = BwrapSandbox(root=root)
     try:
         yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox)
     finally:

@@ -58,11 +58,11 @@ async def run_worker(
             problem = str(exc)
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
-        # Entry-point discovery scans site-packages: off the event loop.
+        # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
+        with_python = await asyncio.to_thread(sandbox_available)
         toolset = await asyncio.to_thread(
             load_toolset, settings.tool_plugins,
-            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url),
-                                    with_python=sandbox_available()))
+            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python))
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings) as tool_deps:

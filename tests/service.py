@@ -19,6 +19,7 @@ from app.settings import Settings
 from app.worker import run_worker
 from graph.testing import ScriptedModel, serving
 from tests.agent import Outbox, make_toolset
+from tools import Toolset
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Service:
 
 
 @asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[Service]:
+async def running_service(settings: Settings, *,
+                          toolset: Toolset | None = None) -> AsyncIterator[Service]:
     model = ScriptedModel()
     outbox = Outbox()
     stop = asyncio.Event()
@@ -90,7 +92,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
         other = (await create_key(deps.db, email="eve@example.com", role="analyst")).secret
         port = await stack.enter_async_context(serving(create_app(deps=deps)))
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,
-                                                toolset=make_toolset(outbox)))
+                                                toolset=toolset or make_toolset(outbox)))
+        async with asyncio.timeout(30):  # a worker that fails to start fails the test now
+            while not [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
+                if worker.done():
+                    worker.result()
+                await asyncio.sleep(0.05)
         base_url = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:

@@ -62,6 +62,7 @@ async def test_poison_task_goes_to_the_dlq_and_is_marked_failed(service: Service
     queue = service.deps.queue
     await asyncio.to_thread(queue._client.set_queue_attributes, QueueUrl=queue.url,
                             Attributes={"VisibilityTimeout": "1"})
+    await asyncio.sleep(1.5)  # a long poll already in flight still hands out the old timeout
     service.model.add(*[RuntimeError("the model client crashed") for _ in range(5)])
     created = await service.submit("Crash every time.")
     failed = await service.wait_status(created["id"], "FAILED", timeout=60)

@@ -122,3 +122,22 @@ async def test_list_own_tasks_with_cursor_and_filter(service: Service) -> None:
     assert failed["items"] == []
     theirs = (await service.http.get("/v1/tasks", headers=service.auth(service.other_key))).json()
     assert theirs["items"] == []
+
+
+async def test_a_task_uses_the_sandboxed_python_across_steps(settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.service import running_service
+    from tools.builtin import builtin_toolset
+
+    async with running_service(settings, toolset=builtin_toolset(
+            with_sql=False, with_python=True)) as service:
+        service.model.add(plan("Compute", "Check"),
+                          call("python", {"code": "x = 6 * 7\nx"}),
+                          call("python", {"code": "x + 1"}),
+                          reply("42, and one more is 43."), verdict(True))
+        created = await service.submit("Compute 6 times 7 in Python, then add one.")
+        events = await service.sse(created["id"])
+        results = [e["data"] for e in events if e["type"] == "tool_result"]
+        assert [r["name"] for r in results] == ["python", "python"]
+        assert '"value": "42"' in results[0]["content"] and '"value": "43"' in results[1]["content"]
+        assert events[-1]["data"]["status"] == "SUCCEEDED"
+        service.model.assert_done()

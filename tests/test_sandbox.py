@@ -216,3 +216,21 @@ async def test_python_tool_tells_the_model_when_state_was_lost(sandbox: BwrapSan
     missing = await tool.invoke(ToolContext(task_id="t", tool_call_id="c", deps=ToolDeps()),
                                 {"code": "1"})
     assert not missing.ok and "no code sandbox is configured" in missing.content
+
+
+async def test_uploaded_inputs_are_visible_read_only(sandbox: BwrapSandbox) -> None:
+    inputs = sandbox.inputs("t1")
+
+    def _upload() -> None:
+        inputs.mkdir(parents=True)
+        (inputs / "sales.csv").write_text("month,sales\n1,10\n2,30\n")
+
+    await asyncio.to_thread(_upload)
+    result = await sandbox.run("t1", "import pandas as pd\n"
+                                     "int(pd.read_csv('inputs/sales.csv')['sales'].sum())")
+    assert result.value == "40", result.error
+    denied = await sandbox.run("t1", "open('inputs/sales.csv', 'a').write('3,99\\n')")
+    assert denied.error is not None
+    assert "Read-only file system" in denied.error or "Permission denied" in denied.error
+    assert await asyncio.to_thread((inputs / "sales.csv").read_text) == "month,sales\n1,10\n2,30\n"
+    assert "inputs/sales.csv" not in (result.files or []), "inputs are not reported as outputs"

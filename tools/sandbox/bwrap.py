@@ -102,10 +102,23 @@ class BwrapSandbox:
                 ensure_traversable(path)
         self._prepared = True
 
-    def _prepared_argv(self) -> list[str]:
+    def inputs(self, session: str) -> Path:
+        """Files placed here (on the host) appear read-only in /workspace/inputs."""
+        return self.root / "inputs" / session
+
+    def _prepared_argv(self, session: str) -> list[str]:
         # File-system checks: run off the event loop.
         self._prepare()
-        return self._argv()
+        argv = self._argv()
+        inputs = self.inputs(session)
+        if inputs.is_dir():
+            if self._user is not None:
+                ensure_traversable(inputs)
+                for path in [inputs, *inputs.rglob("*")]:
+                    path.chmod(path.stat().st_mode | (0o005 if path.is_dir() else 0o004))
+            at = argv.index("--chdir")
+            argv[at:at] = ["--ro-bind", str(inputs), "/workspace/inputs"]
+        return argv
 
     def _argv(self) -> list[str]:
         lim = self.limits
@@ -143,7 +156,7 @@ class BwrapSandbox:
             resource.setrlimit(kind, (value, value))
 
     async def _start(self, session: str) -> _Kernel:
-        argv = await asyncio.to_thread(self._prepared_argv)
+        argv = await asyncio.to_thread(self._prepared_argv, session)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
