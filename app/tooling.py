@@ -13,6 +13,7 @@ from app.errors import StackError, first_line
 from app.settings import Settings, redact_url
 from tools.builtin import SqlAccess, ToolDeps
 from tools.sandbox.bwrap import BwrapSandbox
+from tools.sandbox.e2b import E2BSandbox
 
 
 @asynccontextmanager
@@ -25,9 +26,11 @@ async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise StackError(f"cannot connect to AGENT_SQL_URL={redact_url(settings.agent_sql_url)}: "
                              f"{first_line(exc)}") from None
-    sandbox = None
-    if await asyncio.to_thread(sandbox_available):
-        root = await asyncio.to_thread(lambda: settings.home.resolve() / "sandbox")
+    sandbox: BwrapSandbox | E2BSandbox | None = None
+    root = await asyncio.to_thread(lambda: settings.home.resolve() / "sandbox")
+    if settings.e2b_api_key:
+        sandbox = E2BSandbox(root=root, api_key=settings.e2b_api_key.get_secret_value())
+    elif await asyncio.to_thread(sandbox_available):
         sandbox = BwrapSandbox(root=root)
     try:
         yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox)
@@ -38,5 +41,6 @@ async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
             await sql_pool.close()
 
 
-def sandbox_available() -> bool:
-    return shutil.which("bwrap") is not None
+def sandbox_available(settings: Settings | None = None) -> bool:
+    """A code sandbox can run here: E2B is configured, or bubblewrap is installed."""
+    return bool(settings and settings.e2b_api_key) or shutil.which("bwrap") is not None

@@ -59,7 +59,7 @@ async def run_worker(
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
         # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
-        with_python = await asyncio.to_thread(sandbox_available)
+        with_python = await asyncio.to_thread(sandbox_available, settings)
         toolset = await asyncio.to_thread(
             load_toolset, settings.tool_plugins,
             builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python))

@@ -109,7 +109,7 @@ class Tool:
             return ToolOutcome(ok=False, content=str(exc))
         except Exception as exc:
             return ToolOutcome(ok=False, content=f"{self.name} failed: {type(exc).__name__}: {exc}")
-        return ToolOutcome(ok=True, content=_cap(_render(value), self.max_output_chars))
+        return ToolOutcome(ok=True, content=cap_text(_render(value), self.max_output_chars))
 
 
 @dataclass
@@ -191,7 +191,8 @@ def _render(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def _cap(text: str, limit: int) -> str:
+def cap_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n[output truncated: {len(text) - limit} more characters]"

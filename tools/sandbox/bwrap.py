@@ -128,12 +128,14 @@ class BwrapSandbox:
                 "--symlink", "usr/lib", "/lib"]
         if Path("/usr/lib64").exists():
             argv += ["--symlink", "usr/lib64", "/lib64"]
+        # Mounts apply in order: /tmp's tmpfs goes first, or it would hide a Python
+        # installation or checkout that lives under /tmp.
+        argv += ["--size", str(lim.tmp_bytes), "--tmpfs", "/tmp"]
         for prefix in sorted({str(Path(sys.base_prefix).resolve()), str(Path(sys.prefix))}):
             if not prefix.startswith("/usr/"):
                 argv += ["--ro-bind", prefix, prefix]
         argv += ["--ro-bind", str(KERNEL), "/sandbox/kernel.py",
                  "--proc", "/proc", "--dev", "/dev",
-                 "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
                  "--size", str(lim.workspace_bytes), "--tmpfs", "/workspace",
                  "--chdir", "/workspace", "--clearenv",
                  "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
