@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from app import problems
 from app.deps import Deps, open_deps
 from app.events import EventLog
+from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
 from app.routes import router
 from app.service import TaskService
@@ -45,7 +46,9 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
             yield
 
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES)
+    # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
+    app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES,
+                       larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024})
     if deps is not None:
         _attach(app, deps)
     problems.install(app)
@@ -96,6 +99,7 @@ def _attach(app: FastAPI, deps: Deps) -> None:
     events = EventLog(deps.redis)
     app.state.deps = deps
     app.state.events = events
+    app.state.files = FileStore(deps.settings.home / "files", deps.db)
     app.state.service = TaskService(
         db=deps.db, queue=deps.queue, events=events,
         default_max_iterations=deps.settings.max_iterations,

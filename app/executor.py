@@ -19,6 +19,7 @@ from langgraph.types import Command
 
 from app.deps import Deps
 from app.events import EventLog
+from app.files import FileStore
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from graph import GraphDeps, task_input
@@ -179,6 +180,7 @@ class Executor:
         elif ours:
             return await outcome(self.graph, thread)  # finished, but not yet recorded
         else:
+            await self._stage_inputs(str(task["id"]))
             options = task["options"] if isinstance(task["options"], dict) \
                 else json.loads(task["options"] or "{}")
             role = await self.deps.db.fetchval("SELECT role FROM users WHERE id = $1",
@@ -220,6 +222,13 @@ class Executor:
                              partial=result.partial, usage=result.usage, plan=result.plan,
                              approval=None)
         return await outcome(self.graph, thread)
+
+    async def _stage_inputs(self, task_id: str) -> None:
+        """Put the task's uploaded files where its sandbox shows them (read-only)."""
+        sandbox = getattr(self.tool_deps, "sandbox", None)
+        if sandbox is not None:
+            store = FileStore(self.deps.settings.home / "files", self.deps.db)
+            await store.copy_to(task_id, sandbox.inputs(task_id))
 
     async def _cancel_requested(self, task_id: str) -> bool:
         return bool(await self.deps.db.fetchval(

@@ -21,6 +21,7 @@ _TITLES = {
     "not-found": "Not found",
     "conflict": "Conflict with the current state",
     "payload-too-large": "The request body is too large",
+    "unsupported-media-type": "This kind of file is not accepted",
     "rate-limited": "Too many requests",
     "unavailable": "A backing service is unavailable",
     "internal": "Internal error",
@@ -75,18 +76,20 @@ def install(app: FastAPI) -> None:
 
 class BodyLimit:
     """Refuses request bodies over `limit` bytes with a 413 problem, whether announced by
-    Content-Length or sent chunked (counted as it arrives)."""
+    Content-Length or sent chunked (counted as it arrives). Paths in `larger` get their own
+    limit (uploads)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, larger: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.larger = app, limit, larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.larger.get(scope.get("path", ""), self.default)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(scope, receive, send, limit)
             return
         seen = 0
 
@@ -95,20 +98,20 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await _refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response("payload-too-large", 413,
-                                    f"the request body is over {self.limit} bytes",
-                                    instance=scope.get("path"))
-        await response(scope, receive, send)
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = problem_response("payload-too-large", 413, f"the request body is over {limit} bytes",
+                                instance=scope.get("path"))
+    await response(scope, receive, send)
 
 
 class _TooLarge(Exception):

@@ -9,12 +9,22 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    Query,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.auth import Principal, authenticate
 from app.events import Event, EventLog
+from app.files import FileStore
 from app.problems import Problem
 from app.service import TaskService
 
@@ -30,6 +40,9 @@ class TaskCreate(BaseModel):
         None, description="Continue this conversation; omitted, a new one starts.")
     max_iterations: int | None = Field(None, ge=1, le=100)
     token_budget: int | None = Field(None, ge=1, le=10_000_000)
+    files: list[uuid.UUID] = Field(
+        default_factory=list, max_length=10,
+        description="Ids from POST /v1/files; the task's Python sees them in /workspace/inputs.")
     multitask_strategy: Literal["enqueue", "reject", "interrupt"] = Field(
         "enqueue", description="When the conversation is busy: wait behind it (enqueue), "
                                "refuse with 409 (reject), or cancel it and start (interrupt).")
@@ -68,11 +81,18 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
     task = await service.submit(
         who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
         max_iterations=body.max_iterations, token_budget=body.token_budget,
-        strategy=body.multitask_strategy)
+        strategy=body.multitask_strategy, files=[str(f) for f in body.files])
     return JSONResponse(
         {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
          "links": _links(request, task["id"])},
         status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+
+
+@router.post("/files", status_code=201)
+async def upload(request: Request, who: Who, file: UploadFile) -> dict[str, Any]:
+    """Upload a file (CSV, TSV, text, Markdown, JSON or PDF; up to 25 MiB) to attach to tasks."""
+    store: FileStore = request.app.state.files
+    return await store.save(who.user_id, file)
 
 
 @router.get("/tasks")

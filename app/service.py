@@ -45,7 +45,8 @@ class TaskService:
 
     async def submit(self, who: Principal, text: str, *, conversation_id: str | None = None,
                      max_iterations: int | None = None, token_budget: int | None = None,
-                     strategy: Strategy = "enqueue") -> dict[str, Any]:
+                     strategy: Strategy = "enqueue", files: list[str] | None = None
+                     ) -> dict[str, Any]:
         options = {"max_iterations": max_iterations or self.default_max_iterations,
                    "token_budget": token_budget or self.default_token_budget}
         cancelled: list[str] = []
@@ -67,6 +68,15 @@ class TaskService:
                 f"INSERT INTO tasks (user_id, conversation_id, input, options) "
                 f"VALUES ($1::uuid, $2, $3, $4::jsonb) RETURNING {_TASK_COLUMNS}",
                 who.user_id, conv, text, json.dumps(options))
+            if files:
+                owned = await conn.fetchval(
+                    "SELECT count(*) FROM files WHERE id = ANY($1::uuid[]) AND user_id = $2::uuid",
+                    files, who.user_id)
+                if owned != len(set(files)):
+                    raise Problem("not-found", 404, "one of the files was not found")
+                await conn.executemany(
+                    "INSERT INTO task_files (task_id, file_id) VALUES ($1, $2::uuid) "
+                    "ON CONFLICT DO NOTHING", [(task["id"], f) for f in files])
             await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conv)
             dispatch = await self._next_to_dispatch(conn, conv)
         for task_id in cancelled:
