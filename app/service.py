@@ -141,22 +141,17 @@ class TaskService:
     # -- read ----------------------------------------------------------------------------------
 
     async def get(self, who: Principal, task_id: str) -> dict[str, Any]:
-        row = await self.db.fetchrow(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2::uuid",
-            _uuid(task_id, "task"), who.user_id)
-        if row is None:
-            # Another user's task is indistinguishable from a missing one.
-            raise Problem("not-found", 404, f"task {task_id} not found")
-        task = _task(row)
+        """The task with its steps and approvals."""
+        task = await self.owned(who, task_id)
         task["steps"] = [dict(r) for r in await self.db.fetch(
             "SELECT step_number, node, thought, tool_name, tool_input, tool_output, tokens_in, "
-            "tokens_out, latency_ms, created_at FROM agent_logs WHERE task_id = $1 ORDER BY id",
-            row["id"])]
+            "tokens_out, latency_ms, created_at FROM agent_logs WHERE task_id = $1::uuid "
+            "ORDER BY id", task["id"])]
         for step in task["steps"]:
             for key in ("tool_input", "tool_output"):
                 step[key] = json.loads(step[key]) if step[key] is not None else None
         task["approvals"] = [_approval(r) for r in await self.db.fetch(
-            "SELECT * FROM approvals WHERE task_id = $1 ORDER BY created_at", row["id"])]
+            "SELECT * FROM approvals WHERE task_id = $1::uuid ORDER BY created_at", task["id"])]
         return task
 
     async def list(self, who: Principal, *, status: str | None, limit: int,
@@ -174,6 +169,7 @@ class TaskService:
         return [_task(r) for r in rows], next_cursor
 
     async def owned(self, who: Principal, task_id: str) -> dict[str, Any]:
+        """The caller's task. Another user's task is indistinguishable from a missing one."""
         row = await self.db.fetchrow(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = $1 AND user_id = $2::uuid",
             _uuid(task_id, "task"), who.user_id)
