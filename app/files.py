@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from fastapi import UploadFile
 
+from app.kb import index_upload
 from app.problems import Problem
 
 MAX_FILE_BYTES = 25 * 1024 * 1024
@@ -84,6 +85,10 @@ class FileStore:
             "VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6) "
             "RETURNING id, name, content_type, size_bytes, sha256, created_at",
             file_id, user_id, name, content_type, size, digest.hexdigest())
+        if content_type != "application/pdf":
+            # Text uploads are searchable by their owner's tasks.
+            text = await asyncio.to_thread(target.read_text, encoding="utf-8", errors="replace")
+            await index_upload(self.db, user_id=user_id, file_id=file_id, name=name, text=text)
         return {**dict(row), "id": str(row["id"])}
 
     async def copy_to(self, task_id: str, target: Path) -> list[str]:

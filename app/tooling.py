@@ -17,7 +17,8 @@ from tools.sandbox.e2b import E2BSandbox
 
 
 @asynccontextmanager
-async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
+async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
+                         ) -> AsyncIterator[ToolDeps]:
     sql_pool = None
     if settings.agent_sql_url:
         try:
@@ -33,7 +34,8 @@ async def open_tool_deps(settings: Settings) -> AsyncIterator[ToolDeps]:
     elif await asyncio.to_thread(sandbox_available):
         sandbox = BwrapSandbox(root=root)
     try:
-        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox)
+        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
+                       db=db)
     finally:
         if sandbox is not None:
             await sandbox.aclose()

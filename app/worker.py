@@ -65,7 +65,7 @@ async def run_worker(
             builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python))
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
-    ) as saver, open_tool_deps(settings) as tool_deps:
+    ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:
         me = worker_id()
         events = EventLog(deps.redis)
         executor = Executor(

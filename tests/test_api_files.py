@@ -27,6 +27,9 @@ async def test_upload_and_use_a_csv_in_a_task(settings) -> None:  # type: ignore
         meta = uploaded.json()
         assert (meta["name"], meta["content_type"], meta["size_bytes"]) == (
             "sales.csv", "text/csv", len(CSV))
+        indexed = await service.deps.db.fetchval(
+            "SELECT title FROM kb_documents WHERE file_id = $1::uuid", meta["id"])
+        assert indexed == "sales.csv", "text uploads become searchable by their owner"
 
         service.model.add(
             plan("Sum the sales"),

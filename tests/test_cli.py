@@ -48,7 +48,7 @@ async def test_migrate_then_keys_create(service_env: dict[str, str], empty_datab
     env = {**service_env, "DATABASE_URL": empty_database_url}
     migrated = await run_cadre("migrate", env=env)
     assert migrated.code == 0, migrated.stderr
-    assert "schema 0003" in migrated.stdout and "***" in migrated.stdout
+    assert "schema 0004" in migrated.stdout and "***" in migrated.stdout
     again = await run_cadre("migrate", env=env)
     assert again.code == 0, "migrate is idempotent"
 

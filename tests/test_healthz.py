@@ -23,7 +23,7 @@ async def test_healthy_stack(settings: Settings) -> None:
     assert {name: c["ok"] for name, c in body["checks"].items()} == {
         "postgres": True, "redis": True, "sqs": True,
     }
-    assert "schema 0003" in body["checks"]["postgres"]["detail"]
+    assert "schema 0004" in body["checks"]["postgres"]["detail"]
 
 
 async def test_unreachable_redis_is_503_and_named(settings: Settings) -> None:

@@ -23,7 +23,7 @@ import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from app import migrate
+from app import kb, migrate
 from app.demo_db import ensure_demo_database
 from app.deps import connect_db
 from app.errors import StackError
@@ -177,7 +177,10 @@ class LocalStack:
         elif not s.database_url:
             self.echo("preparing the demo database for the sql tool")
             env["AGENT_SQL_URL"] = ensure_demo_database(env["DATABASE_URL"])
-        admin_key, requeued = asyncio.run(_bootstrap(self.settings.model_copy(update={
+        # The seeded knowledge base: this checkout's README and docs, by section.
+        corpus = [p for p in [Path("README.md"), *sorted(Path("docs").glob("*.md"))] if p.is_file()]
+        admin_key, requeued = asyncio.run(_bootstrap(corpus, [kb.sections(p) for p in corpus],
+                                                     self.settings.model_copy(update={
             "database_url": env["DATABASE_URL"], "sqs_queue_url": env["SQS_QUEUE_URL"],
             "redis_url": env["REDIS_URL"],
             "aws_endpoint_url_sqs": env.get("AWS_ENDPOINT_URL_SQS", s.aws_endpoint_url_sqs),
@@ -325,11 +328,14 @@ class LocalStack:
             self.echo("cadre up: stopped")
 
 
-async def _bootstrap(settings: Settings) -> tuple[IssuedKey | None, int]:
-    """First admin on an empty database; unfinished tasks back on the (fresh) queue."""
+async def _bootstrap(corpus: list[Path], sections: list[list[tuple[str, str]]],
+                     settings: Settings) -> tuple[IssuedKey | None, int]:
+    """First admin on an empty database; the seeded knowledge base; unfinished tasks back on
+    the (fresh) queue."""
     db = await connect_db(settings)
     try:
         admin = await bootstrap_admin(db)
+        await kb.seed(db, corpus, sections)
         queue = await TaskQueue.connect(settings)
         async with aioredis.Redis.from_url(str(settings.redis_url)) as redis:
             service = TaskService(db=db, queue=queue, events=EventLog(redis))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tools.builtin import python, sql
+import asyncpg
+
+from tools.builtin import python, search, sql
 from tools.builtin.sql import SqlAccess
 from tools.contract import Toolset
 
@@ -15,14 +17,18 @@ class ToolDeps:
     """Handed to every tool as `ctx.deps`; a tool whose part is None says it is not configured."""
 
     sql: SqlAccess | None = None
+    # Cadre's own database (the knowledge base lives there).
+    db: asyncpg.Pool | None = None
     # A `tools.sandbox.bwrap.BwrapSandbox` (or any object with its `run`/`close`).
     sandbox: Any = None
 
 
-def builtin_toolset(*, with_sql: bool, with_python: bool = False,
+def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
                     sandbox_wall_seconds: float = 60.0) -> Toolset:
     """The built-in tools available with this configuration."""
     toolset = Toolset()
+    if with_search:
+        search.register(toolset)
     if with_python:
         python.register(toolset, wall_seconds=sandbox_wall_seconds)
     if with_sql:
