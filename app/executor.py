@@ -14,7 +14,6 @@ from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk
-from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
 from app.deps import Deps
@@ -26,7 +25,7 @@ from graph import GraphDeps, task_input
 from graph.builder import AgentGraph
 from graph.errors import RunFailure
 from graph.recorder import PostgresRecorder, Recorders, StepRecord
-from graph.run import RunResult, outcome
+from graph.run import RunResult, failed, outcome, thread_config
 from guardrails import Policy
 from tools import Ledger, Toolset
 
@@ -163,7 +162,7 @@ class Executor:
 
     async def _run_graph(self, task: Any, body: TaskMessage) -> RunResult:
         thread = str(task["conversation_id"])
-        config: RunnableConfig = {"configurable": {"thread_id": thread}, "recursion_limit": 500}
+        config = thread_config(thread)
         snapshot = await self.graph.aget_state(config)
         ours = snapshot.values.get("task_id") == str(task["id"])
         log.debug("task %s: thread tasks %s, interrupts %d, resume %s", task["id"],
@@ -216,11 +215,7 @@ class Executor:
                     if self.stopping.is_set():
                         raise _Interrupted("shutdown")
         except RunFailure as failure:
-            result = await outcome(self.graph, thread)
-            return RunResult(status="failed", final_answer=None,
-                             stop={"kind": failure.kind, "message": failure.message},
-                             partial=result.partial, usage=result.usage, plan=result.plan,
-                             approval=None)
+            return await failed(self.graph, thread, failure)
         return await outcome(self.graph, thread)
 
     async def _stage_inputs(self, task_id: str) -> None:

@@ -54,7 +54,8 @@ def task_input(
     )
 
 
-def _config(thread_id: str) -> RunnableConfig:
+def thread_config(thread_id: str) -> RunnableConfig:
+    """The run configuration of a conversation's thread."""
     return {"configurable": {"thread_id": thread_id}, "recursion_limit": 500}
 
 
@@ -75,17 +76,21 @@ async def proceed(graph: AgentGraph, deps: GraphDeps, *, thread_id: str) -> RunR
 
 async def _run(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any) -> RunResult:
     try:
-        await graph.ainvoke(payload, _config(thread_id), context=deps, durability="sync")
+        await graph.ainvoke(payload, thread_config(thread_id), context=deps, durability="sync")
     except RunFailure as failure:
-        # Raised mid-node (the model endpoint gave up): the checkpoint holds the last
-        # finished step, so the task can also be retried later with `proceed`.
-        result = await outcome(graph, thread_id)
-        return replace(result, status="failed", stop=Stop(kind=failure.kind, message=failure.message))
+        return await failed(graph, thread_id, failure)
     return await outcome(graph, thread_id)
 
 
+async def failed(graph: AgentGraph, thread_id: str, failure: RunFailure) -> RunResult:
+    """The outcome of a run a node ended by raising (the model endpoint gave up): the
+    checkpoint holds the last finished step, so the task can also be retried with `proceed`."""
+    result = await outcome(graph, thread_id)
+    return replace(result, status="failed", stop=Stop(kind=failure.kind, message=failure.message))
+
+
 async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
-    snapshot = await graph.aget_state(_config(thread_id))
+    snapshot = await graph.aget_state(thread_config(thread_id))
     values = cast(AgentState, snapshot.values)
     approval = next((i.value for i in snapshot.interrupts), None)
     stop = values.get("stop")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -145,9 +144,6 @@ def service_env(settings: Settings) -> dict[str, str]:
 def clean_env() -> dict[str, str]:
     """The environment with no service configured, as on a fresh machine."""
     return {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
-
-
-CADRE = [sys.executable, "-m", "app.cli"]
 
 
 @pytest.fixture(autouse=True)
