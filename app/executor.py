@@ -269,12 +269,34 @@ class Executor:
         sandbox = getattr(self.tool_deps, "sandbox", None)
         if sandbox is not None:
             await sandbox.close(task_id)  # the task's interpreter ends with the task
+        await self._announce_end(task_id, status, output=output, error=error, usage=usage)
+        await self.service.dispatch(following)
+
+    async def _announce_end(self, task_id: str, status: str, *, output: str | None,
+                            error: dict[str, Any] | None, usage: Mapping[str, Any] | None) -> None:
         if status == "SUCCEEDED":
             await self.events.publish(task_id, "final", {"output": output, "usage": usage})
         else:
             await self.events.publish(task_id, "error", {**(error or {}), "partial": output})
         await self.events.publish(task_id, "status", {"status": status})
-        await self.service.dispatch(following)
+
+    async def _repair_end(self, task_id: str) -> None:
+        """A worker that died between recording a task's end and announcing it (or sending
+        the conversation's next task) left the message behind: finish that work now."""
+        row = await self.deps.db.fetchrow(
+            "SELECT status, final_output, error, usage, conversation_id FROM tasks "
+            "WHERE id = $1::uuid", task_id)
+        history = await self.events.history(task_id)
+        if not history or not history[-1].ends_stream:
+            error, usage = (json.loads(v) if isinstance(v, str) else v
+                            for v in (row["error"], row["usage"]))
+            await self._announce_end(task_id, row["status"], output=row["final_output"],
+                                     error=error, usage=usage)
+        stranded = await self.deps.db.fetch(
+            "SELECT id FROM tasks WHERE conversation_id = $1 AND status = 'QUEUED' "
+            "AND dispatched_at IS NOT NULL AND lease_owner IS NULL", row["conversation_id"])
+        for other in stranded:
+            await self.service.dispatch(str(other["id"]))
 
     async def _release(self, task_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -287,7 +309,9 @@ class Executor:
             "SELECT status, extract(epoch FROM lease_expires_at - now()) AS left_s FROM tasks "
             "WHERE id = $1::uuid", task_id)
         if row is None or row["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "PENDING_APPROVAL"):
-            # A duplicate or stale delivery: nothing left to do for it.
+            # A duplicate or stale delivery: nothing left to run for it.
+            if row is not None and row["status"] != "PENDING_APPROVAL":
+                await self._repair_end(task_id)
             await self.deps.queue.delete(message)
             return
         # Another live worker holds the lease: come back when it would have expired.

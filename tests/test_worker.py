@@ -160,3 +160,30 @@ async def test_sigterm_finishes_the_step_releases_the_lease_and_another_worker_c
         stop2.set()
         await asyncio.wait_for(second, timeout=30)
         model.assert_done()
+
+
+async def test_a_redelivery_repairs_what_a_worker_died_before_announcing(service: Service) -> None:
+    """Killed after recording SUCCEEDED but before announcing it and sending the next task."""
+    from app.events import EventLog
+    from graph.testing import plan, reply, verdict
+
+    db = service.deps.db
+    user = await db.fetchval("SELECT id FROM users WHERE email = 'ana@example.com'")
+    conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user)
+    done_id = str(await db.fetchval(
+        "INSERT INTO tasks (user_id, conversation_id, input, status, final_output, usage, "
+        "dispatched_at, finished_at) VALUES ($1, $2, 'first', 'SUCCEEDED', 'the answer', "
+        "'{\"model_calls\": 3}', now(), now()) RETURNING id", user, conv))
+    next_id = str(await db.fetchval(
+        "INSERT INTO tasks (user_id, conversation_id, input, status, dispatched_at) "
+        "VALUES ($1, $2, 'second', 'QUEUED', now()) RETURNING id", user, conv))
+    events = EventLog(service.deps.redis)
+    await events.publish(done_id, "status", {"status": "RUNNING"})
+
+    service.model.add(plan("Answer"), reply("second answer"), verdict(True))
+    await service.deps.queue.send(TaskMessage(task_id=done_id))
+    assert (await service.wait_status(next_id, "SUCCEEDED"))["final_output"] == "second answer"
+    history = await events.history(done_id)
+    assert [e.type for e in history] == ["status", "final", "status"]
+    assert history[1].data == {"output": "the answer", "usage": {"model_calls": 3}}
+    assert history[-1].data == {"status": "SUCCEEDED"}
