@@ -16,9 +16,12 @@ from app.deps import Deps, open_deps
 from app.events import EventLog
 from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
+from app.mailbox import mailbox_router
 from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
+from app.tooling import artifact_store
+from tools.artifacts import Artifacts
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -53,6 +56,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         _attach(app, deps)
     problems.install(app)
     app.include_router(router)
+    if resolved.dev_mailbox_dir is not None:
+        app.include_router(mailbox_router(resolved.dev_mailbox_dir))
     registry = CollectorRegistry()
     requests = Counter("cadre_http_requests_total", "HTTP requests answered",
                        ["method", "status"], registry=registry)
@@ -100,6 +105,7 @@ def _attach(app: FastAPI, deps: Deps) -> None:
     app.state.deps = deps
     app.state.events = events
     app.state.files = FileStore(deps.settings.home / "files", deps.db)
+    app.state.artifacts = Artifacts(deps.db, artifact_store(deps.settings))
     app.state.service = TaskService(
         db=deps.db, queue=deps.queue, events=events,
         default_max_iterations=deps.settings.max_iterations,

@@ -8,7 +8,9 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import (
     APIRouter,
     Depends,
@@ -19,7 +21,7 @@ from fastapi import (
     WebSocket,
     WebSocketDisconnect,
 )
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.auth import Principal, authenticate
@@ -27,6 +29,7 @@ from app.events import Event, EventLog
 from app.files import FileStore
 from app.problems import Problem
 from app.service import TaskService
+from tools.artifacts import Artifacts
 
 router = APIRouter(prefix="/v1")
 STATUSES = Literal["QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"]
@@ -120,6 +123,39 @@ async def decide(task_id: str, approval_id: str, body: Decision, who: Who,
     different one is a 409."""
     return await service.decide(who, task_id, approval_id, decision=body.decision,
                                 comment=body.comment)
+
+
+@router.get("/tasks/{task_id}/artifacts")
+async def list_artifacts(task_id: str, request: Request, who: Who,
+                         service: Service) -> dict[str, Any]:
+    """Files the task's code wrote (charts, reports, data), each with a download link."""
+    await service.owned(who, task_id)
+    artifacts: Artifacts = request.app.state.artifacts
+    base = str(request.base_url).rstrip("/")
+    return {"items": [{**a.to_json(),
+                       "url": f"{base}/v1/tasks/{task_id}/artifacts/{quote(a.name)}"}
+                      for a in await artifacts.list(task_id)]}
+
+
+@router.get("/tasks/{task_id}/artifacts/{name:path}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def get_artifact(task_id: str, name: str, request: Request, who: Who,
+                       service: Service) -> Response:
+    """Download one artifact by name."""
+    await service.owned(who, task_id)
+    artifacts: Artifacts = request.app.state.artifacts
+    artifact = await artifacts.find(task_id, name)
+    if artifact is None:
+        raise Problem("not-found", 404, f"task {task_id} has no artifact named {name!r}")
+    try:
+        data = await artifacts.read(artifact)
+    except (OSError, BotoCoreError, ClientError) as exc:
+        raise Problem("unavailable", 503, f"the artifact store could not be read: "
+                                          f"{type(exc).__name__}") from None
+    filename = name.rpartition("/")[2]
+    return Response(data, media_type=artifact.content_type, headers={
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
+        "ETag": f'"{artifact.sha256}"'})
 
 
 @router.post("/tasks/{task_id}/cancel")

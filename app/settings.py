@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=10, validation_alias=_env("CADRE_LEASE_SECONDS"))
     e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
+    mail_from: str = Field("Cadre <cadre@localhost>", validation_alias=_env("CADRE_MAIL_FROM"))
+    dev_mailbox_dir: Path | None = Field(None, validation_alias=_env("CADRE_DEV_MAILBOX_DIR"))
+    artifacts_bucket: str | None = Field(None, validation_alias=_env("CADRE_ARTIFACTS_BUCKET"))
+    aws_endpoint_url_s3: str | None = Field(
+        None, validation_alias=_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
     agent_sql_url: str | None = Field(None, validation_alias=_env("AGENT_SQL_URL"))
 
     # The local stack.
@@ -81,6 +87,7 @@ class Settings(BaseSettings):
     redis_port: int = Field(6390, ge=1, le=65535, validation_alias=_env("CADRE_REDIS_PORT"))
     llm_port: int = Field(8011, ge=1, le=65535, validation_alias=_env("CADRE_LLM_PORT"))
     sqs_port: int = Field(9324, ge=1, le=65535, validation_alias=_env("CADRE_SQS_PORT"))
+    smtp_port: int = Field(8025, ge=1, le=65535, validation_alias=_env("CADRE_SMTP_PORT"))
     queue_name: str = Field("agent_tasks", validation_alias=_env("CADRE_QUEUE_NAME"))
     max_receive_count: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_RECEIVE_COUNT"))
 
@@ -110,7 +117,16 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://localhost:6379/0")
         return value
 
-    @field_validator("sqs_queue_url", "aws_endpoint_url_sqs", "openai_base_url")
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("smtp", "smtps"):
+            raise ValueError("must be an smtp:// or smtps:// URL, e.g. "
+                             "smtp://user:pass@mail.example.com:587?starttls=true")
+        return value
+
+    @field_validator("sqs_queue_url", "aws_endpoint_url_sqs", "aws_endpoint_url_s3",
+                     "openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("http", "https"):

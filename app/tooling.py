@@ -6,12 +6,16 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
+import boto3
+from botocore.config import Config
 
 from app.errors import StackError, first_line
 from app.settings import Settings, redact_url
-from tools.builtin import SqlAccess, ToolDeps
+from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
+from tools.builtin import SmtpMailer, SqlAccess, ToolDeps
 from tools.sandbox.bwrap import BwrapSandbox
 from tools.sandbox.e2b import E2BSandbox
 
@@ -35,12 +39,30 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
         sandbox = BwrapSandbox(root=root)
     try:
         yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
-                       db=db)
+                       db=db, artifacts=Artifacts(db, artifact_store(settings)) if db else None,
+                       mail=SmtpMailer(url=settings.smtp_url, sender=settings.mail_from)
+                       if settings.smtp_url else None)
     finally:
         if sandbox is not None:
             await sandbox.aclose()
         if sql_pool is not None:
             await sql_pool.close()
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """S3 when CADRE_ARTIFACTS_BUCKET is set, else CADRE_HOME/artifacts on local disk."""
+    if settings.artifacts_bucket:
+        return S3Store(bucket=settings.artifacts_bucket, client_factory=lambda: s3_client(settings))
+    return DiskStore(root=settings.home / "artifacts")
+
+
+def s3_client(settings: Settings) -> Any:
+    secret = settings.aws_secret_access_key
+    return boto3.session.Session().client(
+        "s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url_s3,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        config=Config(connect_timeout=5, read_timeout=60, retries={"mode": "standard"}))
 
 
 def sandbox_available(settings: Settings | None = None) -> bool:

@@ -62,7 +62,8 @@ async def run_worker(
         with_python = await asyncio.to_thread(sandbox_available, settings)
         toolset = await asyncio.to_thread(
             load_toolset, settings.tool_plugins,
-            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python))
+            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python,
+                                    with_email=bool(settings.smtp_url)))
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:

@@ -206,14 +206,17 @@ class FakeResponse:
     delay: float = 0.0
 
 
-def completion(content: str | None = None, *, tool_calls: Sequence[tuple[str, str]] = (),
+def completion(content: str | None = None, *,
+               tool_calls: Sequence[tuple[str, str] | tuple[str, str, str]] = (),
                tokens: tuple[int, int] = (12, 7)) -> dict[str, Any]:
-    """An OpenAI chat completion body; tool call arguments are raw strings (may be malformed)."""
+    """An OpenAI chat completion body; tool call arguments are raw strings (may be malformed).
+    A call is `(name, arguments)` with id `call_<index>`, or `(name, arguments, id)`."""
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls:
         message["tool_calls"] = [
-            {"id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
-            for i, (n, a) in enumerate(tool_calls)
+            {"id": spec[2] if len(spec) == 3 else f"call_{i}", "type": "function",
+             "function": {"name": spec[0], "arguments": spec[1]}}
+            for i, spec in enumerate(tool_calls)
         ]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "created": 0,

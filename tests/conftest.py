@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from app import migrate
 from app.queue import QueueUrls, ensure_queues, sqs_client
 from app.settings import Settings
 from app.stack.ephemeral import ephemeral_services
+from app.stack.mail import MailCapture
+from app.stack.ports import free_port
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.sqs import LOCAL_CREDENTIALS
 
@@ -138,6 +141,20 @@ def service_env(settings: Settings) -> dict[str, str]:
         CADRE_HOME=str(settings.home),
     )
     return env
+
+
+@pytest.fixture
+def mail_capture(tmp_path: Path) -> Iterator[MailCapture]:
+    """Cadre's real mail capture server (as `cadre up` runs it) on a free port."""
+    capture = MailCapture(port=free_port(), directory=tmp_path / "mail",
+                          log_path=tmp_path / "mail.log")
+    proc = capture.process(sys.executable)
+    proc.start()
+    try:
+        capture.wait_ready(proc)
+        yield capture
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from app.queue import TaskQueue
 from app.service import TaskService
 from app.settings import Settings, read_running_stack, redact_url
 from app.stack import llm
+from app.stack.mail import MailCapture
 from app.stack.ports import ensure_free
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.process import ManagedProcess, wait_ready
@@ -116,6 +117,8 @@ class LocalStack:
         serve_model = not s.openai_api_key and not s.openai_base_url and llm.available()
         if serve_model:
             planned.append(("CADRE_LLM_PORT", s.llm_port, "the offline model server"))
+        if not s.smtp_url:
+            planned.append(("CADRE_SMTP_PORT", s.smtp_port, "the mail capture server"))
         for env_name, port, service in planned:
             ensure_free(port, service=service, env_name=env_name)
 
@@ -169,6 +172,17 @@ class LocalStack:
         elif not s.openai_api_key and not s.openai_base_url:
             self.echo("warning: no model configured and the offline model is not installed "
                       "(make run installs it); set OPENAI_API_KEY or OPENAI_BASE_URL")
+
+        if s.smtp_url:
+            env["SMTP_URL"] = s.smtp_url
+        else:
+            capture = MailCapture(port=s.smtp_port, directory=self.home / "mail",
+                                  log_path=logs / "mail.log")
+            self.echo(f"starting the mail capture server on 127.0.0.1:{s.smtp_port} "
+                      f"(mail is kept in {capture.directory}, never delivered)")
+            proc = self._launch_service(capture.process(sys.executable))
+            capture.wait_ready(proc)
+            env.update(SMTP_URL=capture.url, CADRE_DEV_MAILBOX_DIR=str(capture.directory))
 
         self.echo("applying database migrations")
         migrate.upgrade(env["DATABASE_URL"])
@@ -271,6 +285,7 @@ class LocalStack:
             f"  redis      {redact_url(self.env['REDIS_URL'])}",
             f"  queue      {self.env['SQS_QUEUE_URL']}",
             f"  model      {self._model_line()}",
+            f"  mail       {self._mail_line()}",
             f"  workers    {self.workers}",
             f"  logs       {self.home / 'logs'}",
         ]
@@ -283,6 +298,12 @@ class LocalStack:
         lines += ["", "Press Ctrl-C to stop everything.", ""]
         for line in lines:
             self.echo(line)
+
+    def _mail_line(self) -> str:
+        if self.env.get("CADRE_DEV_MAILBOX_DIR"):
+            return (f"{self.env['SMTP_URL']} captures every email (none is delivered); "
+                    f"read them at {self.api_url}/dev/mailbox")
+        return redact_url(self.env["SMTP_URL"])
 
     def _model_line(self) -> str:
         s = self.settings

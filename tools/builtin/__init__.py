@@ -7,7 +7,9 @@ from typing import Any
 
 import asyncpg
 
-from tools.builtin import python, search, sql
+from tools.artifacts import Artifacts
+from tools.builtin import mail, python, search, sql
+from tools.builtin.mail import SmtpMailer
 from tools.builtin.sql import SqlAccess
 from tools.contract import Toolset
 
@@ -21,10 +23,14 @@ class ToolDeps:
     db: asyncpg.Pool | None = None
     # A `tools.sandbox.bwrap.BwrapSandbox` (or any object with its `run`/`close`).
     sandbox: Any = None
+    # Where the files a task writes are kept (and read back to attach to email).
+    artifacts: Artifacts | None = None
+    # Outgoing mail (SMTP_URL).
+    mail: SmtpMailer | None = None
 
 
 def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
-                    sandbox_wall_seconds: float = 60.0) -> Toolset:
+                    with_email: bool = False, sandbox_wall_seconds: float = 60.0) -> Toolset:
     """The built-in tools available with this configuration."""
     toolset = Toolset()
     if with_search:
@@ -33,7 +39,9 @@ def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: b
         python.register(toolset, wall_seconds=sandbox_wall_seconds)
     if with_sql:
         sql.register(toolset)
+    if with_email:
+        mail.register(toolset)
     return toolset
 
 
-__all__ = ["SqlAccess", "ToolDeps", "builtin_toolset"]
+__all__ = ["SmtpMailer", "SqlAccess", "ToolDeps", "builtin_toolset"]

@@ -22,6 +22,13 @@ def register(toolset: Toolset, *, wall_seconds: float) -> None:
             raise ToolError("no code sandbox is configured (install bubblewrap or set E2B_API_KEY)")
         result = await sandbox.run(ctx.task_id, code)
         body: dict[str, Any] = result.to_json()
+        artifacts = getattr(ctx.deps, "artifacts", None)
+        if artifacts is not None and result.files:
+            saved = await artifacts.collect(ctx.task_id, sandbox.artifacts(ctx.task_id),
+                                            result.files)
+            body.pop("files", None)
+            if saved:
+                body["artifacts"] = [a.name for a in saved]
         if result.state_lost:
             body["note"] = (f"Your earlier Python state is gone: {result.state_lost}. "
                             "Re-run imports and setup before using earlier variables.")
