@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         None, validation_alias=_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )
     agent_sql_url: str | None = Field(None, validation_alias=_env("AGENT_SQL_URL"))
+    search_provider: Literal["kb", "searxng", "tavily", "brave"] = Field(
+        "kb", validation_alias=_env("CADRE_SEARCH_PROVIDER"))
+    search_timeout: float = Field(10.0, gt=0, validation_alias=_env("CADRE_SEARCH_TIMEOUT"))
+    searxng_url: str | None = Field(None, validation_alias=_env("SEARXNG_URL"))
+    tavily_api_key: SecretStr | None = Field(None, validation_alias=_env("TAVILY_API_KEY"))
+    tavily_url: str = Field("https://api.tavily.com", validation_alias=_env("TAVILY_URL"))
+    brave_api_key: SecretStr | None = Field(None, validation_alias=_env("BRAVE_API_KEY"))
+    brave_url: str = Field("https://api.search.brave.com", validation_alias=_env("BRAVE_URL"))
 
     # The local stack.
     home: Path = Field(Path(".cadre"), validation_alias=_env("CADRE_HOME"))
@@ -126,7 +134,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("sqs_queue_url", "aws_endpoint_url_sqs", "aws_endpoint_url_s3",
-                     "openai_base_url")
+                     "openai_base_url", "searxng_url", "tavily_url", "brave_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("http", "https"):

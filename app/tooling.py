@@ -11,11 +11,13 @@ from typing import Any
 import asyncpg
 import boto3
 from botocore.config import Config
+from pydantic import SecretStr
 
-from app.errors import StackError, first_line
+from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
-from tools.builtin import SmtpMailer, SqlAccess, ToolDeps
+from tools.builtin import SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
+from tools.contract import Toolset
 from tools.sandbox.bwrap import BwrapSandbox
 from tools.sandbox.e2b import E2BSandbox
 
@@ -47,6 +49,31 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
             await sandbox.aclose()
         if sql_pool is not None:
             await sql_pool.close()
+
+
+def web_search_config(settings: Settings) -> WebSearchConfig | None:
+    """The web search provider for `search`, or None for the local knowledge base."""
+    if settings.search_provider == "kb":
+        return None
+    try:
+        return WebSearchConfig(
+            provider=settings.search_provider, searxng_url=settings.searxng_url,
+            tavily_api_key=_secret(settings.tavily_api_key), tavily_url=settings.tavily_url,
+            brave_api_key=_secret(settings.brave_api_key), brave_url=settings.brave_url,
+            timeout=settings.search_timeout)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def builtin_tools(settings: Settings) -> Toolset:
+    """The built-in tools this configuration can run (reads PATH and files: call off the loop)."""
+    return builtin_toolset(with_sql=bool(settings.agent_sql_url),
+                           with_python=sandbox_available(settings),
+                           with_email=bool(settings.smtp_url), web=web_search_config(settings))
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value else None
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:

@@ -22,11 +22,10 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
-from app.tooling import open_tool_deps, sandbox_available
+from app.tooling import builtin_tools, open_tool_deps
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails import DefaultPolicy
 from tools import Toolset
-from tools.builtin import builtin_toolset
 from tools.registry import load_toolset
 
 log = logging.getLogger("cadre.worker")
@@ -59,11 +58,8 @@ async def run_worker(
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
         # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
-        with_python = await asyncio.to_thread(sandbox_available, settings)
-        toolset = await asyncio.to_thread(
-            load_toolset, settings.tool_plugins,
-            builtin=builtin_toolset(with_sql=bool(settings.agent_sql_url), with_python=with_python,
-                                    with_email=bool(settings.smtp_url)))
+        builtin = await asyncio.to_thread(builtin_tools, settings)
+        toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins, builtin=builtin)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:

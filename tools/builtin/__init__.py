@@ -11,6 +11,7 @@ from tools.artifacts import Artifacts
 from tools.builtin import mail, python, search, sql
 from tools.builtin.mail import SmtpMailer
 from tools.builtin.sql import SqlAccess
+from tools.builtin.web_search import WebSearchConfig
 from tools.contract import Toolset
 
 
@@ -30,11 +31,13 @@ class ToolDeps:
 
 
 def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
-                    with_email: bool = False, sandbox_wall_seconds: float = 60.0) -> Toolset:
-    """The built-in tools available with this configuration."""
+                    with_email: bool = False, web: WebSearchConfig | None = None,
+                    sandbox_wall_seconds: float = 60.0) -> Toolset:
+    """The built-in tools available with this configuration (`web`: a web search provider
+    for `search` instead of the knowledge base)."""
     toolset = Toolset()
     if with_search:
-        search.register(toolset)
+        search.register(toolset, web=web)
     if with_python:
         python.register(toolset, wall_seconds=sandbox_wall_seconds)
     if with_sql:
@@ -44,4 +47,4 @@ def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: b
     return toolset
 
 
-__all__ = ["SmtpMailer", "SqlAccess", "ToolDeps", "builtin_toolset"]
+__all__ = ["SmtpMailer", "SqlAccess", "ToolDeps", "WebSearchConfig", "builtin_toolset"]
