@@ -78,6 +78,15 @@ class Settings(BaseSettings):
         None, validation_alias=_env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )
     agent_sql_url: str | None = Field(None, validation_alias=_env("AGENT_SQL_URL"))
+    fetch_max_bytes: int = Field(2 * 1024 * 1024, ge=1024,
+                                 validation_alias=_env("CADRE_FETCH_MAX_BYTES"))
+    fetch_timeout: float = Field(15.0, gt=0, validation_alias=_env("CADRE_FETCH_TIMEOUT"))
+    fetch_max_redirects: int = Field(5, ge=0, le=20,
+                                     validation_alias=_env("CADRE_FETCH_MAX_REDIRECTS"))
+    fetch_max_chars: int = Field(20_000, ge=500, validation_alias=_env("CADRE_FETCH_MAX_CHARS"))
+    fetch_allow_private: str = Field("", validation_alias=_env("CADRE_FETCH_ALLOW_PRIVATE"))
+    fetch_ca_file: Path | None = Field(None, validation_alias=_env("CADRE_FETCH_CA_FILE"))
+    mcp_config: Path | None = Field(None, validation_alias=_env("CADRE_MCP_CONFIG"))
     search_provider: Literal["kb", "searxng", "tavily", "brave"] = Field(
         "kb", validation_alias=_env("CADRE_SEARCH_PROVIDER"))
     search_timeout: float = Field(10.0, gt=0, validation_alias=_env("CADRE_SEARCH_TIMEOUT"))
@@ -123,6 +132,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://localhost:6379/0")
+        return value
+
+    @field_validator("fetch_allow_private")
+    @classmethod
+    def _allow_list(cls, value: str) -> str:
+        from tools.builtin.fetch import FetchPolicy
+
+        FetchPolicy.parse_hosts(value)  # its ValueError says which entry is wrong
         return value
 
     @field_validator("smtp_url")

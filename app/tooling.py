@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +17,14 @@ from pydantic import SecretStr
 from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
-from tools.builtin import SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
+from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
 from tools.contract import Toolset
+from tools.mcp import MCPServerError, load_mcp_tools
+from tools.registry import include, load_toolset
 from tools.sandbox.bwrap import BwrapSandbox
 from tools.sandbox.e2b import E2BSandbox
+
+log = logging.getLogger("cadre.tools")
 
 
 @asynccontextmanager
@@ -69,7 +74,35 @@ def builtin_tools(settings: Settings) -> Toolset:
     """The built-in tools this configuration can run (reads PATH and files: call off the loop)."""
     return builtin_toolset(with_sql=bool(settings.agent_sql_url),
                            with_python=sandbox_available(settings),
-                           with_email=bool(settings.smtp_url), web=web_search_config(settings))
+                           with_email=bool(settings.smtp_url), web=web_search_config(settings),
+                           fetch_policy=fetch_policy(settings))
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(
+        max_bytes=settings.fetch_max_bytes, timeout=settings.fetch_timeout,
+        max_redirects=settings.fetch_max_redirects, max_output_chars=settings.fetch_max_chars,
+        allow_private=FetchPolicy.parse_hosts(settings.fetch_allow_private),
+        ca_file=str(settings.fetch_ca_file) if settings.fetch_ca_file else None)
+
+
+async def worker_toolset(settings: Settings) -> Toolset:
+    """Every tool a worker offers: the configured built-in ones, `cadre.tools` plug-ins,
+    CADRE_TOOLS, and the tools of the MCP servers in CADRE_MCP_CONFIG. An MCP server that
+    cannot be reached is logged and left out (the worker still serves the other tools); a
+    malformed config file is a ConfigError."""
+    # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
+    builtin = await asyncio.to_thread(builtin_tools, settings)
+    toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins, builtin=builtin)
+    if settings.mcp_config is not None:
+        try:
+            include(toolset, await load_mcp_tools(settings.mcp_config),
+                    source=f"CADRE_MCP_CONFIG={settings.mcp_config}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except MCPServerError as exc:
+            log.error("MCP tools left out: %s", exc)
+    return toolset
 
 
 def _secret(value: SecretStr | None) -> str | None:

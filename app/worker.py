@@ -22,11 +22,10 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
-from app.tooling import builtin_tools, open_tool_deps
+from app.tooling import open_tool_deps, worker_toolset
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails import DefaultPolicy
 from tools import Toolset
-from tools.registry import load_toolset
 
 log = logging.getLogger("cadre.worker")
 
@@ -57,9 +56,7 @@ async def run_worker(
             problem = str(exc)
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
-        # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
-        builtin = await asyncio.to_thread(builtin_tools, settings)
-        toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins, builtin=builtin)
+        toolset = await worker_toolset(settings)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:

@@ -59,6 +59,9 @@ def test_home_is_not_taken_from_HOME(isolated: Path, monkeypatch: pytest.MonkeyP
         ("REDIS_URL", "memcached://localhost"),
         ("SQS_QUEUE_URL", "agent_tasks"),
         ("CADRE_API_PORT", "99999"),
+        ("SMTP_URL", "mail.example.com:25"),
+        ("CADRE_FETCH_ALLOW_PRIVATE", "wiki.internal, http://bad/"),
+        ("CADRE_SEARCH_PROVIDER", "google"),
     ],
 )
 def test_invalid_value_names_the_variable(

@@ -8,7 +8,8 @@ from typing import Any
 import asyncpg
 
 from tools.artifacts import Artifacts
-from tools.builtin import mail, python, search, sql
+from tools.builtin import fetch, mail, python, search, sql
+from tools.builtin.fetch import FetchPolicy
 from tools.builtin.mail import SmtpMailer
 from tools.builtin.sql import SqlAccess
 from tools.builtin.web_search import WebSearchConfig
@@ -32,12 +33,15 @@ class ToolDeps:
 
 def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
                     with_email: bool = False, web: WebSearchConfig | None = None,
+                    fetch_policy: FetchPolicy | None = None,
                     sandbox_wall_seconds: float = 60.0) -> Toolset:
     """The built-in tools available with this configuration (`web`: a web search provider
-    for `search` instead of the knowledge base)."""
+    for `search` instead of the knowledge base; `fetch_policy`: adds `fetch_url`)."""
     toolset = Toolset()
     if with_search:
         search.register(toolset, web=web)
+    if fetch_policy is not None:
+        fetch.register(toolset, policy=fetch_policy)
     if with_python:
         python.register(toolset, wall_seconds=sandbox_wall_seconds)
     if with_sql:
@@ -47,4 +51,4 @@ def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: b
     return toolset
 
 
-__all__ = ["SmtpMailer", "SqlAccess", "ToolDeps", "WebSearchConfig", "builtin_toolset"]
+__all__ = ["FetchPolicy", "SmtpMailer", "SqlAccess", "ToolDeps", "WebSearchConfig", "builtin_toolset"]
