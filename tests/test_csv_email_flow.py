@@ -43,7 +43,7 @@ f"total={int(df.revenue.sum())} north={int(by_region['north'])} south={int(by_re
 """
 
 
-def _model(body: dict[str, Any]) -> FakeResponse:
+def csv_flow_model(body: dict[str, Any]) -> FakeResponse:
     """A model that analyses, then emails what the analysis printed, then reports."""
     choice = body.get("tool_choice")
     name = choice["function"]["name"] if isinstance(choice, dict) else None
@@ -70,7 +70,7 @@ async def test_csv_to_chart_to_email_once_even_when_the_worker_dies_mid_send(
         settings: Settings, service_env: dict[str, str], mail_capture: MailCapture,
         tmp_path: Path) -> None:
     async with FakeOpenAIServer() as model, open_deps(settings) as deps, AsyncExitStack() as stack:
-        model.responder = _model
+        model.responder = csv_flow_model
         # A killed worker's message comes back after 10 s; its lease lapses as fast.
         await asyncio.to_thread(deps.queue._client.set_queue_attributes, QueueUrl=deps.queue.url,
                                 Attributes={"VisibilityTimeout": "10"})

@@ -16,7 +16,9 @@ import psutil
 import pytest
 
 from app.stack.ports import free_port
+from graph.testing import FakeOpenAIServer
 from tests.cli import CADRE, run_cadre
+from tests.test_csv_email_flow import CSV, csv_flow_model
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +63,7 @@ def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
         "CADRE_REDIS_PORT": str(free_port()),
         "CADRE_SQS_PORT": str(free_port()),
         "CADRE_LLM_PORT": str(free_port()),
+        "CADRE_SMTP_PORT": str(free_port()),
         "CADRE_SQS_WAIT_SECONDS": "2",
     }
 
@@ -69,9 +72,9 @@ def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
 async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[object]:
     started: list[UpProcess] = []
 
-    async def _start() -> UpProcess:
+    async def _start(**env: str) -> UpProcess:
         proc = await asyncio.create_subprocess_exec(
-            *CADRE, "up", "--workers", "2", env=stack_env, cwd=tmp_path,
+            *CADRE, "up", "--workers", "2", env={**stack_env, **env}, cwd=tmp_path,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -114,10 +117,12 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert "received" not in up.text
     stack = _stack_file(tmp_path)
     processes = stack["processes"]
-    assert set(processes) == {"postgres", "redis", "sqs", "llm", "api", "worker-1", "worker-2"}  # type: ignore[arg-type]
+    assert set(processes) == {"postgres", "redis", "sqs", "llm", "mail", "api", "worker-1",
+                              "worker-2"}  # type: ignore[arg-type]
     assert "TINY OFFLINE model" in up.text
     assert stack["env"]["CADRE_OFFLINE_MODEL"] == "true"  # type: ignore[index]
     assert "cadre_agent_ro" in stack["env"]["AGENT_SQL_URL"]  # type: ignore[index]
+    assert "captures every email (none is delivered)" in up.text
 
     # Other commands in the same directory find the running stack without any URL set.
     doctor = await run_cadre("doctor", env=clean_env, cwd=tmp_path)
@@ -205,7 +210,7 @@ async def test_second_up_in_the_same_directory_is_refused(
     up = await start_up()  # type: ignore[operator]
     env = {**stack_env, "CADRE_API_PORT": str(free_port()), "CADRE_PG_PORT": str(free_port()),
            "CADRE_REDIS_PORT": str(free_port()), "CADRE_SQS_PORT": str(free_port()),
-           "CADRE_LLM_PORT": str(free_port())}
+           "CADRE_LLM_PORT": str(free_port()), "CADRE_SMTP_PORT": str(free_port())}
     second = await run_cadre("up", env=env, cwd=tmp_path)
     assert second.code == 2
     assert "already running" in second.stderr and str(up.proc.pid) in second.stderr
@@ -215,3 +220,43 @@ async def test_second_up_in_the_same_directory_is_refused(
 
 def test_python_is_311() -> None:
     assert sys.version_info[:2] == (3, 11)
+
+
+async def test_the_csv_to_email_task_on_the_running_stack(start_up: object, tmp_path: Path) -> None:
+    """`cadre up` with a scripted model: upload a CSV, approve the email, read it in the dev
+    mailbox -- what a person does with `make run`, minus the typing."""
+    async with FakeOpenAIServer() as model:
+        model.responder = csv_flow_model
+        up = await start_up(OPENAI_BASE_URL=model.base_url, CADRE_MODEL="scripted")  # type: ignore[operator]
+        assert "TINY OFFLINE" not in up.text and "/dev/mailbox" in up.text
+        admin_key = next(line.strip() for line in up.lines if line.strip().startswith("cadre_"))
+        api = str(_stack_file(tmp_path)["api_url"])
+        async with httpx.AsyncClient(base_url=api, timeout=60,
+                                     headers={"Authorization": f"Bearer {admin_key}"}) as http:
+            upload = await http.post("/v1/files", files={"file": ("sales.csv", CSV.encode())})
+            assert upload.status_code == 201, upload.text
+            created = (await http.post("/v1/tasks", json={
+                "input": "Analyse this CSV and email the summary with a chart to boss@example.com",
+                "files": [upload.json()["id"]]})).json()
+            async with asyncio.timeout(120):
+                while (task := (await http.get(f"/v1/tasks/{created['id']}")).json())[
+                        "status"] != "PENDING_APPROVAL":
+                    assert task["status"] in ("QUEUED", "RUNNING"), task
+                    await asyncio.sleep(0.2)
+                [approval] = task["approvals"]
+                assert approval["tool"] == "send_email"
+                await http.post(f"/v1/tasks/{created['id']}/approvals/{approval['id']}",
+                                json={"decision": "approve"})
+                while (task := (await http.get(f"/v1/tasks/{created['id']}")).json())[
+                        "status"] not in ("SUCCEEDED", "FAILED"):
+                    await asyncio.sleep(0.2)
+            assert task["status"] == "SUCCEEDED", task["error"]
+            artifacts = (await http.get(f"/v1/tasks/{created['id']}/artifacts")).json()["items"]
+            assert [a["name"] for a in artifacts] == ["chart.png"]
+            [mail] = (await http.get("/dev/mailbox.json")).json()["items"]
+            page = (await http.get("/dev/mailbox")).text
+        assert mail["subject"] == "Sales summary" and mail["task_id"] == created["id"]
+        assert [a["filename"] for a in mail["attachments"]] == ["chart.png"]
+        assert "Sales summary" in page and "chart.png" in page
+        up.proc.send_signal(signal.SIGTERM)
+        assert await up.finish() == 0, up.text

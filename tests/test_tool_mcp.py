@@ -205,5 +205,5 @@ async def test_a_worker_offers_mcp_tools_from_cadre_mcp_config(tmp_path: Path) -
 
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(ConfigError, match="broken.json"):
+    with pytest.raises(ConfigError, match=r"broken\.json"):
         await worker_toolset(await asyncio.to_thread(Settings.of, mcp_config=broken))
