@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     context_tokens: int = Field(6000, ge=500, validation_alias=_env("CADRE_CONTEXT_TOKENS"))
     max_iterations: int = Field(15, ge=1, validation_alias=_env("CADRE_MAX_ITERATIONS"))
     token_budget: int = Field(200_000, ge=1, validation_alias=_env("CADRE_TOKEN_BUDGET"))
+    # Guardrails.
+    policy_file: Path | None = Field(None, validation_alias=_env("CADRE_POLICY_FILE"))
+    rate_limit: str = Field("120/minute", validation_alias=_env("CADRE_RATE_LIMIT"))
+    max_concurrent_tasks: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_CONCURRENT_TASKS"))
+    daily_token_quota: int = Field(2_000_000, ge=1,
+                                   validation_alias=_env("CADRE_DAILY_TOKEN_QUOTA"))
+    redact_logs: bool = Field(True, validation_alias=_env("CADRE_REDACT_LOGS"))
+    injection_classifier_url: str | None = Field(
+        None, validation_alias=_env("CADRE_INJECTION_CLASSIFIER_URL"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=300,
                                          validation_alias=_env("CADRE_SSE_HEARTBEAT_SECONDS"))
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
@@ -132,6 +141,17 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://localhost:6379/0")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("must look like 120/minute, 10/second or 1000/hour") from None
         return value
 
     @field_validator("fetch_allow_private")
