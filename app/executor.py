@@ -27,6 +27,9 @@ from graph.errors import RunFailure
 from graph.recorder import PostgresRecorder, Recorders, StepRecord
 from graph.run import RunResult, failed, outcome, thread_config
 from guardrails import Policy
+from guardrails.audit import AuditLog
+from guardrails.limits import DailyAllowance, UserQuotas
+from guardrails.screening import RuleScreen, Screen
 from tools import Ledger, Toolset
 
 log = logging.getLogger("cadre.worker")
@@ -54,7 +57,9 @@ class EventRecorder:
             await publish(entry.task_id, "tool_result", {
                 **base, "id": detail.get("tool_call_id"), "name": entry.tool_name,
                 "ok": bool(output.get("ok")), "content": output.get("content"),
-                "replayed": bool(output.get("replayed", False))})
+                "replayed": bool(output.get("replayed", False)),
+                "untrusted": bool(output.get("untrusted", False)),
+                "flags": detail.get("flags", [])})
         elif entry.node == "verify":
             await publish(entry.task_id, "thought", {**base, "text": entry.thought})
 
@@ -77,6 +82,9 @@ class Executor:
     policy: Policy
     worker_id: str
     tool_deps: Any = None
+    screen: Screen = field(default_factory=RuleScreen)
+    # The daily token quota caps each run's token budget; None checks no quota.
+    quotas: UserQuotas | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -112,7 +120,7 @@ class Executor:
                    status = 'RUNNING', updated_at = now()
             WHERE id = $1::uuid AND status IN ('QUEUED', 'RUNNING')
               AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = $2)
-            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id
+            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id, usage
             """, body.task_id, self.worker_id, float(self.lease_seconds))
         if task is None:
             await self._not_taken(body.task_id, message)
@@ -129,10 +137,19 @@ class Executor:
                                error={"type": "model_unavailable", "message": self.model_problem})
             await self.deps.queue.delete(message)
             return
+        allowance = None
+        if self.quotas is not None:
+            allowance = await self.quotas.allowance(db, str(task["user_id"]), task_id=task_id)
+            used = _tokens(task["usage"])
+            if allowance.left <= used:
+                await self._finish(task_id, "FAILED", output=None, error={
+                    "type": "budget_exceeded", "message": allowance.exhausted(used)})
+                await self.deps.queue.delete(message)
+                return
 
         heartbeat = asyncio.create_task(self._heartbeat(task_id, message))
         try:
-            result = await self._run_graph(task, body)
+            result = await self._run_graph(task, body, allowance)
         except _Interrupted as stop:
             if stop.why == "cancelled":
                 await self._finish(task_id, "CANCELLED", output=None,
@@ -155,12 +172,23 @@ class Executor:
                                usage=result.usage)
         else:
             assert result.stop is not None
-            await self._finish(task_id, "FAILED", output=result.partial or None,
-                               error={"type": result.stop["kind"], "message": result.stop["message"]},
+            error = {"type": result.stop["kind"], "message": result.stop["message"]}
+            if allowance is not None and result.stop["kind"] == "budget_exceeded" and \
+                    await self._quota_was_the_budget(task):
+                error["message"] = allowance.exhausted(_tokens(result.usage))
+            await self._finish(task_id, "FAILED", output=result.partial or None, error=error,
                                usage=result.usage)
         await self.deps.queue.delete(message)
 
-    async def _run_graph(self, task: Any, body: TaskMessage) -> RunResult:
+    async def _quota_was_the_budget(self, task: Any) -> bool:
+        """Whether the run's token budget was cut below the task's own by the daily quota."""
+        snapshot = await self.graph.aget_state(thread_config(str(task["conversation_id"])))
+        budget = snapshot.values.get("token_budget")
+        own = _options(task).get("token_budget")
+        return budget is not None and (own is None or budget < own)
+
+    async def _run_graph(self, task: Any, body: TaskMessage,
+                         allowance: DailyAllowance | None = None) -> RunResult:
         thread = str(task["conversation_id"])
         config = thread_config(thread)
         snapshot = await self.graph.aget_state(config)
@@ -171,7 +199,10 @@ class Executor:
         if ours and snapshot.interrupts:
             if body.resume is None:
                 return await outcome(self.graph, thread)  # still waiting for a person
-            payload = Command(resume=body.resume)
+            # The quota may have been spent while the task waited: its budget is set anew.
+            budget = _budget(task, allowance)
+            payload = Command(resume=body.resume, update={"token_budget": budget}
+                              if budget != snapshot.values.get("token_budget") else None)
         elif ours and snapshot.tasks:
             # Stopped mid-run (crash or shutdown): continue from the last checkpoint. A step
             # whose writes were saved is not run again (`next` omits it; `tasks` does not).
@@ -182,18 +213,20 @@ class Executor:
             await self._stage_inputs(str(task["id"]))
             options = task["options"] if isinstance(task["options"], dict) \
                 else json.loads(task["options"] or "{}")
-            role = await self.deps.db.fetchval("SELECT role FROM users WHERE id = $1",
+            user = await self.deps.db.fetchrow("SELECT role, email FROM users WHERE id = $1",
                                                task["user_id"])
-            payload = task_input(task_id=str(task["id"]), text=task["input"], role=role,
+            payload = task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
+                                 user_email=user["email"],
                                  max_iterations=options.get("max_iterations", 15),
-                                 token_budget=options.get("token_budget"))
+                                 token_budget=_budget(task, allowance),
+                                 input_flags=options.get("input_flags"))
         assert self.model is not None
         deps = GraphDeps(
             model=self.model, toolset=self.toolset, policy=self.policy,
             ledger=Ledger(self.deps.db),
             recorder=Recorders(PostgresRecorder(self.deps.db), EventRecorder(self.events)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
-            tool_deps=self.tool_deps,
+            tool_deps=self.tool_deps, audit=AuditLog(self.deps.db), screen=self.screen,
         )
         task_id = str(task["id"])
         try:
@@ -328,3 +361,19 @@ class Executor:
                 "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3) "
                 "WHERE id = $1::uuid AND lease_owner = $2", task_id, self.worker_id,
                 float(self.lease_seconds))
+
+
+def _options(task: Any) -> dict[str, Any]:
+    options = task["options"]
+    return options if isinstance(options, dict) else json.loads(options or "{}")
+
+
+def _budget(task: Any, allowance: DailyAllowance | None) -> int | None:
+    """The run's token budget: the task's own, cut to what the daily quota leaves."""
+    own = _options(task).get("token_budget")
+    return own if allowance is None else allowance.budget(own)
+
+
+def _tokens(usage: Any) -> int:
+    usage = json.loads(usage) if isinstance(usage, str) else usage or {}
+    return int(usage.get("tokens_in", 0)) + int(usage.get("tokens_out", 0))

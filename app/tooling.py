@@ -16,6 +16,7 @@ from pydantic import SecretStr
 
 from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
+from guardrails import FilePolicy, PolicyError, load_policy
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
 from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
 from tools.contract import Toolset
@@ -76,6 +77,18 @@ def builtin_tools(settings: Settings) -> Toolset:
                            with_python=sandbox_available(settings),
                            with_email=bool(settings.smtp_url), web=web_search_config(settings),
                            fetch_policy=fetch_policy(settings))
+
+
+def worker_policy(settings: Settings, toolset: Toolset) -> FilePolicy:
+    """The policy file (CADRE_POLICY_FILE, else the bundled default), checked against every
+    tool Cadre knows -- those this worker offers and the built-in ones it could."""
+    every_builtin = builtin_toolset(with_sql=True, with_python=True, with_email=True,
+                                    fetch_policy=FetchPolicy())
+    known = {t.name for t in toolset} | {t.name for t in every_builtin}
+    try:
+        return load_policy(settings.policy_file, known_tools=known)
+    except PolicyError as exc:
+        raise ConfigError(f"{exc} (CADRE_POLICY_FILE)") from None
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

@@ -22,9 +22,10 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
-from app.tooling import open_tool_deps, worker_toolset
+from app.tooling import open_tool_deps, worker_policy, worker_toolset
 from graph import compile_graph, make_chat_model, postgres_checkpointer
-from guardrails import DefaultPolicy
+from guardrails.limits import UserQuotas
+from guardrails.screening import ClassifierScreen, RuleScreen
 from tools import Toolset
 
 log = logging.getLogger("cadre.worker")
@@ -57,6 +58,7 @@ async def run_worker(
             log.warning("%s -- tasks will fail until a model is configured", exc)
     if toolset is None:
         toolset = await worker_toolset(settings)
+    policy = await asyncio.to_thread(worker_policy, settings, toolset)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size
     ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:
@@ -66,10 +68,15 @@ async def run_worker(
             deps=deps,
             service=TaskService(db=deps.db, queue=deps.queue, events=events),
             events=events, graph=compile_graph(saver), model=model, model_problem=problem,
-            toolset=toolset, policy=DefaultPolicy(), worker_id=me, tool_deps=tool_deps,
+            toolset=toolset, policy=policy, worker_id=me, tool_deps=tool_deps,
+            screen=ClassifierScreen(settings.injection_classifier_url)
+            if settings.injection_classifier_url else RuleScreen(),
+            quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
+                              daily_tokens=settings.daily_token_quota),
         )
-        log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once", me,
-                 deps.queue.url, len(toolset), settings.worker_concurrency)
+        log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "
+                 "injection screening: %s", me, deps.queue.url, len(toolset),
+                 settings.worker_concurrency, policy.source, executor.screen.name)
         heartbeat = asyncio.create_task(_heartbeat(deps, me, stop))
         running: set[asyncio.Task[None]] = set()
         try:

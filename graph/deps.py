@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -10,6 +10,8 @@ from redis.asyncio import Redis
 
 from graph.recorder import StepRecorder
 from guardrails import Policy
+from guardrails.audit import AuditLog
+from guardrails.screening import RuleScreen, Screen
 from tools import Ledger, Toolset
 
 
@@ -26,3 +28,7 @@ class GraphDeps:
     context_ttl_seconds: int = 24 * 3600
     # Handed to tools as `ToolContext.deps` (sandbox, database pools, ...).
     tool_deps: Any = None
+    # Where every policy decision is written; None in tests that do not look.
+    audit: AuditLog | None = None
+    # Screens untrusted tool output for instructions.
+    screen: Screen = field(default_factory=RuleScreen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from graph.state import PlanStep
+from guardrails.screening import SPOTLIGHT_RULE
 
 SUBMIT_PLAN: dict[str, Any] = {
     "type": "function",
@@ -63,7 +64,8 @@ def act_prompt(plan: list[PlanStep], current_step: int, observations: list[str])
         "You are Cadre, an agent that completes the user's task with tools.\n"
         f"Plan:\n{lines}\nYou are on step {current_step}.\n"
         "Call the tools needed for the current step. When the whole task is done, answer the "
-        "user directly with the final result and call no tool. Never invent tool results."
+        "user directly with the final result and call no tool. Never invent tool results.\n"
+        + SPOTLIGHT_RULE
     )
     if observations:
         text += "\n\nNotes from earlier steps:\n" + "\n".join(f"- {o}" for o in observations[-8:])

@@ -36,15 +36,20 @@ def task_input(
     task_id: str,
     text: str,
     role: str = "analyst",
+    user_email: str = "",
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     token_budget: int | None = None,
     deadline_seconds: float | None = None,
+    input_flags: list[str] | None = None,
 ) -> AgentState:
-    """The input that starts a task on a conversation's thread, resetting per-task fields."""
+    """The input that starts a task on a conversation's thread, resetting per-task fields.
+    `input_flags` (injection phrasings found in `text`) make the text itself untrusted."""
     return AgentState(
         messages=[HumanMessage(text)],
+        untrusted=[f"the task's text ({', '.join(input_flags)})"] if input_flags else [],
         task_id=task_id,
         role=role,
+        user_email=user_email,
         max_iterations=max_iterations,
         token_budget=token_budget,
         deadline=time.time() + deadline_seconds if deadline_seconds else None,

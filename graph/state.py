@@ -38,11 +38,22 @@ class Stop(TypedDict):
     message: str
 
 
+def _sources(old: list[str] | None, new: list[str] | None) -> list[str]:
+    """Untrusted sources only accumulate: what the model has read stays in its context."""
+    merged = list(old or [])
+    merged += [s for s in new or [] if s not in merged]
+    return merged
+
+
 class AgentState(TypedDict, total=False):
     messages: Annotated[list[AnyMessage], add_messages]
+    # Where untrusted content entered this conversation's context (a fetched page, search
+    # results, uploaded files, a flagged task): side effects after it need approval.
+    untrusted: Annotated[list[str], _sources]
     # Per task, set by the task's input.
     task_id: str
     role: str
+    user_email: str
     max_iterations: int
     token_budget: int | None
     deadline: float | None

@@ -1,6 +1,15 @@
 """Policy (role x tool -> allow / approve / deny), screening, redaction, rate limits and quotas."""
 
-from guardrails.policy import DefaultPolicy, Policy, Risk
+from guardrails.policy import (
+    DefaultPolicy,
+    FilePolicy,
+    Policy,
+    PolicyCall,
+    PolicyError,
+    Risk,
+    load_policy,
+)
 from guardrails.verdict import Allow, Deny, RequireApproval, Verdict
 
-__all__ = ["Allow", "DefaultPolicy", "Deny", "Policy", "RequireApproval", "Risk", "Verdict"]
+__all__ = ["Allow", "DefaultPolicy", "Deny", "FilePolicy", "Policy", "PolicyCall", "PolicyError",
+           "RequireApproval", "Risk", "Verdict", "load_policy"]

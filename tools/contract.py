@@ -53,13 +53,20 @@ class ToolOutcome:
 
     ok: bool
     content: str
+    # The content comes from outside (a web page, a search hit, an uploaded file, a third-party
+    # server): the model reads it marked as data, and side effects after it need approval.
+    untrusted: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "content": self.content}
+        data: dict[str, Any] = {"ok": self.ok, "content": self.content}
+        if self.untrusted:
+            data["untrusted"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ToolOutcome:
-        return cls(ok=bool(data["ok"]), content=str(data["content"]))
+        return cls(ok=bool(data["ok"]), content=str(data["content"]),
+                   untrusted=bool(data.get("untrusted", False)))
 
 
 ToolFunction = Callable[..., Awaitable[Any]]
@@ -74,6 +81,9 @@ class Tool:
     risk: Risk
     timeout: float
     max_output_chars: int
+    # Everything this tool returns is untrusted (e.g. tools of third-party MCP servers). A
+    # tool can also mark one result by returning a dict with `"untrusted": True`.
+    untrusted_output: bool = False
     _whole_model: bool = False
 
     def schema(self) -> dict[str, Any]:
@@ -109,7 +119,9 @@ class Tool:
             return ToolOutcome(ok=False, content=str(exc))
         except Exception as exc:
             return ToolOutcome(ok=False, content=f"{self.name} failed: {type(exc).__name__}: {exc}")
-        return ToolOutcome(ok=True, content=cap_text(_render(value), self.max_output_chars))
+        untrusted = self.untrusted_output or (isinstance(value, dict) and value.get("untrusted") is True)
+        return ToolOutcome(ok=True, content=cap_text(_render(value), self.max_output_chars),
+                           untrusted=untrusted)
 
 
 @dataclass

@@ -247,6 +247,7 @@ def _tools_of(server_name: str, server: _Server, lc_tools: list[BaseTool], path:
             risk=override.risk or server.risk,
             timeout=override.timeout or server.timeout,
             max_output_chars=20_000,
+            untrusted_output=True,
             _whole_model=True,
         )
 

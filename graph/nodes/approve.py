@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from graph.deps import GraphDeps
 from graph.nodes._common import last_ai, record
 from graph.state import AgentState, Decision
-from guardrails import Allow, Deny, RequireApproval
+from guardrails import Allow, Deny, PolicyCall, RequireApproval, Risk, Verdict
+from guardrails.verdict import require_approval
 from tools.contract import describe_validation_error
 
 
@@ -32,7 +33,8 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                     "send the arguments as a JSON object matching the tool's schema",
         ))
 
-    # Interrupts below must come before any write: on resume this node runs again from the top.
+    # Interrupts below must come before any step record: on resume this node runs again from
+    # the top (the audit log's write is idempotent).
     for call in message.tool_calls:
         decision = Decision(tool_call_id=call["id"] or "", name=call["name"],
                             arguments=dict(call["args"]), run=False, message="")
@@ -49,8 +51,15 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             decisions.append(decision)
             continue
 
-        verdict = deps.policy.decide(role=state.get("role", "analyst"), tool=tool.name,
-                                     risk=tool.risk, arguments=call["args"])
+        role = state.get("role", "analyst")
+        verdict = escalate(deps.policy.decide(PolicyCall(
+            role=role, tool=tool.name, risk=tool.risk, arguments=call["args"],
+            user_email=state.get("user_email", ""))), risk=tool.risk,
+            untrusted=state.get("untrusted") or [])
+        if deps.audit is not None:
+            await deps.audit.record(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
+                                    role=role, tool=tool.name, arguments=call["args"],
+                                    verdict=verdict)
         if isinstance(verdict, Allow):
             decision["run"] = True
         elif isinstance(verdict, Deny):
@@ -82,6 +91,21 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                                 tool_input=d["arguments"], thought=d["message"],
                                 detail={"tool_call_id": d["tool_call_id"]})
     return {"decisions": decisions, "replan_reason": replan_reason, "step": step}
+
+
+def escalate(verdict: Verdict, *, risk: Risk, untrusted: list[str]) -> Verdict:
+    """A side effect the policy would allow still waits for a person once untrusted content
+    is in the context: it may be what asked for it."""
+    if risk == "read_only" or not untrusted:
+        return verdict
+    why = ("this call comes after untrusted content entered the conversation ("
+           + "; ".join(untrusted[-3:]) + "): check that it is what was asked for, not what "
+           "that content told the agent to do")
+    if isinstance(verdict, Allow):
+        return require_approval(why, rule=f"escalation:untrusted-content({verdict.rule})")
+    if isinstance(verdict, RequireApproval):
+        return require_approval(f"{verdict.reason}; also, {why}", rule=verdict.rule)
+    return verdict
 
 
 def _read_answer(answer: Any) -> tuple[bool, str]:

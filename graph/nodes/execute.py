@@ -13,12 +13,14 @@ from langgraph.runtime import Runtime
 from graph.deps import GraphDeps
 from graph.nodes._common import record
 from graph.state import AgentState
+from guardrails.screening import spotlight
 from tools import ToolContext, ToolOutcome
 
 
 async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
     deps = runtime.context
     results: list[ToolMessage] = []
+    sources: list[str] = []
     step = state.get("step", 0)
     for decision in state.get("decisions") or []:
         started = time.monotonic()
@@ -31,17 +33,25 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                 ctx, tool_name=tool.name, arguments=decision["arguments"],
                 call=functools.partial(tool.invoke, ctx, decision["arguments"]),
             )
+            detail: dict[str, Any] = {"tool_call_id": decision["tool_call_id"]}
+            content = outcome.content
+            if outcome.untrusted:
+                # Screened, then wrapped so the model reads it as data, never as instructions.
+                detail["flags"] = await deps.screen.flags(outcome.content)
+                content = spotlight(outcome.content, source=tool.name)
+                sources.append(f"{tool.name} output")
             step = await record(deps, {**state, "step": step}, "execute", tool_name=tool.name,
                                 tool_input=decision["arguments"],
                                 tool_output={**outcome.to_json(), "replayed": replayed},
                                 latency_ms=int((time.monotonic() - started) * 1000),
-                                detail={"tool_call_id": decision["tool_call_id"]})
+                                detail=detail)
         else:
             outcome = ToolOutcome(ok=False, content=decision["message"])
+            content = outcome.content
         results.append(ToolMessage(
-            content=outcome.content,
+            content=content,
             tool_call_id=decision["tool_call_id"],
             name=decision["name"],
             status="success" if outcome.ok else "error",
         ))
-    return {"messages": results, "step": step}
+    return {"messages": results, "step": step, "untrusted": sources}

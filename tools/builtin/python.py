@@ -3,6 +3,8 @@ files persist between calls; pandas, numpy and matplotlib are there; no network)
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from tools.contract import ToolContext, ToolError, Toolset
@@ -29,7 +31,14 @@ def register(toolset: Toolset, *, wall_seconds: float) -> None:
             body.pop("files", None)
             if saved:
                 body["artifacts"] = [a.name for a in saved]
+        if await asyncio.to_thread(_has_inputs, sandbox.inputs(ctx.task_id)):
+            # The output may carry text from the uploaded files.
+            body["untrusted"] = True
         if result.state_lost:
             body["note"] = (f"Your earlier Python state is gone: {result.state_lost}. "
                             "Re-run imports and setup before using earlier variables.")
         return body
+
+
+def _has_inputs(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())
