@@ -20,7 +20,7 @@ from guardrails import FilePolicy, PolicyError, load_policy
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
 from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
 from tools.contract import Toolset
-from tools.mcp import MCPServerError, load_mcp_tools
+from tools.mcp import load_mcp_servers
 from tools.registry import include, load_toolset
 from tools.sandbox.bwrap import BwrapSandbox
 from tools.sandbox.e2b import E2BSandbox
@@ -102,19 +102,20 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 async def worker_toolset(settings: Settings) -> Toolset:
     """Every tool a worker offers: the configured built-in ones, `cadre.tools` plug-ins,
     CADRE_TOOLS, and the tools of the MCP servers in CADRE_MCP_CONFIG. An MCP server that
-    cannot be reached is logged and left out (the worker still serves the other tools); a
+    cannot be reached is logged and left out (the worker serves the others' tools); a
     malformed config file is a ConfigError."""
     # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
     builtin = await asyncio.to_thread(builtin_tools, settings)
     toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins, builtin=builtin)
     if settings.mcp_config is not None:
         try:
-            include(toolset, await load_mcp_tools(settings.mcp_config),
-                    source=f"CADRE_MCP_CONFIG={settings.mcp_config}")
+            servers, failures = await load_mcp_servers(settings.mcp_config)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        except MCPServerError as exc:
-            log.error("MCP tools left out: %s", exc)
+        for failure in failures:
+            log.error("MCP server left out (its tools are unavailable until the worker "
+                      "restarts): %s", failure)
+        include(toolset, servers, source=f"CADRE_MCP_CONFIG={settings.mcp_config}")
     return toolset
 
 

@@ -81,8 +81,10 @@ async def test_calls_return_results_and_model_visible_errors(tmp_path: Path) -> 
     toolset = await _load(tmp_path, tools={"nap": {"timeout": 0.5}})
     add, shout, refuse, nap = (_get(toolset, f"demo__{n}")
                                for n in ("add", "text_shout", "refuse", "nap"))
-    assert await add.invoke(CTX, {"a": 2, "b": 40}) == ToolOutcome(ok=True, content="42")
-    assert await shout.invoke(CTX, {"text": "quiet"}) == ToolOutcome(ok=True, content="QUIET")
+    assert await add.invoke(CTX, {"a": 2, "b": 40}) == ToolOutcome(ok=True, content="42",
+                                                                untrusted=True)
+    assert await shout.invoke(CTX, {"text": "quiet"}) == ToolOutcome(ok=True, content="QUIET",
+                                                                      untrusted=True)
     bad = await add.invoke(CTX, {"a": "two"})
     assert bad == ToolOutcome(ok=False, content="invalid arguments for demo__add: arguments: 'b' is "
                                                 "a required property; a: 'two' is not of type 'integer'")
@@ -133,9 +135,10 @@ async def test_http_servers_get_headers_from_the_environment(
     toolset = await load_mcp_tools(_config(tmp_path, {"remote": {
         "url": http_server, "headers": {"Authorization": "Bearer ${CADRE_TEST_TOKEN}"}}}))
     whoami = _get(toolset, "remote__whoami")
-    assert await whoami.invoke(CTX, {}) == ToolOutcome(ok=True, content="Bearer s3cret")
+    assert await whoami.invoke(CTX, {}) == ToolOutcome(ok=True, content="Bearer s3cret",
+                                                           untrusted=True)
     assert await _get(toolset, "remote__add").invoke(CTX, {"a": 1, "b": 1}) == \
-        ToolOutcome(ok=True, content="2")
+        ToolOutcome(ok=True, content="2", untrusted=True)
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -198,9 +201,11 @@ async def test_a_worker_offers_mcp_tools_from_cadre_mcp_config(tmp_path: Path) -
     assert outcome.ok and outcome.content == "5"
 
     down = tmp_path / "down.json"
-    down.write_text(json.dumps({"mcpServers": {"gone": {"command": "/nonexistent/server"}}}))
+    down.write_text(json.dumps({"mcpServers": {"gone": {"command": "/nonexistent/server"},
+                                               "demo": _stdio()}}))
     survived = await worker_toolset(await asyncio.to_thread(Settings.of, mcp_config=down))
-    assert "search" in {t.name for t in survived}, "an unreachable server leaves the rest working"
+    names = {t.name for t in survived}
+    assert {"search", "demo__add"} <= names, "an unreachable server leaves the rest working"
     assert not any(t.name.startswith("gone__") for t in survived)
 
     broken = tmp_path / "broken.json"

@@ -93,5 +93,6 @@ async def test_entry_point_and_mcp_tools_share_one_toolset(
     greet, add = toolset.get(f"{name}_greet"), toolset.get("demo__add")
     assert greet is not None and add is not None
     assert (await greet.invoke(CTX, {"who": "bo"})).content == f"hello bo from {name}"
-    assert await add.invoke(CTX, {"a": 1, "b": 2}) == ToolOutcome(ok=True, content="3")
+    assert await add.invoke(CTX, {"a": 1, "b": 2}) == ToolOutcome(ok=True, content="3",
+                                                                  untrusted=True)
     assert {s["function"]["name"] for s in toolset.schemas()} >= {f"{name}_greet", "demo__add"}

@@ -129,6 +129,16 @@ async def load_mcp_tools(config_path: str | Path) -> Toolset:
     process for a stdio server), so calls from different tasks share no server state and a
     crashed server costs one failed call, not the worker. Raises `ValueError` naming the file
     for a bad config, `MCPServerError` naming each server that could not be listed."""
+    toolset, failures = await load_mcp_servers(config_path)
+    if failures:
+        raise MCPServerError(f"MCP servers in {config_path} could not be listed: "
+                             f"{'; '.join(failures)}")
+    return toolset
+
+
+async def load_mcp_servers(config_path: str | Path) -> tuple[Toolset, list[str]]:
+    """Like `load_mcp_tools`, but a server that cannot be listed is left out: returns the
+    tools of the servers that answered and one line per server that did not."""
     path = Path(config_path)
     config = await asyncio.to_thread(_read_config, path)
     client = MultiServerMCPClient({name: _connection(server, path) for name, server in
@@ -138,14 +148,18 @@ async def load_mcp_tools(config_path: str | Path) -> Toolset:
                                     for name in names), return_exceptions=True)
     failures = [f"{name!r}: {_describe(result)}" for name, result in zip(names, listed, strict=True)
                 if isinstance(result, BaseException)]
-    if failures:
-        raise MCPServerError(f"MCP servers in {path} could not be listed: {'; '.join(failures)}")
     toolset = Toolset()
     for name, lc_tools in zip(names, listed, strict=True):
-        assert not isinstance(lc_tools, BaseException)
-        for tool in _tools_of(name, config.mcpServers[name], lc_tools, path):
+        if isinstance(lc_tools, BaseException):
+            continue
+        try:
+            tools = list(_tools_of(name, config.mcpServers[name], lc_tools, path))
+        except MCPServerError as exc:
+            failures.append(f"{name!r}: {exc}")
+            continue
+        for tool in tools:
             toolset.add(tool)
-    return toolset
+    return toolset, failures
 
 
 def _read_config(path: Path) -> _Config:
