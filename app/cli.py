@@ -24,6 +24,8 @@ dlq_cli = typer.Typer(help="Inspect and redrive the dead-letter queue.", no_args
 cli.add_typer(dlq_cli, name="dlq")
 sandbox_cli = typer.Typer(help="The code sandbox.", no_args_is_help=True)
 cli.add_typer(sandbox_cli, name="sandbox")
+policy_cli = typer.Typer(help="The tool policy (guardrails).", no_args_is_help=True)
+cli.add_typer(policy_cli, name="policy")
 
 
 class _Role(StrEnum):
@@ -206,6 +208,35 @@ def sandbox_exec(
         raise CadreError(str(exc)) from None
     print(json.dumps(result, indent=2))
     raise typer.Exit(1 if result.get("error") else 0)
+
+
+@policy_cli.command("check")
+def policy_check(
+    file: Annotated[str | None, typer.Argument(
+        help="The policy file; default: CADRE_POLICY_FILE, else the bundled default.")] = None,
+) -> None:
+    """Validate a policy file against the tools this configuration offers (built-in ones,
+    plug-ins, MCP servers) and show what each role gets. Exit 2 naming the line if invalid."""
+    from pathlib import Path
+
+    from app.settings import load_settings
+    from app.tooling import worker_policy, worker_toolset
+    from guardrails.policy import RISKS
+
+    settings = load_settings()
+    if file is not None:
+        settings = settings.model_copy(update={"policy_file": Path(file)})
+    policy = worker_policy(settings, asyncio.run(worker_toolset(settings)))
+    _echo(f"{policy.source}: valid -- {len(policy.roles)} roles, {len(policy.rules)} rule(s)")
+    for role in policy.roles.values():
+        by_risk = ", ".join(f"{risk} {role.risk.get(risk, policy.risk[risk])}" for risk in RISKS)
+        tools = ", ".join(f"{tool} {verdict}" for tool, verdict in role.tools.items())
+        _echo(f"  {role.name:<9} {by_risk}" + (f"; {tools}" if tools else ""))
+    for rule in policy.rules:
+        roles = ", ".join(sorted(rule.roles))
+        _echo(f"  rule {rule.name}: {'/'.join(rule.tools)} -> {rule.verdict} for {roles}"
+              + (f" when {dict(rule.when)}" if rule.when else "")
+              + (f" unless {dict(rule.unless)}" if rule.unless else ""))
 
 
 @dlq_cli.command("list")

@@ -166,3 +166,17 @@ async def test_a_worker_refuses_to_start_with_a_bad_policy(tmp_path: Path) -> No
         await asyncio.to_thread(worker_policy, missing, Toolset())
     default = await asyncio.to_thread(worker_policy, await asyncio.to_thread(Settings.of), Toolset())
     assert default.source == str(DEFAULT_FILE), "the bundled default knows every built-in tool"
+
+
+async def test_cadre_policy_check(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    from tests.cli import run_cadre
+
+    good = await run_cadre("policy", "check", env=clean_env, cwd=tmp_path)
+    assert good.code == 0, good.stderr
+    assert "valid -- 4 roles, 1 rule(s)" in good.stdout
+    assert "viewer    read_only allow, side_effect deny, destructive deny; python deny" in good.stdout
+    bad = tmp_path / "policy.toml"
+    await asyncio.to_thread(bad.write_text, CUSTOM.replace('verdict = "approve"', 'verdict = "maybe"'))
+    refused = await run_cadre("policy", "check", str(bad), env=clean_env, cwd=tmp_path)
+    assert refused.code == 2 and "line 27: unknown verdict 'maybe'" in refused.stderr
+    assert "Traceback" not in refused.stderr
