@@ -18,12 +18,12 @@ LLAMA_BUILT   := $(LLAMA_WHEELS)/.built-$(LLAMA_VERSION)
 LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 PYTEST_ARGS ?=
 
-.PHONY: run test install system-deps lint constraints clean
+.PHONY: run test install system-deps browser-deps lint constraints clean
 
 run: install
 	$(BIN)/cadre up $(ARGS)
 
-test: install
+test: install browser-deps
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy
 	@# pytest exits 5 when it collected no test: report it rather than fail the build.
@@ -48,16 +48,25 @@ $(LLAMA_BUILT): | $(BIN)/python
 	  llama-cpp-python==$(LLAMA_VERSION) -w $(LLAMA_WHEELS)
 	@touch $@
 
-# System packages the project needs at run time. bubblewrap runs the local code sandbox.
-system-deps:
-	@if command -v bwrap >/dev/null 2>&1; then :; \
+# System packages, installed with apt-get when running as root on Debian/Ubuntu; otherwise
+# a warning says what to install. bubblewrap runs the local code sandbox; chromium (tests
+# only) is the browser the UI tests in tests/e2e/ drive.
+define apt_need
+	@if command -v $(1) >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing bubblewrap (code sandbox) with apt-get"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
-	    || echo "warning: could not install bubblewrap; the local code sandbox will be unavailable"; \
+	  echo "installing $(2) ($(3)) with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null) \
+	    || echo "warning: could not install $(2); $(4)"; \
 	else \
-	  echo "warning: bubblewrap is missing; install it (sudo apt-get install bubblewrap) for the local code sandbox"; \
+	  echo "warning: $(2) is missing; install it (sudo apt-get install $(2)): $(4)"; \
 	fi
+endef
+
+system-deps:
+	$(call apt_need,bwrap,bubblewrap,code sandbox,the local code sandbox will be unavailable)
+
+browser-deps:
+	$(call apt_need,chromium,chromium,browser tests,the browser tests in tests/e2e/ will fail)
 
 lint: install
 	$(BIN)/ruff check .
