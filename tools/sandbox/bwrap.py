@@ -128,8 +128,10 @@ class BwrapSandbox:
                 "--symlink", "usr/lib", "/lib"]
         if Path("/usr/lib64").exists():
             argv += ["--symlink", "usr/lib64", "/lib64"]
-        # The only part of /etc the sandbox sees: font configuration, for charts' text.
-        argv += ["--ro-bind-try", "/etc/fonts", "/etc/fonts"]
+        # The only part of /etc the sandbox sees: font configuration, for charts' text. /etc
+        # is its own read-only tmpfs, or creating the mount point would leave it writable.
+        argv += ["--tmpfs", "/etc", "--ro-bind-try", "/etc/fonts", "/etc/fonts",
+                 "--remount-ro", "/etc"]
         # Mounts apply in order: /tmp's tmpfs goes first, or it would hide a Python
         # installation or checkout that lives under /tmp.
         argv += ["--size", str(lim.tmp_bytes), "--tmpfs", "/tmp"]
