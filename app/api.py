@@ -21,6 +21,7 @@ from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
 from app.tooling import artifact_store
+from guardrails.limits import RequestRate, UserQuotas
 from tools.artifacts import Artifacts
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -106,7 +107,10 @@ def _attach(app: FastAPI, deps: Deps) -> None:
     app.state.events = events
     app.state.files = FileStore(deps.settings.home / "files", deps.db)
     app.state.artifacts = Artifacts(deps.db, artifact_store(deps.settings))
+    app.state.rate = RequestRate(deps.redis, deps.settings.rate_limit)
     app.state.service = TaskService(
         db=deps.db, queue=deps.queue, events=events,
         default_max_iterations=deps.settings.max_iterations,
-        default_token_budget=deps.settings.token_budget)
+        default_token_budget=deps.settings.token_budget,
+        quotas=UserQuotas(max_concurrent_tasks=deps.settings.max_concurrent_tasks,
+                          daily_tokens=deps.settings.daily_token_quota))

@@ -211,8 +211,7 @@ class Executor:
             return await outcome(self.graph, thread)  # finished, but not yet recorded
         else:
             await self._stage_inputs(str(task["id"]))
-            options = task["options"] if isinstance(task["options"], dict) \
-                else json.loads(task["options"] or "{}")
+            options = _options(task)
             user = await self.deps.db.fetchrow("SELECT role, email FROM users WHERE id = $1",
                                                task["user_id"])
             payload = task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],

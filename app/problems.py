@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guardrails.limits import LimitExceeded
+
 TYPE_BASE = "https://cadre.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
 
@@ -37,6 +39,12 @@ class Problem(Exception):
         self.kind, self.status, self.detail = kind, status, detail
         self.headers = headers or {}
         self.extra = extra
+
+
+def too_many_requests(exc: LimitExceeded) -> Problem:
+    """A 429 for a rate limit or quota, with `Retry-After` and which limit it was."""
+    return Problem("rate-limited", 429, exc.detail,
+                   headers={"Retry-After": str(exc.retry_after)}, limit=exc.limit)
 
 
 def problem_response(kind: str, status: int, detail: str, *, instance: str | None = None,

@@ -27,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.auth import Principal, authenticate
 from app.events import Event, EventLog
 from app.files import FileStore
-from app.problems import Problem
+from app.problems import Problem, too_many_requests
 from app.service import TaskService
+from guardrails.limits import LimitExceeded, RequestRate
 from tools.artifacts import Artifacts
 
 router = APIRouter(prefix="/v1")
@@ -64,7 +65,17 @@ def _service(request: Request) -> TaskService:
 
 async def _principal(request: Request,
                      authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await authenticate(request.app.state.deps.db, authorization)
+    who = await authenticate(request.app.state.deps.db, authorization)
+    await _count_request(request.app.state.rate, who)
+    return who
+
+
+async def _count_request(rate: RequestRate, who: Principal) -> None:
+    """Every authenticated `/v1` request counts against its API key's rate (CADRE_RATE_LIMIT)."""
+    try:
+        await rate.hit(who.key_id)
+    except LimitExceeded as exc:
+        raise too_many_requests(exc) from None
 
 
 Who = Annotated[Principal, Depends(_principal)]
@@ -215,12 +226,13 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
         authorization = f"Bearer {ws.query_params['access_token']}"
     try:
         who = await authenticate(app.state.deps.db, authorization)
+        await _count_request(app.state.rate, who)
         service: TaskService = app.state.service
         task = await service.owned(who, task_id)
     except Problem as problem:
         # Accept first: a browser cannot read why a handshake failed, but it gets a close code.
         await ws.accept()
-        await ws.close(code=4401 if problem.status == 401 else 4404, reason=problem.detail[:120])
+        await ws.close(code=4000 + problem.status, reason=problem.detail[:120])
         return
     await ws.accept()
     after = ws.query_params.get("last_event_id")

@@ -22,8 +22,10 @@ import asyncpg
 
 from app.auth import Principal
 from app.events import EventLog
-from app.problems import Problem
+from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
+from guardrails.limits import LimitExceeded, UserQuotas
+from guardrails.screening import screen_task
 
 Strategy = Literal["enqueue", "reject", "interrupt"]
 ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
@@ -40,6 +42,8 @@ class TaskService:
     events: EventLog
     default_max_iterations: int = 15
     default_token_budget: int = 200_000
+    # Concurrent tasks and daily tokens per user; None (tests, maintenance) checks neither.
+    quotas: UserQuotas | None = None
 
     # -- submit --------------------------------------------------------------------------------
 
@@ -47,8 +51,15 @@ class TaskService:
                      max_iterations: int | None = None, token_budget: int | None = None,
                      strategy: Strategy = "enqueue", files: list[str] | None = None
                      ) -> dict[str, Any]:
-        options = {"max_iterations": max_iterations or self.default_max_iterations,
-                   "token_budget": token_budget or self.default_token_budget}
+        options: dict[str, Any] = {
+            "max_iterations": max_iterations or self.default_max_iterations,
+            "token_budget": token_budget or self.default_token_budget}
+        screened = screen_task(text)
+        if screened.problem:
+            raise Problem("invalid-request", 422, screened.problem)
+        if screened.flags:
+            # It runs, but its text counts as untrusted: side effects will need approval.
+            options["input_flags"] = screened.flags
         cancelled: list[str] = []
         async with self.db.acquire() as conn, conn.transaction():
             conv = await self._lock_conversation(conn, who, conversation_id, text)
@@ -64,6 +75,11 @@ class TaskService:
                 for row in active:
                     if await self._cancel_locked(conn, row["id"], "interrupted by a new message"):
                         cancelled.append(str(row["id"]))
+            if self.quotas is not None:
+                try:
+                    await self.quotas.admit(conn, who.user_id)
+                except LimitExceeded as exc:
+                    raise too_many_requests(exc) from None
             task = await conn.fetchrow(
                 f"INSERT INTO tasks (user_id, conversation_id, input, options) "
                 f"VALUES ($1::uuid, $2, $3, $4::jsonb) RETURNING {_TASK_COLUMNS}",

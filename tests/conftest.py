@@ -122,6 +122,9 @@ def settings(database_url: str, redis_url: str, queue: QueueUrls, services: Serv
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         home=tmp_path / ".cadre",
         sqs_wait_seconds=1,
+        # Tests poll task status every 0.1 s, past the default 120 requests a minute; the
+        # request rate has its own tests (test_limits.py). Other limits keep their defaults.
+        rate_limit="100000/minute",
     )
 
 

@@ -72,7 +72,8 @@ async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
 ) -> None:
     receiver = Receiver()
     async with serving(Starlette(routes=[Route("/effect", receiver.effect, methods=["POST"])])) \
-            as r_port, FakeOpenAIServer() as model, open_deps(settings) as deps, \
+            as r_port, FakeOpenAIServer() as model, \
+            open_deps(settings.model_copy(update={"max_concurrent_tasks": TASKS})) as deps, \
             AsyncExitStack() as stack:
         model.responder = _agent_policy
         # Messages of a killed worker come back after 10 s (its heartbeat would have kept them).
