@@ -58,7 +58,10 @@ def csv_flow_model(body: dict[str, Any]) -> FakeResponse:
         return FakeResponse(body=completion(tool_calls=[
             ("python", json.dumps({"code": ANALYSIS}), "call_py")]))
     if "call_mail" not in results:
-        summary = json.loads(results["call_py"])["value"].strip("'")
+        # The result computed from the uploaded file reaches the model marked as untrusted data.
+        marked = results["call_py"].splitlines()
+        assert marked[0].startswith("<<untrusted ") and marked[-1].startswith("<<end-untrusted ")
+        summary = json.loads("\n".join(marked[1:-1]))["value"].strip("'")
         return FakeResponse(body=completion(tool_calls=[("send_email", json.dumps({
             "to": ["boss@example.com"], "subject": "Sales summary",
             "body": f"Summary of sales.csv: {summary}.", "attachments": ["chart.png"]}),
@@ -104,6 +107,9 @@ async def test_csv_to_chart_to_email_once_even_when_the_worker_dies_mid_send(
 
                 task = await _wait(http, task_id, "PENDING_APPROVAL")
                 [pending] = [a for a in task["approvals"] if a["status"] == "PENDING"]
+                # boss@example.com shares ana's domain, which the policy allows without asking;
+                # the email is held because it follows content from the uploaded file.
+                assert "untrusted content" in pending["reason"] and "python output" in pending["reason"]
                 assert pending["tool"] == "send_email"
                 assert pending["arguments"]["attachments"] == ["chart.png"]
                 assert "total=1500 north=810 south=690" in pending["arguments"]["body"]
