@@ -20,6 +20,7 @@ from app.mailbox import mailbox_router
 from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
+from app.share import router as share_router
 from app.tooling import artifact_store
 from guardrails.limits import RequestRate, UserQuotas
 from tools.artifacts import Artifacts
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         _attach(app, deps)
     problems.install(app)
     app.include_router(router)
+    app.include_router(share_router)
     if resolved.dev_mailbox_dir is not None:
         app.include_router(mailbox_router(resolved.dev_mailbox_dir))
     registry = CollectorRegistry()

@@ -1,0 +1,165 @@
+"""A conversation as a clean, self-contained HTML page: what was asked, the plan, every step
+with its tool input and output, approvals, the answers and the files written. Everything
+shown passes through guardrails' redaction first, then HTML escaping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from html import escape
+from typing import Any
+
+from app.history import ConversationLog, TaskLog
+from guardrails.redaction import redact_json
+
+_STYLE = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1f2328;background:#f6f8fa;
+margin:0;padding:2rem 1rem}main{max-width:860px;margin:auto}h1{font-size:1.5rem;margin:0 0 .25rem}
+.meta{color:#59636e;margin:0 0 1.5rem;font-size:.9rem}
+section{background:#fff;border:1px solid #d1d9e0;border-radius:8px;padding:1rem 1.25rem;
+margin-bottom:1.25rem}.ask{font-weight:600;white-space:pre-wrap}.when{color:#59636e;
+font-size:.8rem;font-weight:400}.step{border-left:3px solid #d1d9e0;padding:.1rem .75rem;
+margin:.75rem 0}.step.tool{border-color:#0969da}.step.approval{border-color:#9a6700}
+.step.failed{border-color:#cf222e}.label{font-size:.8rem;text-transform:uppercase;
+letter-spacing:.04em;color:#59636e}pre{background:#f6f8fa;border-radius:6px;padding:.5rem;
+overflow-x:auto;white-space:pre-wrap;word-break:break-word;font-size:.85rem;margin:.25rem 0}
+.answer{white-space:pre-wrap;border-top:1px solid #d1d9e0;padding-top:.75rem;margin-top:.75rem}
+.error{color:#cf222e}ul{margin:.25rem 0}footer{color:#59636e;font-size:.8rem;text-align:center}
+"""
+
+
+async def render_transcript(conversation: ConversationLog) -> str:
+    """The redacted transcript page. Redaction is CPU work (about a second per MB of text),
+    so it runs in a thread."""
+    redacted = await asyncio.to_thread(redact_json, _document(conversation))
+    return _page(redacted)
+
+
+def not_found_page() -> str:
+    return _html("Not found", "<h1>Not found</h1><p class='meta'>This link does not exist or "
+                              "has been revoked.</p>")
+
+
+def _document(conversation: ConversationLog) -> dict[str, Any]:
+    """The transcript as plain data: every string in it is redacted before rendering."""
+    return {"title": conversation.title or "Conversation",
+            "tasks": [_task(task) for task in conversation.tasks]}
+
+
+def _task(task: TaskLog) -> dict[str, Any]:
+    entries: list[tuple[datetime, dict[str, Any]]] = []
+    for step in task.steps:
+        if step.node == "plan" and step.thought:
+            entries.append((step.created_at, {"kind": "plan", "text": step.thought}))
+        elif step.node == "act" and step.thought and step.thought != task.final_output:
+            entries.append((step.created_at, {"kind": "thought", "text": step.thought}))
+        elif step.node == "verify" and step.thought:
+            entries.append((step.created_at, {"kind": "check", "text": step.thought}))
+        elif step.node == "execute":
+            output = step.tool_output if isinstance(step.tool_output, dict) else {}
+            entries.append((step.created_at, {
+                "kind": "tool", "tool": step.tool_name or "?", "ok": bool(output.get("ok")),
+                "input": _structured(step.tool_input), "output": _structured(output.get("content"))}))
+        elif step.node == "approve":
+            entries.append((step.created_at, {
+                "kind": "not_run", "tool": step.tool_name or "?", "input": _structured(step.tool_input),
+                "text": step.thought or ""}))
+    for approval in task.approvals:
+        entries.append((approval.created_at, {
+            "kind": "approval", "tool": approval.tool, "input": _structured(approval.arguments),
+            "text": approval.reason, "status": approval.status.lower(),
+            "comment": approval.comment or ""}))
+    entries.sort(key=lambda pair: pair[0])
+    return {
+        "input": task.input, "when": task.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "status": task.status, "files": list(task.files),
+        "steps": [entry for _, entry in entries],
+        "artifacts": [{"name": a.name, "type": a.content_type, "size": _size(a.size_bytes)}
+                      for a in task.artifacts],
+        "answer": task.final_output or "",
+        "error": (task.error or {}).get("message", "") if task.status != "SUCCEEDED" else "",
+    }
+
+
+def _page(doc: dict[str, Any]) -> str:
+    tasks = doc["tasks"]
+    body = [f"<h1>{escape(doc['title'])}</h1>",
+            f"<p class='meta'>A shared, read-only Cadre conversation: {len(tasks)} "
+            f"task{'s' if len(tasks) != 1 else ''}. Secrets and personal data are redacted.</p>"]
+    for task in tasks:
+        body.append("<section>")
+        body.append(f"<div class='ask'>{escape(task['input'])} "
+                    f"<span class='when'>{escape(task['when'])}</span></div>")
+        if task["files"]:
+            body.append("<div class='label'>Attached: "
+                        + escape(", ".join(task["files"])) + "</div>")
+        body.extend(_step(step) for step in task["steps"])
+        if task["artifacts"]:
+            items = "".join(f"<li>{escape(a['name'])} <span class='when'>{escape(a['type'])}, "
+                            f"{escape(a['size'])}</span></li>" for a in task["artifacts"])
+            body.append(f"<div class='step'><div class='label'>Files written</div><ul>{items}</ul>"
+                        "</div>")
+        if task["answer"]:
+            body.append(f"<div class='answer'>{escape(task['answer'])}</div>")
+        if task["error"]:
+            body.append(f"<div class='answer error'>{escape(task['status'].lower())}: "
+                        f"{escape(task['error'])}</div>")
+        elif task["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            body.append(f"<div class='answer when'>{escape(task['status'].lower())}</div>")
+        body.append("</section>")
+    body.append("<footer>Shared from Cadre</footer>")
+    return _html(doc["title"], "\n".join(body))
+
+
+def _step(step: dict[str, Any]) -> str:
+    kind = step["kind"]
+    if kind in ("plan", "thought", "check"):
+        label = {"plan": "Plan", "thought": "Reasoning", "check": "Check"}[kind]
+        return (f"<div class='step'><div class='label'>{label}</div>"
+                f"<pre>{escape(step['text'])}</pre></div>")
+    if kind == "tool":
+        outcome = "" if step["ok"] else " failed"
+        return (f"<div class='step tool{outcome}'><div class='label'>Tool "
+                f"{escape(step['tool'])}{' (failed)' if outcome else ''}</div>"
+                f"<div class='label'>input</div><pre>{escape(_pretty(step['input']))}</pre>"
+                f"<div class='label'>output</div><pre>{escape(_pretty(step['output']))}</pre></div>")
+    if kind == "not_run":
+        return (f"<div class='step failed'><div class='label'>Tool {escape(step['tool'])} "
+                f"did not run</div><pre>{escape(_pretty(step['input']))}</pre>"
+                f"<div>{escape(step['text'])}</div></div>")
+    comment = f" ({escape(step['comment'])})" if step["comment"] else ""
+    return (f"<div class='step approval'><div class='label'>Approval asked for "
+            f"{escape(step['tool'])}: {escape(step['status'])}{comment}</div>"
+            f"<pre>{escape(_pretty(step['input']))}</pre><div>{escape(step['text'])}</div></div>")
+
+
+def _html(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+            f"<meta name='robots' content='noindex,nofollow'><title>{escape(title)} · Cadre"
+            f"</title><style>{_STYLE}</style></head><body><main>{body}</main></body></html>")
+
+
+def _structured(value: Any) -> Any:
+    """A tool input or output as data: JSON text is parsed, so that redaction sees its keys
+    (a `password` field is redacted whole, whatever its value looks like)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _pretty(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False,
+                                                           default=str)
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
