@@ -3,6 +3,7 @@ with each test isolated on a fresh database, a flushed Redis and fresh queues.""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import sys
@@ -24,6 +25,8 @@ from app.stack.mail import MailCapture
 from app.stack.ports import free_port
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.sqs import LOCAL_CREDENTIALS
+from tests.cli import CADRE
+from tests.stack import UpProcess
 
 TEMPLATE_DB = "cadre_template"
 SERVICE_ENV = (
@@ -199,3 +202,41 @@ async def service(settings: Settings) -> AsyncIterator[object]:
     async with running_service(settings) as running:
         yield running
         running.model.assert_done()
+
+
+@pytest.fixture
+def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **clean_env,
+        "CADRE_API_PORT": str(free_port()),
+        "CADRE_PG_PORT": str(free_port()),
+        "CADRE_REDIS_PORT": str(free_port()),
+        "CADRE_SQS_PORT": str(free_port()),
+        "CADRE_LLM_PORT": str(free_port()),
+        "CADRE_SMTP_PORT": str(free_port()),
+        "CADRE_SQS_WAIT_SECONDS": "2",
+    }
+
+
+@pytest.fixture
+async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[object]:
+    """Starts `cadre up --workers 2` in `tmp_path` (call it with extra environment); each one
+    started is killed at the end if still running."""
+    started: list[UpProcess] = []
+
+    async def _start(**env: str) -> UpProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *CADRE, "up", "--workers", "2", env={**stack_env, **env}, cwd=tmp_path,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        up = UpProcess(proc)
+        started.append(up)
+        await up.wait_for_line("Press Ctrl-C to stop everything.")
+        return up
+
+    yield _start
+    for up in started:
+        if up.proc.returncode is None:
+            up.proc.kill()
+            await up.proc.wait()

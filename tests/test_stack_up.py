@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -17,81 +15,11 @@ import pytest
 
 from app.stack.ports import free_port
 from graph.testing import FakeOpenAIServer
-from tests.cli import CADRE, run_cadre
+from tests.cli import run_cadre
+from tests.stack import stack_file as _stack_file
 from tests.test_csv_email_flow import CSV, csv_flow_model
 
 pytestmark = pytest.mark.slow
-
-
-class UpProcess:
-    """A running `cadre up` whose output is drained continuously into `lines`."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.lines)
-
-    async def wait_for_line(self, needle: str, timeout: float = 180) -> None:
-        async def _poll() -> None:
-            while not any(needle in line for line in self.lines):
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"cadre up exited ({self.proc.returncode}):\n{self.text}")
-                await asyncio.sleep(0.2)
-        await asyncio.wait_for(_poll(), timeout)
-
-    async def finish(self, timeout: float = 90) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await self._reader
-        return code
-
-
-@pytest.fixture
-def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **clean_env,
-        "CADRE_API_PORT": str(free_port()),
-        "CADRE_PG_PORT": str(free_port()),
-        "CADRE_REDIS_PORT": str(free_port()),
-        "CADRE_SQS_PORT": str(free_port()),
-        "CADRE_LLM_PORT": str(free_port()),
-        "CADRE_SMTP_PORT": str(free_port()),
-        "CADRE_SQS_WAIT_SECONDS": "2",
-    }
-
-
-@pytest.fixture
-async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[object]:
-    started: list[UpProcess] = []
-
-    async def _start(**env: str) -> UpProcess:
-        proc = await asyncio.create_subprocess_exec(
-            *CADRE, "up", "--workers", "2", env={**stack_env, **env}, cwd=tmp_path,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        up = UpProcess(proc)
-        started.append(up)
-        await up.wait_for_line("Press Ctrl-C to stop everything.")
-        return up
-
-    yield _start
-    for up in started:
-        if up.proc.returncode is None:
-            up.proc.kill()
-            await up.proc.wait()
-
-
-def _stack_file(cwd: Path) -> dict[str, object]:
-    return json.loads((cwd / ".cadre" / "stack.json").read_text())
 
 
 def _family(pid: int) -> list[psutil.Process]:
