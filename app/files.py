@@ -9,6 +9,7 @@ import hashlib
 import re
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,37 @@ class FileStore:
 
     async def save(self, user_id: str, upload: UploadFile) -> dict[str, Any]:
         """Store an upload (size-limited, type detected from its content)."""
-        name = _safe_name(upload.filename or "upload")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await upload.read(_CHUNK):
+                yield chunk
+
+        return await self._store(user_id, upload.filename or "upload", chunks())
+
+    async def save_path(self, user_id: str, name: str, source: Path) -> dict[str, Any]:
+        """Store a file already on this machine (the chat UI's uploads), with the same checks
+        as an upload through the API."""
+        handle = await asyncio.to_thread(source.open, "rb")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await asyncio.to_thread(handle.read, _CHUNK):
+                yield chunk
+
+        try:
+            return await self._store(user_id, name, chunks())
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def _store(self, user_id: str, filename: str,
+                     chunks: AsyncIterator[bytes]) -> dict[str, Any]:
+        name = _safe_name(filename)
         file_id = str(uuid.uuid4())
         target = self.path(file_id)
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
         digest, size, content_type = hashlib.sha256(), 0, None
         handle = await asyncio.to_thread(target.open, "wb")
         try:
-            while chunk := await upload.read(_CHUNK):
+            async for chunk in chunks:
                 if content_type is None:
                     content_type = _detect(name, chunk)
                     if content_type is None:

@@ -30,6 +30,7 @@ from guardrails.screening import screen_task
 Strategy = Literal["enqueue", "reject", "interrupt"]
 ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+_Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
 
 _TASK_COLUMNS = """id, user_id, conversation_id, status, input, final_output, error, usage, options,
                    created_at, updated_at, started_at, finished_at, cancel_requested_at"""
@@ -192,6 +193,36 @@ class TaskService:
         if row is None:
             raise Problem("not-found", 404, f"task {task_id} not found")
         return _task(row)
+
+    async def active_in(self, who: Principal, conversation_id: str) -> _Tasks:
+        """The caller's unfinished tasks in a conversation, oldest first, each with its pending
+        approvals: what a chat view reopened mid-task must follow and offer to decide."""
+        rows = await self.db.fetch(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE conversation_id = $1 AND user_id = $2::uuid "
+            f"AND status = ANY($3::text[]) ORDER BY created_at, id",
+            _uuid(conversation_id, "conversation"), who.user_id, list(ACTIVE))
+        tasks = [_task(r) for r in rows]
+        for task in tasks:
+            task["approvals"] = [_approval(r) for r in await self.db.fetch(
+                "SELECT * FROM approvals WHERE task_id = $1::uuid AND status = 'PENDING' "
+                "ORDER BY created_at", task["id"])]
+        return tasks
+
+    # -- conversations -------------------------------------------------------------------------
+
+    async def open_conversation(self, who: Principal, conversation_id: str, title: str) -> str:
+        """Make sure the caller has a conversation with this id, creating it (with `title`)
+        if it does not exist yet: the chat UI names its threads before their first task.
+        Another user's conversation is a 404, as everywhere."""
+        key = _uuid(conversation_id, "conversation")
+        owner = await self.db.fetchval(
+            "WITH made AS (INSERT INTO conversations (id, user_id, title) "
+            "VALUES ($1, $2::uuid, $3) ON CONFLICT (id) DO NOTHING RETURNING user_id) "
+            "SELECT user_id FROM made UNION ALL SELECT user_id FROM conversations WHERE id = $1",
+            key, who.user_id, " ".join(title.split())[:80])
+        if owner is None or str(owner) != who.user_id:
+            raise Problem("not-found", 404, f"conversation {conversation_id} not found")
+        return str(key)
 
     # -- cancel --------------------------------------------------------------------------------
 
