@@ -215,11 +215,12 @@ class TaskService:
         if it does not exist yet: the chat UI names its threads before their first task.
         Another user's conversation is a 404, as everywhere."""
         key = _uuid(conversation_id, "conversation")
-        owner = await self.db.fetchval(
-            "WITH made AS (INSERT INTO conversations (id, user_id, title) "
-            "VALUES ($1, $2::uuid, $3) ON CONFLICT (id) DO NOTHING RETURNING user_id) "
-            "SELECT user_id FROM made UNION ALL SELECT user_id FROM conversations WHERE id = $1",
-            key, who.user_id, " ".join(title.split())[:80])
+        # Two statements: a row another transaction inserted meanwhile (Chainlit names new
+        # threads concurrently) is invisible to the snapshot of the INSERT that skipped it.
+        await self.db.execute(
+            "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2::uuid, $3) "
+            "ON CONFLICT (id) DO NOTHING", key, who.user_id, " ".join(title.split())[:80])
+        owner = await self.db.fetchval("SELECT user_id FROM conversations WHERE id = $1", key)
         if owner is None or str(owner) != who.user_id:
             raise Problem("not-found", 404, f"conversation {conversation_id} not found")
         return str(key)
