@@ -1,4 +1,5 @@
-"""The HTTP application: the task API under `/v1`, health and metrics."""
+"""The HTTP application: the task API under `/v1`, health and metrics, share links, and the
+chat UI at `/`."""
 
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ class Health(BaseModel):
     checks: dict[str, HealthCheck]
 
 
-def create_app(settings: Settings | None = None, *, deps: Deps | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
+               ui: bool = False) -> FastAPI:
     """Build the ASGI app; `cadre api` serves it with uvicorn. Pass `deps` to reuse open pools
-    (tests); otherwise the app opens its own at start-up."""
+    (tests); otherwise the app opens its own at start-up. `ui` also serves the chat UI at `/`
+    (Chainlit is process-wide: tests that build many apps leave it off)."""
     resolved = settings or (deps.settings if deps else load_settings())
 
     @asynccontextmanager
@@ -53,7 +56,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
     # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
     app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES,
-                       larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024})
+                       larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024,
+                               "/project/file": MAX_FILE_BYTES + 64 * 1024})
     if deps is not None:
         _attach(app, deps)
     problems.install(app)
@@ -100,6 +104,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None) ->
         payload = await asyncio.to_thread(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    if ui:
+        from app.ui import mount_ui
+
+        mount_ui(app, resolved)  # last: the UI answers every path nothing above claimed
     return app
 
 

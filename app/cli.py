@@ -53,7 +53,8 @@ def up(
 
 @cli.command()
 def api() -> None:
-    """Serve the HTTP API (production: run behind a load balancer, scale horizontally)."""
+    """Serve the HTTP API and the chat UI (production: behind a load balancer, scale
+    horizontally)."""
     import uvicorn
 
     from app.api import create_app
@@ -61,9 +62,9 @@ def api() -> None:
     from app.settings import load_settings
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, redact=settings.redact_logs)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, ui=settings.ui),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
@@ -79,7 +80,7 @@ def worker() -> None:
     from app.worker import serve
 
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, redact=settings.redact_logs)
     serve(settings)
 
 

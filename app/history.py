@@ -44,6 +44,7 @@ class ArtifactLog:
     name: str
     content_type: str
     size_bytes: int
+    sha256: str
     created_at: datetime
 
 
@@ -106,7 +107,7 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
         "SELECT id, task_id, tool_name, tool_input, reason, status, comment, created_at, "
         "decided_at FROM approvals WHERE task_id = ANY($1::uuid[]) ORDER BY created_at", ids)
     artifacts = await db.fetch(
-        "SELECT task_id, name, content_type, size_bytes, created_at FROM artifacts "
+        "SELECT task_id, name, content_type, size_bytes, sha256, created_at FROM artifacts "
         "WHERE task_id = ANY($1::uuid[]) ORDER BY created_at, name", ids)
     files = await db.fetch(
         "SELECT t.task_id, f.name FROM task_files t JOIN files f ON f.id = t.file_id "
@@ -129,7 +130,7 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
     for row in artifacts:
         by_task[row["task_id"]].artifacts.append(ArtifactLog(
             name=row["name"], content_type=row["content_type"], size_bytes=row["size_bytes"],
-            created_at=row["created_at"]))
+            sha256=row["sha256"], created_at=row["created_at"]))
     for row in files:
         by_task[row["task_id"]].files.append(row["name"])
     return ConversationLog(id=str(conv["id"]), user_id=str(conv["user_id"]),

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         None, validation_alias=_env("CADRE_INJECTION_CLASSIFIER_URL"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=300,
                                          validation_alias=_env("CADRE_SSE_HEARTBEAT_SECONDS"))
+    # The chat UI, served by `cadre api` at `/` next to the API.
+    ui: bool = Field(True, validation_alias=_env("CADRE_UI"))
+    # Signs the UI's session cookie; every API process of a deployment needs the same one.
+    # Unset: generated once into CADRE_HOME/secrets.json.
+    ui_secret: SecretStr | None = Field(
+        None, validation_alias=_env("CADRE_UI_SECRET", "CHAINLIT_AUTH_SECRET"))
+    # Behind an authenticating proxy: the request header naming the user's email.
+    ui_auth_header: str | None = Field(None, validation_alias=_env("CADRE_UI_AUTH_HEADER"))
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
     worker_concurrency: int = Field(4, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))

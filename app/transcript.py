@@ -153,8 +153,14 @@ def _structured(value: Any) -> Any:
 
 
 def _pretty(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False,
-                                                           default=str)
+    """Readable text: multi-line strings (code, mail bodies) as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and any(isinstance(v, str) and "\n" in v for v in value.values()):
+        return "\n".join(f"{k}:\n{v.strip(chr(10))}" if isinstance(v, str) and "\n" in v
+                         else f"{k}: {json.dumps(v, ensure_ascii=False, default=str)}"
+                         for k, v in value.items())
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
 def _size(size: int) -> str:

@@ -1,4 +1,5 @@
-"""Passwords of the embedded services, generated once and kept private under `.cadre/`."""
+"""Passwords of the embedded services and the chat UI's cookie-signing key, generated once and
+kept private under `.cadre/`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def local_secrets(home: Path) -> dict[str, str]:
     except (OSError, ValueError):
         values = {}
     changed = False
-    for name in ("postgres_password", "redis_password"):
+    for name in ("postgres_password", "redis_password", "ui_secret"):
         if not values.get(name):
             values[name] = secrets.token_urlsafe(24)
             changed = True

@@ -279,7 +279,9 @@ class LocalStack:
         lines = [
             "",
             "Cadre is up.",
-            f"  API        {self.api_url}   (docs: {self.api_url}/docs)",
+            *([f"  chat UI    {self.api_url}/   (sign in with an email and its API key)"]
+              if self.settings.ui else []),
+            f"  API        {self.api_url}/v1   (docs: {self.api_url}/docs)",
             f"  health     {self.api_url}/healthz",
             f"  postgres   {redact_url(self.env['DATABASE_URL'])}",
             f"  redis      {redact_url(self.env['REDIS_URL'])}",

@@ -1,0 +1,133 @@
+"""What the chat shows for a task, as plain data: message texts, step and message ids, element
+descriptions. The live view (`view.py`) and the history view (`data_layer.py`) both use these,
+so a reopened conversation looks like the one that was watched live, and the ids match: an
+approval's buttons re-sent after a reload attach to the message the history already shows."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from app.settings import Settings
+
+CHAT_NAME = "Cadre"
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+
+def plan_id(task_id: str) -> str:
+    return f"plan-{task_id}"
+
+
+def answer_id(task_id: str) -> str:
+    return f"answer-{task_id}"
+
+
+def files_id(task_id: str) -> str:
+    return f"files-{task_id}"
+
+
+def approval_message_id(approval_id: str) -> str:
+    return f"approval-{approval_id}"
+
+
+def tool_step_id(task_id: str, call_id: str) -> str:
+    return f"call-{task_id}-{call_id}"
+
+
+def element_id(task_id: str, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cadre:{task_id}/{name}"))
+
+
+# -- texts -----------------------------------------------------------------------------------
+
+
+def plan_text(steps: list[str], *, revised: bool = False) -> str:
+    head = "**Plan** (revised)" if revised else "**Plan**"
+    return head + "\n\n" + "\n".join(f"{n}. {s}" for n, s in enumerate(steps, start=1))
+
+
+def approval_text(tool: str, arguments: Any, reason: str, *, status: str = "PENDING",
+                  comment: str | None = None) -> str:
+    shown = json.dumps(arguments, indent=2, ensure_ascii=False, default=str)
+    lines = [f"**Approval needed:** the agent wants to run `{tool}`.", ""]
+    if reason:
+        lines += [f"Why it waits for you: {reason}", ""]
+    lines += ["```json", shown, "```"]
+    if status == "APPROVED":
+        lines += ["", "**Approved.** The task continues."]
+    elif status == "REJECTED":
+        lines += ["", f"**Rejected**{f': {comment}' if comment else '.'} The agent is told why."]
+    return "\n".join(lines)
+
+
+def tool_input(arguments: Any) -> tuple[str, str]:
+    """A tool call's arguments for display, with their language: code as code, else JSON."""
+    if isinstance(arguments, dict) and set(arguments) == {"code"} \
+            and isinstance(arguments["code"], str):
+        return arguments["code"].strip("\n"), "python"
+    if isinstance(arguments, str):
+        return arguments, "text"
+    return json.dumps(arguments, indent=2, ensure_ascii=False, default=str), "json"
+
+
+def files_text(names: list[str]) -> str:
+    return "Files this task wrote: " + ", ".join(f"`{n}`" for n in names)
+
+
+def error_text(error: dict[str, Any] | None, status: str) -> str:
+    error = error or {}
+    kind = str(error.get("type") or status.lower())
+    message = str(error.get("message") or "no reason was recorded")
+    if kind == "cancelled":
+        said = str(error.get("message") or "")
+        return "The task was cancelled." if said in ("", "the task was cancelled") \
+            else f"The task was cancelled: {said}."
+    titles = {"budget_exceeded": "The task ran out of budget",
+              "model_unavailable": "The model could not be reached",
+              "delivery_failed": "The task could not be run",
+              "iteration_cap": "The task reached its step limit",
+              "goal_not_met": "The task did not reach its goal"}
+    return f"**{titles.get(kind, 'The task failed')}** ({kind}): {message}"
+
+
+def share_text(url: str) -> str:
+    return ("Anyone with this link can read this conversation, with secrets and personal data "
+            f"redacted, until you revoke it:\n\n{url}")
+
+
+def model_notice(settings: Settings) -> str:
+    """Which model answers, said plainly; a loud warning for the tiny offline one."""
+    where = settings.openai_base_url or "https://api.openai.com/v1"
+    model = settings.model or "the default model"
+    if settings.offline_model:
+        return (f"**Warning: this is the tiny offline model** (`{model}` at {where}). It runs "
+                "without a key so you can try Cadre, but it is far too small for real work: "
+                "expect wrong or empty answers. Set `OPENAI_API_KEY` (or `OPENAI_BASE_URL` "
+                "for any OpenAI-compatible server) and restart for a real model.")
+    if not settings.openai_api_key and not settings.openai_base_url:
+        return ("**No model is configured**: tasks will fail. Set `OPENAI_API_KEY` or "
+                "`OPENAI_BASE_URL`, or start the local stack with `cadre up`.")
+    return f"Model: `{model}` at {where}."
+
+
+# -- artifacts -------------------------------------------------------------------------------
+
+
+def artifact_url(task_id: str, name: str, sha256: str) -> str:
+    """Served to the logged-in owner by the UI's own route (the API wants a bearer key)."""
+    return f"/ui/artifacts/{task_id}/{quote(name)}?v={sha256[:12]}"
+
+
+def artifact_element(task_id: str, thread_id: str, *, name: str, content_type: str,
+                     sha256: str) -> dict[str, Any]:
+    """A Chainlit element: images inline in the chat, other files as downloads."""
+    image = content_type.startswith("image/")
+    return {"id": element_id(task_id, name), "threadId": thread_id,
+            "type": "image" if image else "file", "name": name, "display": "inline",
+            "size": "large" if image else None, "url": artifact_url(task_id, name, sha256),
+            "mime": content_type, "forId": files_id(task_id), "chainlitKey": None,
+            "objectKey": None}
