@@ -1,0 +1,231 @@
+"""The chat UI in a real browser: Debian's Chromium driven by Playwright against `cadre up`
+with a scripted model -- what a person does with `make run`, clicks included.
+
+Sign in, upload a CSV and ask for the summary by email; the steps appear live, the chart
+shows, the email waits for approval; a reload (and a second tab) still show the buttons; one
+click approves, the buttons leave every tab, the answer arrives and the mail is in the
+mailbox. Share makes a link a stranger can read, redacted; another user can open neither the
+conversation nor, once revoked, the link. Stop cancels a running task. Screenshots of each
+step land in the test's output folder."""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
+from graph.testing import FakeOpenAIServer, FakeResponse, completion
+from tests.cli import run_cadre
+from tests.stack import UpProcess, stack_file
+from tests.test_csv_email_flow import CSV, csv_flow_model
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+TASK = "Analyse this CSV and email the summary with a chart to boss@example.com"
+SLOW_TASK = "Count slowly to three."
+WAIT_MS = 60_000
+expect.set_options(timeout=WAIT_MS)
+
+
+def scripted_model(body: dict[str, Any]) -> FakeResponse:
+    """The CSV-to-email flow; a task that asks to go slowly keeps the model busy a few
+    seconds (time to press Stop)."""
+    forced = isinstance(body.get("tool_choice"), dict)
+    asked = " ".join(str(m.get("content")) for m in body["messages"] if m["role"] == "user")
+    if SLOW_TASK in asked and not forced:
+        return FakeResponse(body=completion("One, two, three."), delay=4)
+    return csv_flow_model(body)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    """Debian's Chromium: missing, the test fails (it is never skipped)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium package "
+                    "(`make test` installs it as root; or: sudo apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(chromium), headless=True,
+            args=["--no-sandbox", "--disable-background-networking"])
+        yield browser
+        await browser.close()
+
+
+class Shots:
+    """Screenshots, numbered in the order taken, in the test's output folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.taken = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def __call__(self, page: Page, name: str) -> None:
+        self.taken += 1
+        await page.screenshot(path=str(self.folder / f"{self.taken:02d}-{name}.png"))
+
+
+async def _signed_in(browser: Browser, base: str, email: str, key: str) -> tuple[BrowserContext, Page]:
+    context = await browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(WAIT_MS)
+    page = await context.new_page()
+    await page.goto("/login")
+    await page.fill("#email", email)
+    await page.fill("#password", key)
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#chat-input")).to_be_visible()
+    return context, page
+
+
+async def _send(page: Page, text: str, attachment: Path | None = None) -> None:
+    if attachment is not None:
+        await page.set_input_files("#upload-button-input", str(attachment))
+        await expect(page.get_by_text(attachment.name).first).to_be_visible()
+    # The composer is rebuilt once the chat session is up, dropping what was typed before:
+    # wait for the session's first message, and type again if the text did not stick.
+    await expect(page.get_by_text("Model: scripted")).to_be_visible()
+    for _ in range(10):
+        await page.fill("#chat-input", text)
+        try:
+            await expect(page.locator("#chat-submit")).to_be_enabled(timeout=2_000)
+            break
+        except AssertionError:
+            continue
+    await page.click("#chat-submit")
+
+
+async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Browser,
+                                                   tmp_path: Path, clean_env: dict[str, str]
+                                                   ) -> None:
+    shots = Shots(tmp_path / "screenshots")
+    print(f"\nscreenshots: {shots.folder}")
+    csv = tmp_path / "sales.csv"
+    csv.write_text(CSV)
+    async with FakeOpenAIServer() as model:
+        model.responder = scripted_model
+        up: UpProcess = await start_up(OPENAI_BASE_URL=model.base_url, CADRE_MODEL="scripted")
+        base = str(stack_file(tmp_path)["api_url"])
+        assert f"chat UI    {base}/" in up.text
+        admin_key = next(line.strip() for line in up.lines if line.strip().startswith("cadre_"))
+        made = await run_cadre("keys", "create", "--email", "bob@example.com",
+                               env=clean_env, cwd=tmp_path)
+        bob_key = re.search(r"cadre_[\w-]+", made.stdout).group(0)  # type: ignore[union-attr]
+
+        # Sign in; the chat says which model answers.
+        context, page = await _signed_in(browser, base, "admin@localhost", admin_key)
+        await expect(page.get_by_text("Model: scripted")).to_be_visible()
+        await shots(page, "signed-in")
+
+        # A message with a CSV becomes a task: plan and steps show live, then the chart.
+        await _send(page, TASK, csv)
+        await expect(page.get_by_text("Analyse the CSV")).to_be_visible()
+        await expect(page.get_by_text(re.compile(r"Us(ed|ing) python"))).to_be_visible()
+        await shots(page, "steps-live")
+        chart = page.locator('img[src*="/ui/artifacts/"]').first
+        await expect(chart).to_be_visible()
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('img[src*=\"/ui/artifacts/\"]')]"
+            ".some(i => i.complete && i.naturalWidth > 100)")
+        await chart.scroll_into_view_if_needed()
+        await shots(page, "chart")
+
+        # The email waits: tool, arguments and reason, with Approve and Reject.
+        approve = page.get_by_role("button", name="Approve")
+        await expect(approve).to_be_visible()
+        await expect(page.get_by_role("button", name="Reject")).to_be_visible()
+        await expect(page.get_by_text("Approval needed:")).to_be_visible()
+        await expect(page.get_by_text('"subject": "Sales summary"').first).to_be_visible()
+        await shots(page, "approval")
+        assert re.search(r"/thread/[0-9a-f-]{36}$", page.url), page.url
+        thread = page.url.rsplit("/", 1)[1]
+
+        # A reload, and a second tab, still offer the decision.
+        await page.reload()
+        await expect(approve).to_be_visible()
+        await expect(page.get_by_text("Analyse the CSV")).to_be_visible()
+        await shots(page, "reloaded-mid-approval")
+        other_tab = await context.new_page()
+        await other_tab.goto(f"/thread/{thread}")
+        await expect(other_tab.get_by_role("button", name="Approve")).to_be_visible()
+
+        # One click: the buttons leave both tabs, the email goes, the answer arrives.
+        await approve.click()
+        await expect(page.get_by_text("I emailed the summary with the chart")).to_be_visible()
+        await expect(page.get_by_text("Approved.")).to_be_visible()
+        await expect(page.get_by_role("button", name="Approve")).to_have_count(0)
+        await expect(other_tab.get_by_role("button", name="Approve")).to_have_count(0)
+        await expect(other_tab.get_by_text("I emailed the summary with the chart")).to_be_visible()
+        await shots(page, "approved-and-answered")
+        await other_tab.close()
+        async with httpx.AsyncClient(base_url=base) as http:
+            [mail] = (await http.get("/dev/mailbox.json")).json()["items"]
+        assert mail["subject"] == "Sales summary" and mail["to"] == "boss@example.com"
+
+        # Share: a stranger reads the transcript, redacted, without signing in.
+        await page.get_by_role("button", name="Share").click()
+        shared = page.get_by_text(re.compile(r"/share/shr_"))
+        await expect(shared).to_be_visible()
+        link = re.search(r"https?://\S+/share/shr_[\w-]+", await shared.inner_text()).group(0)  # type: ignore[union-attr]
+        await shots(page, "share-link")
+        stranger = await browser.new_context()
+        reader = await stranger.new_page()
+        opened = await reader.goto(link)
+        assert opened is not None and opened.status == 200
+        await expect(reader.get_by_text("I emailed the summary with the chart to [REDACTED:email]")
+                     ).to_be_visible()
+        assert "boss@example.com" not in await reader.content()
+        assert "total=1500 north=810 south=690" in await reader.content()
+        await reader.screenshot(path=str(shots.folder / "transcript.png"), full_page=True)
+
+        # Another user sees none of it.
+        bob_context, bob = await _signed_in(browser, base, "bob@example.com", bob_key)
+        await expect(bob.get_by_text("Analyse this CSV")).to_have_count(0)
+        refused = await bob.request.get(f"/project/thread/{thread}")
+        assert refused.status == 401
+        await bob.goto(f"/thread/{thread}")
+        await bob.wait_for_timeout(1500)
+        await expect(bob.get_by_text("Analyse this CSV")).to_have_count(0)
+        await shots(bob, "other-user")
+
+        # Revoked: the link is a 404 for everyone.
+        await page.get_by_role("button", name="Revoke link").click()
+        await expect(page.get_by_text("The share link is revoked")).to_be_visible()
+        gone = await reader.goto(link)
+        assert gone is not None and gone.status == 404
+        await expect(reader.get_by_text("has been revoked")).to_be_visible()
+        assert (await bob.goto(link)).status == 404  # type: ignore[union-attr]
+        await shots(reader, "revoked-link")
+        await stranger.close()
+        await bob_context.close()
+
+        # Stop cancels the running task.
+        await page.goto("/")
+        await expect(page.locator("#chat-input")).to_be_visible()
+        await shots(page, "new-chat")
+        await _send(page, SLOW_TASK)
+        stop = page.locator("#stop-button")
+        await expect(stop).to_be_visible()
+        await shots(page, "running")
+        await stop.click()
+        await expect(page.get_by_text("The task was cancelled")).to_be_visible()
+        await shots(page, "stopped")
+        async with httpx.AsyncClient(base_url=base, headers={
+                "Authorization": f"Bearer {admin_key}"}) as http:
+            [latest, *_] = (await http.get("/v1/tasks")).json()["items"]
+        assert latest["input"] == SLOW_TASK and latest["status"] == "CANCELLED"
+        await context.close()
+
+        up.proc.send_signal(signal.SIGTERM)
+        assert await up.finish() == 0, up.text
+    assert shots.taken >= 10
+
