@@ -4,8 +4,9 @@ the API's users and keys, and a user reaches only their own threads and files.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,33 +23,43 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
 
 @pytest.fixture
-async def ui_url(service: Service, service_env: dict[str, str],
-                 tmp_path: Path) -> AsyncIterator[str]:
-    """`cadre api` (UI on) in its own process, on the same database and CADRE_HOME as the
-    in-process test service: Chainlit is one per process."""
-    port = free_port()
-    log = await asyncio.to_thread((tmp_path / "api.log").open, "wb")
-    proc = await asyncio.create_subprocess_exec(
-        *CADRE, "api", env={**service_env, "CADRE_API_PORT": str(port), "CADRE_UI": "true",
-                            "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-        stderr=asyncio.subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
+async def start_ui(service: Service, service_env: dict[str, str],
+                   tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Starts `cadre api` (UI on) in its own process, on the same database and CADRE_HOME as
+    the in-process test service (Chainlit is one per process); returns its URL."""
+    started: list[tuple[asyncio.subprocess.Process, Any]] = []
+
+    async def _start(**env: str) -> str:
+        port = free_port()
+        log_path = tmp_path / f"api-{port}.log"
+        log = await asyncio.to_thread(log_path.open, "wb")
+        proc = await asyncio.create_subprocess_exec(
+            *CADRE, "api", env={**service_env, "CADRE_API_PORT": str(port), "CADRE_UI": "true",
+                                "PYTHONPATH": str(ROOT), **env},
+            cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+            stderr=asyncio.subprocess.STDOUT)
+        started.append((proc, log))
+        url = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient() as http, asyncio.timeout(60):
             while True:
-                assert proc.returncode is None, (tmp_path / "api.log").read_text()
+                assert proc.returncode is None, await asyncio.to_thread(log_path.read_text)
                 try:
                     if (await http.get(f"{url}/healthz")).status_code == 200:
-                        break
+                        return url
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
-        yield url
-    finally:
+
+    yield _start
+    for proc, log in started:
         proc.terminate()
         await proc.wait()
         await asyncio.to_thread(log.close)
+
+
+@pytest.fixture
+async def ui_url(start_ui: Callable[..., Awaitable[str]]) -> str:
+    return await start_ui()
 
 
 async def _login(client: httpx.AsyncClient, email: str, key: str) -> None:
@@ -129,3 +140,18 @@ async def test_sign_in_threads_and_files_belong_to_their_user(ui_url: str,
         gone = await ana.post("/project/threads", json={"pagination": {"first": 20},
                                                         "filter": {}})
         assert gone.status_code == 404
+
+
+async def test_header_sign_in_behind_a_proxy(start_ui: Callable[..., Awaitable[str]],
+                                             service: Service) -> None:
+    url = await start_ui(CADRE_UI_AUTH_HEADER="X-Forwarded-Email")
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/auth/config")).json()["headerAuth"] is True
+        signed = await http.post("/auth/header", headers={"X-Forwarded-Email": "eve@example.com"})
+        assert signed.status_code == 200 and http.cookies.get("access_token")
+        assert (await http.get("/user")).json()["identifier"] == "eve@example.com"
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.post("/auth/header")).status_code == 401
+        unknown = await http.post("/auth/header",
+                                  headers={"X-Forwarded-Email": "mallory@example.com"})
+        assert unknown.status_code == 401, "only users Cadre knows"

@@ -63,11 +63,13 @@ def prepare_chainlit(settings: Settings) -> None:
     shutil.copytree(assets / "public", root / "public", dirs_exist_ok=True)
     from app.ui.render import model_notice
 
-    (root / "chainlit.md").write_text(
-        "# Cadre\n\nWrite a task in plain words, attach CSV, text or PDF files if it needs "
-        "them, and watch the agent plan and act. Steps that change something outside (an "
-        "email, for instance) wait for your Approve. Share makes a read-only link with "
-        f"secrets and personal data redacted.\n\n{model_notice(settings)}\n")
+    readme = ("# Cadre\n\nWrite a task in plain words, attach CSV, text or PDF files if it "
+              "needs them, and watch the agent plan and act. Steps that change something "
+              "outside (an email, for instance) wait for your Approve. Share makes a read-only "
+              f"link with secrets and personal data redacted.\n\n{model_notice(settings)}\n")
+    # The "Readme" button; Chainlit looks for the browser's language first, then the default.
+    for name in ("chainlit.md", "chainlit_en-US.md"):
+        (root / name).write_text(readme)
     secret = (settings.ui_secret.get_secret_value() if settings.ui_secret
               else local_secrets(settings.home)["ui_secret"])
     os.environ["CHAINLIT_AUTH_SECRET"] = secret
