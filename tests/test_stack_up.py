@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -89,6 +90,11 @@ async def test_up_doctor_keys_supervise_stop_restart(
             async for line in stream.aiter_lines():
                 if line.startswith("event: "):
                     types.append(line[7:])
+                elif line.startswith("data: ") and types[-1] == "approval_required":
+                    # The tiny model may reach for a side effect (email): a person says no.
+                    held = json.loads(line[6:])
+                    await http.post(f"/v1/tasks/{created['id']}/approvals/{held['approval_id']}",
+                                    json={"decision": "reject"})
         task = (await http.get(f"/v1/tasks/{created['id']}")).json()
     assert types[0] == "status" and types[-1] == "status" and "plan" in types
     assert task["status"] in ("SUCCEEDED", "FAILED") and task["steps"]
