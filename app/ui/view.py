@@ -68,7 +68,8 @@ class TaskView:
     _tools: dict[str, cl.Step] = field(default_factory=dict)
     _answer: cl.Message | None = None
     _answer_sent: bool = False
-    _act_thought: tuple[int, str] | None = None
+    # The act step's text, until we know whether it was reasoning or the answer being checked.
+    _act_thought: str = ""
     _shown_files: dict[str, str] = field(default_factory=dict)
     _files_sent: bool = False
     # Approvals shown with buttons, by id: (tool, arguments, reason).
@@ -143,10 +144,10 @@ class TaskView:
     async def _thought(self, data: dict[str, Any]) -> None:
         text = str(data.get("text") or "")
         if data.get("node") == "act":
-            # Reasoning if tool calls follow in the same step, else the answer being checked.
-            self._act_thought = (int(data.get("step", 0)), text)
+            # Reasoning if tool calls follow, else the answer the verifier is about to check.
+            self._act_thought = text
             return
-        self._act_thought = None
+        self._act_thought = ""
         await self._llm_step("check", text)
 
     async def _tool_call(self, data: dict[str, Any]) -> None:
@@ -222,7 +223,7 @@ class TaskView:
         await self._answer.stream_token(text)
 
     async def _final(self, output: Any) -> None:
-        self._act_thought = None
+        self._act_thought = ""
         answer = self._answer or cl.Message(content="", id=render.answer_id(self.task_id),
                                             parent_id=self.parent_id, author=render.CHAT_NAME)
         answer.content = str(output or "")
@@ -246,8 +247,7 @@ class TaskView:
     async def _settle_draft(self) -> None:
         """Text the model wrote before calling a tool (or before a re-plan, or a failure) was
         not the answer: move it out of the answer message into a reasoning step."""
-        thought, self._act_thought = self._act_thought, None
-        text = thought[1] if thought else ""
+        text, self._act_thought = self._act_thought, ""
         if self._answer is not None and not self._answer_sent:
             draft, self._answer = self._answer, None
             text = text or draft.content
