@@ -9,7 +9,9 @@ from guardrails.policy import (
     Risk,
     load_policy,
 )
+from guardrails.redaction import RedactingFilter, redact, redact_json
 from guardrails.verdict import Allow, Deny, RequireApproval, Verdict
 
 __all__ = ["Allow", "DefaultPolicy", "Deny", "FilePolicy", "Policy", "PolicyCall", "PolicyError",
-           "RequireApproval", "Risk", "Verdict", "load_policy"]
+           "RedactingFilter", "RequireApproval", "Risk", "Verdict", "load_policy", "redact",
+           "redact_json"]
