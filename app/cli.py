@@ -68,6 +68,9 @@ def api() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        # uvicorn's own handlers would bypass the root ones, and with them the redaction of
+        # access lines (`?access_token=...`): its loggers propagate to ours instead.
+        log_config=None,
         proxy_headers=True,
     )
 
