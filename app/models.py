@@ -7,6 +7,7 @@ from app.settings import Settings
 from graph.llm import ModelConfig
 
 DEFAULT_MODEL = "gpt-4.1-mini"
+OFFLINE_MAX_TOKENS = 256
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -24,4 +25,7 @@ def model_config(settings: Settings) -> ModelConfig:
         timeout=settings.model_timeout,
         max_retries=settings.model_max_retries,
         offline=settings.offline_model,
+        # The tiny offline model rambles until the limit rather than stopping: on two CPU
+        # cores 1024 tokens take minutes, and nothing useful comes after the first few lines.
+        max_tokens=OFFLINE_MAX_TOKENS if settings.offline_model else 1024,
     )

@@ -29,6 +29,7 @@ def test_offline_model_is_labelled_everywhere() -> None:
     settings = Settings.of(openai_base_url="http://127.0.0.1:8011/v1", model="smollm2-135m-instruct",
                         offline_model=True)
     assert "tiny offline model" in model_config(settings).describe()
+    assert model_config(settings).max_tokens == 256, "its answers are kept short"
     check = check_model(settings)
     assert not check.ok and not check.required
     assert "tiny offline model" in check.detail and "OPENAI_API_KEY" in check.detail
