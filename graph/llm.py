@@ -54,6 +54,9 @@ def make_chat_model(config: ModelConfig) -> ChatOpenAI:
         max_retries=config.max_retries,
         temperature=config.temperature,
         max_completion_tokens=config.max_tokens,
+        # llama.cpp's server reads only the older `max_tokens`: without it the offline model
+        # generates until its context is full.
+        extra_body={"max_tokens": config.max_tokens} if config.offline else None,
         stream_usage=True,
     )
 

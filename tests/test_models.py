@@ -30,6 +30,10 @@ def test_offline_model_is_labelled_everywhere() -> None:
                         offline_model=True)
     assert "tiny offline model" in model_config(settings).describe()
     assert model_config(settings).max_tokens == 256, "its answers are kept short"
+    from graph.llm import make_chat_model
+
+    # llama.cpp's server ignores `max_completion_tokens`; it must get `max_tokens` too.
+    assert make_chat_model(model_config(settings)).extra_body == {"max_tokens": 256}
     check = check_model(settings)
     assert not check.ok and not check.required
     assert "tiny offline model" in check.detail and "OPENAI_API_KEY" in check.detail
