@@ -18,6 +18,9 @@ def model_config(settings: Settings) -> ModelConfig:
             "OPENAI_BASE_URL for any OpenAI-compatible server, or run `cadre up`, which "
             "starts the offline model"
         )
+    # The tiny offline model rambles until the limit rather than stopping: on two CPU cores
+    # 1024 tokens take minutes, and nothing useful comes after the first few lines.
+    limit = {"max_tokens": OFFLINE_MAX_TOKENS} if settings.offline_model else {}
     return ModelConfig(
         model=settings.model or DEFAULT_MODEL,
         base_url=settings.openai_base_url,
@@ -25,7 +28,5 @@ def model_config(settings: Settings) -> ModelConfig:
         timeout=settings.model_timeout,
         max_retries=settings.model_max_retries,
         offline=settings.offline_model,
-        # The tiny offline model rambles until the limit rather than stopping: on two CPU
-        # cores 1024 tokens take minutes, and nothing useful comes after the first few lines.
-        max_tokens=OFFLINE_MAX_TOKENS if settings.offline_model else 1024,
+        **limit,
     )
