@@ -67,6 +67,27 @@ async def test_files_the_code_writes_are_listed_and_downloadable(settings: Setti
         service.model.assert_done()
 
 
+async def test_a_file_rewritten_twenty_times_ends_as_its_last_version(settings: Settings) -> None:
+    async with running_service(settings, toolset=builtin_toolset(
+            with_sql=False, with_python=True)) as service:
+        versions = [f"draft {n:02d}" for n in range(1, 21)]  # one size: stamps cannot tell them apart
+        service.model.add(plan("Rewrite the report"), *[
+            call("python", {"code": f"open('report.txt', 'w').write({text!r})"}, id=f"c{n}")
+            for n, text in enumerate(versions)], reply("Rewritten."), verdict(True))
+        created = await service.submit("Rewrite my report twenty times.", max_iterations=30)
+        done = await service.wait_status(created["id"], "SUCCEEDED", timeout=120)
+        results = [s for s in done["steps"] if s["node"] == "execute"]
+        assert len(results) == 20
+        for step in results:
+            assert '"artifacts": ["report.txt"]' in step["tool_output"]["content"], step
+        base = f"/v1/tasks/{created['id']}/artifacts"
+        final = await service.http.get(f"{base}/report.txt", headers=service.auth())
+        assert final.text == versions[-1]
+        listing = (await service.http.get(base, headers=service.auth())).json()["items"]
+        assert [(a["name"], a["size_bytes"]) for a in listing] == [("report.txt", 8)]
+        service.model.assert_done()
+
+
 async def test_artifacts_in_s3(settings: Settings, services: Services, database_url: str) -> None:
     bucket = f"artifacts-{uuid.uuid4().hex[:8]}"
     in_s3 = settings.model_copy(update={"artifacts_bucket": bucket,

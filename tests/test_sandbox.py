@@ -183,6 +183,48 @@ async def test_symlinks_cannot_leak_host_files(sandbox: BwrapSandbox) -> None:
     copied = sorted(p.name for p in await asyncio.to_thread(
         lambda: list(sandbox.artifacts("t1").iterdir())))
     assert copied == ["real.txt"], "links are never followed when files are copied out"
+    assert result.files == ["real.txt"]
+    assert result.unsaved == {"leak.txt": "a symbolic link"}, "what was not copied says why"
+
+
+async def test_a_rewritten_file_is_copied_out_as_its_last_version(sandbox: BwrapSandbox) -> None:
+    # Same size every time, calls back to back: file times that tick coarsely (a jiffy on
+    # many kernels) cannot tell these versions apart; their content can.
+    for n in range(30):
+        setup = "import os\nos.makedirs('notes', exist_ok=True)\n" if n == 0 else ""
+        result = await sandbox.run("t1", f"{setup}open('notes/v.txt', 'w').write('version {n:02d}')")
+        assert result.files == ["notes/v.txt"], (n, result)
+        copied = await asyncio.to_thread((sandbox.artifacts("t1") / "notes__v.txt").read_text)
+        assert copied == f"version {n:02d}"
+
+
+async def test_copying_out_does_not_depend_on_the_wall_clock(
+        sandbox: BwrapSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lost-file defect: the copy read the interpreter's files through a process found by
+    # psutil, whose children() drops processes that look older than their parent once the
+    # system clock is stepped (psutil #2542). The sandbox now knows its own pid 1.
+    await sandbox.run("t1", "open('report.txt', 'w').write('first version')")
+    import itertools
+
+    import psutil._pslinux as pslinux
+
+    steps, real = itertools.count(), pslinux.boot_time
+    monkeypatch.setattr(pslinux, "boot_time", lambda: real() - next(steps))
+    result = await sandbox.run("t1", "open('report.txt', 'w').write('v2')")
+    assert result.files == ["report.txt"]
+    copied = await asyncio.to_thread((sandbox.artifacts("t1") / "report.txt").read_text)
+    assert copied == "v2"
+
+
+async def test_a_file_that_cannot_be_copied_leaves_no_stale_copy(sandbox: BwrapSandbox) -> None:
+    await sandbox.run("t1", "open('out.txt', 'w').write('old')")
+    result = await sandbox.run("t1", "import os\nos.remove('out.txt')\n"
+                                     "os.symlink('/etc/hostname', 'out.txt')")
+    assert result.unsaved == {"out.txt": "a symbolic link"}
+    assert not await asyncio.to_thread((sandbox.artifacts("t1") / "out.txt").exists), \
+        "an earlier version never stands in for the new one"
+    fifo = await sandbox.run("t1", "import os\nos.mkfifo('pipe')")
+    assert fifo.unsaved == {"pipe": "not a regular file"}, "and copying it does not hang"
 
 
 async def test_cadre_sandbox_exec_from_the_shell(clean_env: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import resource
@@ -24,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from tools.sandbox.users import ensure_system_user, ensure_traversable, identity
 
@@ -63,14 +62,20 @@ class ExecResult:
     state_lost: str | None = None
     # Set when this call killed the interpreter (timeout, CPU, memory, exit).
     died: str | None = None
+    # Files the call wrote that could not be copied out, with the reason (a link, a device,
+    # over the size limit): never an earlier version in their place.
+    unsaved: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, "", [])}
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "", [], {})}
 
 
 @dataclass
 class _Kernel:
     proc: asyncio.subprocess.Process
+    # The sandbox's pid 1 as the host sees it (from bwrap's --info-fd): its /proc/<pid>/root
+    # is the sandbox's file system for as long as the sandbox lives.
+    root_pid: int | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
 
@@ -163,14 +168,26 @@ class BwrapSandbox:
 
     async def _start(self, session: str) -> _Kernel:
         argv = await asyncio.to_thread(self._prepared_argv, session)
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-            # bwrap's own init process stays visible in the sandbox's /proc: it must not carry
-            # the host's environment (API keys, database URLs) with it.
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            preexec_fn=self._rlimits, limit=4 * 1024 * 1024, **identity(self._user))
-        kernel = _Kernel(proc=proc)
+        info_read, info_write = os.pipe()
+        try:
+            argv[1:1] = ["--info-fd", str(info_write)]
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+                # bwrap's own init process stays visible in the sandbox's /proc: it must not
+                # carry the host's environment (API keys, database URLs) with it.
+                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, pass_fds=(info_write,),
+                preexec_fn=self._rlimits, limit=4 * 1024 * 1024, **identity(self._user))
+            os.close(info_write)
+            info_write = -1
+            # bwrap writes the info right after creating the namespaces and closes the pipe
+            # (or exits, closing it): the read always ends.
+            root_pid = await asyncio.to_thread(_read_child_pid, info_read)
+        finally:
+            if info_write != -1:
+                os.close(info_write)
+            os.close(info_read)
+        kernel = _Kernel(proc=proc, root_pid=root_pid)
         self._kernels[session] = kernel
         return kernel
 
@@ -202,10 +219,11 @@ class BwrapSandbox:
                 await self._kill(session)
                 return self._died(session, lost, _describe_exit(code_))
             data = json.loads(line)
-            await asyncio.to_thread(self._copy_out, session, kernel, data["files"])
+            unsaved = await asyncio.to_thread(self._copy_out, session, kernel, data["files"])
             return ExecResult(stdout=data["stdout"], stderr=data["stderr"], value=data["value"],
-                              error=data["error"], files=data["files"],
-                              duration_ms=data["duration_ms"], state_lost=lost)
+                              error=data["error"],
+                              files=[n for n in data["files"] if n not in unsaved],
+                              unsaved=unsaved, duration_ms=data["duration_ms"], state_lost=lost)
 
     def _died(self, session: str, lost: str | None, why: str) -> ExecResult:
         self._lost[session] = f"the previous interpreter stopped ({why})"
@@ -215,19 +233,30 @@ class BwrapSandbox:
         """Where the session's workspace files are copied after each call (on the host)."""
         return self.root / session
 
-    def _copy_out(self, session: str, kernel: _Kernel, names: list[str]) -> None:
-        """Copy regular files the call wrote out of the sandbox, never following a link."""
-        inner = _innermost(kernel.proc.pid)
-        if inner is None or not names:
-            return
+    def _copy_out(self, session: str, kernel: _Kernel, names: list[str]) -> dict[str, str]:
+        """Copy the regular files the call wrote out of the sandbox, never following a link.
+        A file that cannot be copied loses its earlier copy too, and is returned with why:
+        an old version must never stand in for the new one."""
+        unsaved: dict[str, str] = {}
+        if not names:
+            return unsaved
         target = self.artifacts(session)
         target.mkdir(parents=True, exist_ok=True)
+        root = Path(f"/proc/{kernel.root_pid}/root/workspace") if kernel.root_pid else None
         for name in names:
-            data = _read_inside(Path(f"/proc/{inner}/root/workspace"), name,
-                                self.limits.file_bytes)
-            if data is not None:
-                out = target / name.replace("/", "__")
-                out.write_bytes(data)
+            out = target / name.replace("/", "__")
+            out.unlink(missing_ok=True)
+            if root is None:
+                unsaved[name] = "the sandbox's files could not be reached"
+                continue
+            data, why = _read_inside(root, name, self.limits.file_bytes)
+            if data is None:
+                unsaved[name] = why
+                continue
+            partial = out.with_name(out.name + ".partial")
+            partial.write_bytes(data)
+            partial.replace(out)
+        return unsaved
 
     async def _expire_idle(self) -> None:
         now = time.monotonic()
@@ -253,42 +282,51 @@ class BwrapSandbox:
             await self._kill(session)
 
 
-def _innermost(pid: int) -> int | None:
+def _read_child_pid(fd: int) -> int | None:
+    """The `child-pid` bwrap reports on its --info-fd (None if it failed before writing)."""
+    data = b""
+    while chunk := os.read(fd, 4096):
+        data += chunk
     try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
+        pid = json.loads(data)["child-pid"]
+    except (ValueError, KeyError, TypeError):
         return None
-    pythons = [c for c in children if "python" in (c.name() or "")]
-    chosen = pythons or children
-    return chosen[-1].pid if chosen else None
+    return pid if isinstance(pid, int) else None
 
 
-def _read_inside(root: Path, name: str, limit: int) -> bytes | None:
+def _read_inside(root: Path, name: str, limit: int) -> tuple[bytes | None, str]:
     """Open `root/name` one component at a time with O_NOFOLLOW: a symlink planted in the
-    workspace must not make the host read its own files."""
+    workspace must not make the host read its own files. Returns the bytes, or None and why."""
     flags = os.O_RDONLY | os.O_NOFOLLOW
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None, "not a path inside the workspace"
     try:
         fd = os.open(root, flags | os.O_DIRECTORY)
-    except OSError:
-        return None
+    except OSError as exc:
+        return None, f"the sandbox's files could not be reached ({exc.strerror})"
     try:
-        parts = [p for p in name.split("/") if p not in ("", ".")]
-        if not parts or ".." in parts:
-            return None
         for part in parts[:-1]:
             next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = next_fd
-        file_fd = os.open(parts[-1], flags, dir_fd=fd)
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
         try:
-            if not stat.S_ISREG(os.fstat(file_fd).st_mode):
-                return None
+            info = os.fstat(file_fd)
+            if not stat.S_ISREG(info.st_mode):
+                return None, "not a regular file"
+            if info.st_size > limit:
+                return None, f"larger than the {limit} byte limit"
             with os.fdopen(file_fd, "rb", closefd=False) as handle:
-                return handle.read(limit)
+                return handle.read(limit), ""
         finally:
             os.close(file_fd)
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, "a symbolic link"
+        if exc.errno == errno.ENOENT:
+            return None, "removed before it could be copied"
+        return None, f"could not be read ({exc.strerror})"
     finally:
         os.close(fd)
 

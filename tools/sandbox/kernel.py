@@ -6,9 +6,11 @@ result per line on the original stdout. The code's own output (including that of
 processes and C extensions) goes to files on the sandbox's /tmp, read back and capped."""
 
 import ast
+import hashlib
 import json
 import os
 import resource
+import stat
 import sys
 import time
 import traceback
@@ -17,8 +19,15 @@ WORKSPACE = "/workspace"
 OUTPUT_CAP = int(os.environ.get("CADRE_OUTPUT_CAP", "20000"))
 
 
-def _snapshot() -> dict[str, tuple[int, int]]:
-    files: dict[str, tuple[int, int]] = {}
+Stamp = tuple[int, int, int, int]
+# File times tick coarsely on many kernels (a jiffy, up to 10 ms): a file rewritten with the
+# same size within one tick keeps its stamp. Files modified this recently before a call are
+# also compared by content afterwards.
+RECENT_NS = 2_000_000_000
+
+
+def _snapshot() -> dict[str, Stamp]:
+    files: dict[str, Stamp] = {}
     for root, _dirs, names in os.walk(WORKSPACE):
         for name in names:
             path = os.path.join(root, name)
@@ -26,8 +35,40 @@ def _snapshot() -> dict[str, tuple[int, int]]:
                 st = os.lstat(path)
             except OSError:
                 continue
-            files[os.path.relpath(path, WORKSPACE)] = (st.st_size, st.st_mtime_ns)
+            files[os.path.relpath(path, WORKSPACE)] = (st.st_size, st.st_mtime_ns,
+                                                       st.st_ctime_ns, st.st_ino)
     return files
+
+
+def _digest(name: str) -> str | None:
+    try:
+        fd = os.open(os.path.join(WORKSPACE, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def _recent_digests(files: dict[str, Stamp]) -> dict[str, str | None]:
+    now = time.time_ns()
+    return {name: _digest(name) for name, stamp in files.items()
+            if stamp[2] >= now - RECENT_NS}
+
+
+def _changed(before: dict[str, Stamp], digests: dict[str, str | None],
+             after: dict[str, Stamp]) -> list[str]:
+    changed = []
+    for name, stamp in after.items():
+        if before.get(name) != stamp or (name in digests and _digest(name) != digests[name]):
+            changed.append(name)
+    return sorted(changed)
 
 
 def _read_capped(path: str) -> str:
@@ -82,6 +123,7 @@ def main() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         before = _snapshot()
+        digests = _recent_digests(before)
         out_path, err_path = "/tmp/.cell-stdout", "/tmp/.cell-stderr"
         saved = os.dup(1), os.dup(2)
         out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,8 +147,7 @@ def main() -> None:
             os.dup2(saved[1], 2)
             for fd in (out, err, *saved):
                 os.close(fd)
-        after = _snapshot()
-        changed = sorted(name for name, stamp in after.items() if before.get(name) != stamp)
+        changed = _changed(before, digests, _snapshot())
         protocol.write(json.dumps({
             "stdout": _read_capped(out_path), "stderr": _read_capped(err_path),
             "value": value, "error": error, "files": changed,
