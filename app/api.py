@@ -22,6 +22,7 @@ from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
 from app.share import router as share_router
+from app.streams import StreamHub
 from app.tooling import artifact_store
 from guardrails.limits import RequestRate, UserQuotas
 from tools.artifacts import Artifacts
@@ -51,7 +52,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         async with AsyncExitStack() as stack:
             if deps is None:
                 _attach(app, await stack.enter_async_context(open_deps(resolved)))
-            yield
+            try:
+                yield
+            finally:
+                await app.state.streams.aclose()
 
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
     # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
@@ -117,7 +121,10 @@ def _attach(app: FastAPI, deps: Deps) -> None:
     app.state.events = events
     app.state.files = FileStore(deps.settings.home / "files", deps.db)
     app.state.artifacts = Artifacts(deps.db, artifact_store(deps.settings))
-    app.state.rate = RequestRate(deps.redis, deps.settings.rate_limit)
+    app.state.streams = StreamHub(
+        url=deps.settings.redis_url or "", control=deps.redis, events=events,
+        readers=deps.settings.stream_readers, limit=deps.settings.stream_limit)
+    app.state.rate = RequestRate(deps.limits_redis, deps.settings.rate_limit)
     app.state.service = TaskService(
         db=deps.db, queue=deps.queue, events=events,
         default_max_iterations=deps.settings.max_iterations,

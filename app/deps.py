@@ -13,6 +13,8 @@ from app.errors import ConfigError, StackError, first_line
 from app.queue import TaskQueue
 from app.settings import Settings, redact_url
 
+REDIS_WAIT_SECONDS = 5
+
 
 @dataclass(frozen=True, kw_only=True)
 class Deps:
@@ -20,6 +22,8 @@ class Deps:
     db: asyncpg.Pool
     redis: aioredis.Redis
     queue: TaskQueue
+    # The request-rate limiter's own pool (connections are made on first use only).
+    limits_redis: aioredis.Redis
 
 
 def require_database_url(settings: Settings) -> str:
@@ -60,10 +64,20 @@ async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
     redis_url = require_redis_url(settings)
     queue = await TaskQueue.connect(settings)
     db = await connect_db(settings)
-    # Event followers block up to 15 s in XREAD: the read timeout must be longer than that.
-    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=60)
+    client = redis_client(redis_url, settings.redis_pool_size)
+    limits = redis_client(redis_url, settings.limiter_pool_size)
     try:
-        yield Deps(settings=settings, db=db, redis=client, queue=queue)
+        yield Deps(settings=settings, db=db, redis=client, queue=queue, limits_redis=limits)
     finally:
+        await limits.aclose()
         await client.aclose()
         await db.close()
+
+
+def redis_client(url: str, size: int) -> aioredis.Redis:
+    """A client over a pool of at most `size` connections; when all are busy a command waits
+    for one (up to REDIS_WAIT_SECONDS) instead of failing at once."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=size, timeout=REDIS_WAIT_SECONDS, socket_connect_timeout=5,
+        socket_timeout=30)
+    return aioredis.Redis(connection_pool=pool)

@@ -1,11 +1,10 @@
 """Task events on Redis Streams: one capped stream per task, for replay (`Last-Event-ID`) and
-live fan-out to any number of SSE/WebSocket followers. Step events also land in
+live fan-out to any number of followers (`app/streams.py`). Step events also land in
 `agent_logs`, so history never depends on Redis; a stream expires a day after its task ends."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -32,7 +31,7 @@ class Event:
         return {"id": self.id, "type": self.type, "data": self.data}
 
 
-def _key(task_id: str) -> str:
+def stream_key(task_id: str) -> str:
     return f"cadre:events:{task_id}"
 
 
@@ -42,38 +41,33 @@ class EventLog:
 
     async def publish(self, task_id: str, type: EventType, data: dict[str, Any]) -> str:
         event_id = await self._redis.xadd(
-            _key(task_id), {"type": type, "data": json.dumps(data, default=str)},
+            stream_key(task_id), {"type": type, "data": json.dumps(data, default=str)},
             maxlen=MAXLEN, approximate=True,
         )
         if type == "status" and data.get("status") in TERMINAL_STATUSES:
-            await self._redis.expire(_key(task_id), TTL_AFTER_END_SECONDS)
+            await self._redis.expire(stream_key(task_id), TTL_AFTER_END_SECONDS)
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
-    async def history(self, task_id: str, after: str | None = None) -> list[Event]:
+    async def history(self, task_id: str, after: str | None = None, *,
+                      count: int | None = None) -> list[Event]:
+        """The task's events after `after` (all when None), oldest first, at most `count`."""
         start = f"({after}" if after else "-"
-        rows: Any = await self._redis.xrange(_key(task_id), min=start, max="+")
-        return [_event(event_id, fields) for event_id, fields in rows]
+        rows: Any = await self._redis.xrange(stream_key(task_id), min=start, max="+", count=count)
+        return [decode_event(event_id, fields) for event_id, fields in rows]
 
-    async def follow(self, task_id: str, after: str | None = None, *,
-                     heartbeat_seconds: float = 15.0) -> AsyncIterator[Event | None]:
-        """Events after `after` (all, if None), then live ones, until the terminal status.
-        Yields None when nothing happened for `heartbeat_seconds` (time for a keep-alive)."""
-        last = after or "0-0"
-        while True:
-            batch: Any = await self._redis.xread({_key(task_id): last}, count=200,
-                                            block=int(heartbeat_seconds * 1000))
-            if not batch:
-                yield None
-                continue
-            for event_id, fields in batch[0][1]:
-                event = _event(event_id, fields)
-                last = event.id
-                yield event
-                if event.ends_stream:
-                    return
+    async def last_id(self, task_id: str) -> str | None:
+        """The id of the task's newest event, None when it has none."""
+        rows: Any = await self._redis.xrevrange(stream_key(task_id), count=1)
+        return decode_event(*rows[0]).id if rows else None
+
+    async def terminal(self, task_id: str) -> Event | None:
+        """The task's last event if it is the terminal status (the stream has ended)."""
+        rows: Any = await self._redis.xrevrange(stream_key(task_id), count=1)
+        event = decode_event(*rows[0]) if rows else None
+        return event if event is not None and event.ends_stream else None
 
 
-def _event(event_id: Any, fields: dict[Any, Any]) -> Event:
+def decode_event(event_id: Any, fields: dict[Any, Any]) -> Event:
     decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                               else v) for k, v in fields.items()}
     return Event(id=event_id.decode() if isinstance(event_id, bytes) else str(event_id),

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardrails.limits import LimitExceeded
+
+log = logging.getLogger("cadre.api")
 
 TYPE_BASE = "https://cadre.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
@@ -73,6 +77,21 @@ def install(app: FastAPI) -> None:
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
         return problem_response("invalid-request", 422, detail, instance=request.url.path,
                                 errors=errors)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        # Redis down, or every pooled connection busy for REDIS_WAIT_SECONDS.
+        log.warning("%s %s: Redis: %s", request.method, request.url.path, exc)
+        return problem_response("unavailable", 503, "the event and limit store (Redis) is "
+                                "unavailable or busy; retry shortly", instance=request.url.path,
+                                headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        # Logged in full here; the client gets no stack trace, only where to look.
+        log.exception("%s %s failed", request.method, request.url.path)
+        return problem_response("internal", 500, "the server failed to answer this request; "
+                                "the error is in its log", instance=request.url.path)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -25,10 +25,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.auth import Principal, authenticate
-from app.events import Event, EventLog
+from app.events import Event
 from app.files import FileStore
 from app.problems import Problem, too_many_requests
 from app.service import TaskService
+from app.streams import StreamHub, StreamsFull, parse_event_id
 from guardrails.limits import LimitExceeded, RequestRate
 from tools.artifacts import Artifacts
 
@@ -178,32 +179,66 @@ async def cancel(task_id: str, who: Who, service: Service) -> dict[str, Any]:
 @router.get("/tasks/{task_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def stream(task_id: str, request: Request, who: Who, service: Service,
-                 last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
+                 last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+                 ) -> StreamingResponse:
     """Server-Sent Events of every step. Reconnect with `Last-Event-ID` to get what you
-    missed; a comment line every 15 s (CADRE_SSE_HEARTBEAT_SECONDS) keeps proxies from
-    closing the connection; the stream
-    ends after the task's terminal status."""
+    missed (resuming at or past the end replays the final status and ends); a comment line
+    every 15 s (CADRE_SSE_HEARTBEAT_SECONDS) keeps proxies from closing the connection. The
+    stream ends after the task's terminal status, or after CADRE_SSE_MAX_SECONDS, when the
+    client reconnects with `Last-Event-ID`. 503 with `Retry-After` when this API process
+    serves its limit of live streams (CADRE_STREAM_LIMIT)."""
+    after = _event_id(last_event_id, "Last-Event-ID")
     task = await service.owned(who, task_id)
-    events: EventLog = request.app.state.events
+    streams: StreamHub = request.app.state.streams
+    _admit(streams)
+    settings = request.app.state.deps.settings
 
     async def body() -> AsyncIterator[bytes]:
-        async for event in _events(events, task, last_event_id,
-                                   request.app.state.deps.settings.sse_heartbeat_seconds):
-            if event is None:
-                yield b": keep-alive\n\n"
-                continue
-            data = json.dumps(event.data, default=str)
-            head = f"id: {event.id}\n" if event.id else ""
-            yield f"{head}event: {event.type}\ndata: {data}\n\n".encode()
+        # `retry` tells EventSource how soon to reconnect when the stream is cut short.
+        yield b"retry: 1000\n\n"
+        async with asyncio.timeout(settings.sse_max_seconds):
+            async for event in _events(streams, task, after, settings.sse_heartbeat_seconds):
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                data = json.dumps(event.data, default=str)
+                head = f"id: {event.id}\n" if event.id else ""
+                yield f"{head}event: {event.type}\ndata: {data}\n\n".encode()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    async def bounded() -> AsyncIterator[bytes]:
+        with contextlib.suppress(TimeoutError):
+            async for chunk in body():
+                yield chunk
+
+    return StreamingResponse(bounded(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _events(events: EventLog, task: dict[str, Any], after: str | None,
+def _event_id(value: str | None, name: str) -> str | None:
+    """A resume point from a client, checked: Redis would refuse a malformed one mid-stream."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        parse_event_id(value)
+    except ValueError:
+        raise Problem("invalid-request", 400,
+                      f"{name} must be the id of an event of this stream, like "
+                      f"1700000000000-0 (got {value[:40]!r})") from None
+    return value.strip()
+
+
+def _admit(streams: StreamHub) -> None:
+    try:
+        streams.admit()
+    except StreamsFull as full:
+        raise Problem("unavailable", 503, str(full),
+                      headers={"Retry-After": str(full.retry_after)}) from None
+
+
+async def _events(streams: StreamHub, task: dict[str, Any], after: str | None,
                   heartbeat: float) -> AsyncIterator[Event | None]:
-    if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and not await events.history(
-            task["id"]):
+    if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and \
+            await streams.events.last_id(task["id"]) is None:
         # The live stream expired: tell the outcome from Postgres.
         if task["status"] == "SUCCEEDED":
             yield Event(id="", type="final", data={"output": task["final_output"]})
@@ -211,7 +246,7 @@ async def _events(events: EventLog, task: dict[str, Any], after: str | None,
             yield Event(id="", type="error", data=task["error"] or {})
         yield Event(id="", type="status", data={"status": task["status"]})
         return
-    async for event in events.follow(task["id"], after, heartbeat_seconds=heartbeat):
+    async for event in streams.follow(task["id"], after, heartbeat_seconds=heartbeat):
         yield event
 
 
@@ -225,20 +260,21 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
     if authorization is None and ws.query_params.get("access_token"):
         authorization = f"Bearer {ws.query_params['access_token']}"
     try:
+        after = _event_id(ws.query_params.get("last_event_id"), "last_event_id")
         who = await authenticate(app.state.deps.db, authorization)
         await _count_request(app.state.rate, who)
         service: TaskService = app.state.service
         task = await service.owned(who, task_id)
+        _admit(app.state.streams)
     except Problem as problem:
         # Accept first: a browser cannot read why a handshake failed, but it gets a close code.
         await ws.accept()
         await ws.close(code=4000 + problem.status, reason=problem.detail[:120])
         return
     await ws.accept()
-    after = ws.query_params.get("last_event_id")
 
     async def send_events() -> None:
-        async for event in _events(app.state.events, task, after,
+        async for event in _events(app.state.streams, task, after,
                                    app.state.deps.settings.sse_heartbeat_seconds):
             if event is None:
                 await ws.send_json({"type": "heartbeat"})

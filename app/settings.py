@@ -74,6 +74,14 @@ class Settings(BaseSettings):
         None, validation_alias=_env("CADRE_INJECTION_CLASSIFIER_URL"))
     sse_heartbeat_seconds: float = Field(15.0, gt=0, le=300,
                                          validation_alias=_env("CADRE_SSE_HEARTBEAT_SECONDS"))
+    # Live streams per API process (SSE, WebSocket and chat followers together); over it a
+    # new stream gets 503 with Retry-After.
+    stream_limit: int = Field(4000, ge=1, validation_alias=_env("CADRE_STREAM_LIMIT"))
+    # Redis connections that read events for all of a process's followers.
+    stream_readers: int = Field(2, ge=1, le=64, validation_alias=_env("CADRE_STREAM_READERS"))
+    # An SSE response ends after this long even while its task runs; the client reconnects
+    # with Last-Event-ID (EventSource does so by itself) and misses nothing.
+    sse_max_seconds: float = Field(3600.0, ge=10, validation_alias=_env("CADRE_SSE_MAX_SECONDS"))
     # The chat UI, served by `cadre api` at `/` next to the API.
     ui: bool = Field(True, validation_alias=_env("CADRE_UI"))
     # Signs the UI's session cookie; every API process of a deployment needs the same one.
@@ -127,6 +135,11 @@ class Settings(BaseSettings):
 
     # Pools and polling. Cadre's tables use asyncpg; LangGraph's checkpointer brings psycopg.
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CADRE_DB_POOL_SIZE"))
+    # Redis connections per process: commands (events, windows, workers' keys) and, apart,
+    # the request-rate limiter, so neither can starve the other. A request waits up to
+    # 5 s for a free connection, then gets 503.
+    redis_pool_size: int = Field(50, ge=2, validation_alias=_env("CADRE_REDIS_POOL_SIZE"))
+    limiter_pool_size: int = Field(20, ge=1, validation_alias=_env("CADRE_LIMITER_POOL_SIZE"))
     checkpoint_pool_size: int = Field(
         5, ge=1, validation_alias=_env("CADRE_CHECKPOINT_POOL_SIZE")
     )

@@ -99,8 +99,7 @@ async def on_chat_resume(thread: ThreadDict) -> None:
     # The history shows the tasks up to now: follow each from its stream's current end.
     ends: dict[str, str | None] = {}
     for task in active:
-        seen = await ui.events.history(task["id"])
-        ends[task["id"]] = seen[-1].id if seen else None
+        ends[task["id"]] = await ui.events.last_id(task["id"])
     answered = [step["id"].removeprefix("answer-") for step in thread["steps"]
                 if step["id"].startswith("answer-") and not step.get("isError")]
 

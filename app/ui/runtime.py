@@ -19,6 +19,7 @@ from app.keys import hash_key
 from app.service import TaskService
 from app.settings import Settings
 from app.share import ShareLinks
+from app.streams import StreamHub
 from tools.artifacts import Artifacts
 
 # Requests from the UI are not made with an API key; this stands in for one where a principal
@@ -42,6 +43,10 @@ class UIServices:
     @property
     def events(self) -> EventLog:
         return self.app.state.events  # type: ignore[no-any-return]
+
+    @property
+    def streams(self) -> StreamHub:
+        return self.app.state.streams  # type: ignore[no-any-return]
 
     @property
     def files(self) -> FileStore:

@@ -81,7 +81,7 @@ class TaskView:
         local_steps.set(None)  # our messages hang under `parent_id`, not a Chainlit run step
         session_id = context.session.id
         try:
-            async for event in self.ui.events.follow(
+            async for event in self.ui.streams.follow(
                     self.task_id, after, heartbeat_seconds=self.ui.settings.sse_heartbeat_seconds):
                 if event is None:
                     if WebsocketSession.get_by_id(session_id) is None:
