@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel
@@ -93,7 +95,9 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         )
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=Response, responses={200: {
+        "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+        "description": "Prometheus text format"}})
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: requests, tasks by status, queue depth, live workers."""
         opened: Deps = request.app.state.deps
@@ -108,11 +112,34 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         payload = await asyncio.to_thread(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     if ui:
         from app.ui import mount_ui
 
         mount_ui(app, resolved)  # last: the UI answers every path nothing above claimed
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with error bodies under the media type they are sent as."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                             description=_DESCRIPTION)
+        for item in schema["paths"].values():
+            for operation in item.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    body = content.get("application/json", {})
+                    if body.get("schema", {}).get("$ref", "").endswith("/ProblemDetail"):
+                        response["content"] = {problems.MEDIA_TYPE: content.pop("application/json")}
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+_DESCRIPTION = (
+    "Cadre's task API. Authenticate with `Authorization: Bearer <API key>` (`cadre keys "
+    "create`). Errors are RFC 9457 problem documents (`application/problem+json`) with a "
+    "stable `type` per kind of error.")
 
 
 def _attach(app: FastAPI, deps: Deps) -> None:

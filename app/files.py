@@ -90,6 +90,11 @@ class FileStore:
                         raise Problem("unsupported-media-type", 415,
                                       "only text (CSV, TSV, TXT, Markdown, JSON) and PDF files "
                                       "can be uploaded")
+                if content_type != "application/pdf" and b"\x00" in chunk:
+                    # Text has no NUL bytes (nor can PostgreSQL store them): a binary file.
+                    raise Problem("unsupported-media-type", 415,
+                                  "the file contains NUL bytes, so it is not text; upload CSV, "
+                                  "TSV, TXT, Markdown or JSON as text, or a PDF")
                 size += len(chunk)
                 if size > MAX_FILE_BYTES:
                     raise Problem("payload-too-large", 413,

@@ -27,7 +27,7 @@ _TITLES = {
     "not-found": "Not found",
     "conflict": "Conflict with the current state",
     "payload-too-large": "The request body is too large",
-    "unsupported-media-type": "This kind of file is not accepted",
+    "unsupported-media-type": "This media type is not accepted",
     "rate-limited": "Too many requests",
     "unavailable": "A backing service is unavailable",
     "internal": "Internal error",

@@ -22,15 +22,27 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.auth import Principal, authenticate
 from app.events import Event
 from app.files import FileStore
 from app.problems import Problem, too_many_requests
+from app.schemas import (
+    Approval,
+    ArtifactList,
+    Task,
+    TaskAccepted,
+    TaskDetail,
+    TaskPage,
+    UploadedFile,
+    problem_responses,
+)
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from guardrails.limits import LimitExceeded, RequestRate
+from guardrails.screening import control_characters
 from tools.artifacts import Artifacts
 
 router = APIRouter(prefix="/v1")
@@ -53,19 +65,35 @@ class TaskCreate(BaseModel):
                                "refuse with 409 (reject), or cancel it and start (interrupt).")
 
 
+def _plain(value: str | None) -> str | None:
+    if value is not None and (found := control_characters(value)):
+        raise ValueError(f"contains control or invisible characters ({', '.join(found[:5])})")
+    return value
+
+
+# Free text a person types: no NUL, other control characters or lone surrogates.
+PlainText = Annotated[str | None, AfterValidator(_plain)]
+
+
 class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     decision: Literal["approve", "reject"]
-    comment: str | None = Field(None, max_length=2_000)
+    comment: PlainText = Field(None, max_length=2_000)
+
+
 
 
 def _service(request: Request) -> TaskService:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-async def _principal(request: Request,
-                     authorization: Annotated[str | None, Header()] = None) -> Principal:
+_bearer = HTTPBearer(auto_error=False, description="An API key from `cadre keys create`")
+
+
+async def _principal(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> Principal:
+    authorization = f"Bearer {credentials.credentials}" if credentials else None
     who = await authenticate(request.app.state.deps.db, authorization)
     await _count_request(request.app.state.rate, who)
     return who
@@ -83,6 +111,18 @@ Who = Annotated[Principal, Depends(_principal)]
 Service = Annotated[TaskService, Depends(_service)]
 
 
+async def _json_body(request: Request, who: Who) -> None:
+    """Bodies of JSON operations must say they are JSON (a form or text is a 415, not a
+    puzzling validation error). After authentication: a stranger learns nothing."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise Problem("unsupported-media-type", 415,
+                      "send the body as JSON with `Content-Type: application/json`")
+
+
+JsonBody = Depends(_json_body)
+
+
 def _links(request: Request, task_id: str) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
     ws = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -90,7 +130,8 @@ def _links(request: Request, task_id: str) -> dict[str, str]:
             "ws": f"{ws}/v1/tasks/{task_id}/ws"}
 
 
-@router.post("/tasks", status_code=202)
+@router.post("/tasks", status_code=202, response_model=TaskAccepted, dependencies=[JsonBody],
+             responses=problem_responses(404, 409, 413, 415))
 async def create_task(body: TaskCreate, request: Request, who: Who, service: Service) -> JSONResponse:
     """Accept a task: it is queued and runs on a worker; follow it at `links.stream`."""
     task = await service.submit(
@@ -103,14 +144,15 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
 
 
-@router.post("/files", status_code=201)
+@router.post("/files", status_code=201, response_model=UploadedFile,
+             responses=problem_responses(413, 415))
 async def upload(request: Request, who: Who, file: UploadFile) -> dict[str, Any]:
     """Upload a file (CSV, TSV, text, Markdown, JSON or PDF; up to 25 MiB) to attach to tasks."""
     store: FileStore = request.app.state.files
     return await store.save(who.user_id, file)
 
 
-@router.get("/tasks")
+@router.get("/tasks", response_model=TaskPage, responses=problem_responses())
 async def list_tasks(who: Who, service: Service,
                      status: Annotated[STATUSES | None, Query()] = None,
                      limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -120,7 +162,7 @@ async def list_tasks(who: Who, service: Service,
     return {"items": [_public(t) for t in items], "next_cursor": next_cursor}
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", response_model=TaskDetail, responses=problem_responses(404))
 async def get_task(task_id: str, request: Request, who: Who, service: Service) -> dict[str, Any]:
     """Status, input, final output, error, usage, steps and approvals of one task."""
     task = await service.get(who, task_id)
@@ -128,7 +170,8 @@ async def get_task(task_id: str, request: Request, who: Who, service: Service) -
             "links": _links(request, task["id"])}
 
 
-@router.post("/tasks/{task_id}/approvals/{approval_id}")
+@router.post("/tasks/{task_id}/approvals/{approval_id}", response_model=Approval,
+             dependencies=[JsonBody], responses=problem_responses(404, 409, 413, 415))
 async def decide(task_id: str, approval_id: str, body: Decision, who: Who,
                  service: Service) -> dict[str, Any]:
     """Approve or reject a held tool call. Repeating the same decision is harmless; a
@@ -137,7 +180,8 @@ async def decide(task_id: str, approval_id: str, body: Decision, who: Who,
                                 comment=body.comment)
 
 
-@router.get("/tasks/{task_id}/artifacts")
+@router.get("/tasks/{task_id}/artifacts", response_model=ArtifactList,
+            responses=problem_responses(404))
 async def list_artifacts(task_id: str, request: Request, who: Who,
                          service: Service) -> dict[str, Any]:
     """Files the task's code wrote (charts, reports, data), each with a download link."""
@@ -150,7 +194,9 @@ async def list_artifacts(task_id: str, request: Request, who: Who,
 
 
 @router.get("/tasks/{task_id}/artifacts/{name:path}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "The artifact's bytes, with its content type"},
+                       **problem_responses(404)})
 async def get_artifact(task_id: str, name: str, request: Request, who: Who,
                        service: Service) -> Response:
     """Download one artifact by name."""
@@ -170,14 +216,17 @@ async def get_artifact(task_id: str, name: str, request: Request, who: Who,
         "ETag": f'"{artifact.sha256}"'})
 
 
-@router.post("/tasks/{task_id}/cancel")
+@router.post("/tasks/{task_id}/cancel", response_model=Task, responses=problem_responses(404))
 async def cancel(task_id: str, who: Who, service: Service) -> dict[str, Any]:
     """Cancel: a queued or waiting task ends now, a running one at its next step boundary."""
     return _public(await service.cancel(who, task_id))
 
 
 @router.get("/tasks/{task_id}/stream", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "`id:`, `event:` (the event type) and `data:` "
+                                            "(its JSON) per event"},
+                       **problem_responses(400, 404)})
 async def stream(task_id: str, request: Request, who: Who, service: Service,
                  last_event_id: Annotated[str | None, Header(max_length=64)] = None,
                  ) -> StreamingResponse:
@@ -317,8 +366,8 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
 
 class _Command(BaseModel):
     type: Literal["approve", "reject", "cancel"]
-    approval_id: str | None = None
-    comment: str | None = Field(None, max_length=2_000)
+    approval_id: str | None = Field(None, max_length=100)
+    comment: PlainText = Field(None, max_length=2_000)
 
 
 def _public(task: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from app.events import EventLog
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
 from guardrails.limits import LimitExceeded, UserQuotas
-from guardrails.screening import screen_task
+from guardrails.screening import plain_line, screen_task
 
 Strategy = Literal["enqueue", "reject", "interrupt"]
 ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
@@ -219,7 +219,7 @@ class TaskService:
         # threads concurrently) is invisible to the snapshot of the INSERT that skipped it.
         await self.db.execute(
             "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2::uuid, $3) "
-            "ON CONFLICT (id) DO NOTHING", key, who.user_id, " ".join(title.split())[:80])
+            "ON CONFLICT (id) DO NOTHING", key, who.user_id, plain_line(title, 80))
         owner = await self.db.fetchval("SELECT user_id FROM conversations WHERE id = $1", key)
         if owner is None or str(owner) != who.user_id:
             raise Problem("not-found", 404, f"conversation {conversation_id} not found")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import psutil
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -256,14 +255,23 @@ def read_running_stack(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     pid = data.get("pid")
-    if not isinstance(pid, int) or not psutil.pid_exists(pid):
+    if not isinstance(pid, int) or process_started(pid) is None:
         return None
-    try:
-        if psutil.Process(pid).create_time() != data.get("started"):
-            return None  # the pid was reused by another process
-    except psutil.Error:
-        return None
+    if process_started(pid) != data.get("started"):
+        return None  # the pid was reused by another process
     return data
+
+
+def process_started(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (None if there is no such
+    process): unlike a wall-clock start time (psutil's create_time), it does not move when the
+    system clock is adjusted."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22, counted after the command name, which is in parentheses and may hold spaces.
+    return int(stat.rpartition(")")[2].split()[19])
 
 
 def load_settings(**overrides: Any) -> Settings:

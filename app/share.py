@@ -19,6 +19,7 @@ from app.history import load_conversation
 from app.keys import hash_key
 from app.problems import Problem
 from app.routes import Who
+from app.schemas import ShareCreated, problem_responses
 from app.transcript import not_found_page, render_transcript
 
 TOKEN_PREFIX = "shr_"
@@ -111,7 +112,8 @@ Links = Annotated[ShareLinks, Depends(_links)]
 router = APIRouter()
 
 
-@router.post("/v1/conversations/{conversation_id}/share", status_code=201)
+@router.post("/v1/conversations/{conversation_id}/share", status_code=201,
+             response_model=ShareCreated, responses=problem_responses(404))
 async def create_share(conversation_id: str, request: Request, who: Who,
                        links: Links) -> dict[str, Any]:
     """Make a read-only link to this conversation's transcript, with secrets and personal
@@ -124,7 +126,7 @@ async def create_share(conversation_id: str, request: Request, who: Who,
 
 
 @router.delete("/v1/conversations/{conversation_id}/share/{share_id}", status_code=204,
-               response_class=Response)
+               response_class=Response, responses=problem_responses(404))
 async def revoke_share(conversation_id: str, share_id: str, who: Who, links: Links) -> Response:
     """Revoke a share link: from now on it answers 404."""
     await links.revoke(who, conversation_id, share_id)

@@ -86,12 +86,26 @@ class InputScreen:
     flags: list[str] = field(default_factory=list)
 
 
+def control_characters(text: str) -> list[str]:
+    """The control, invisible formatting and unpaired surrogate characters in `text` (as
+    U+XXXX), other than newline, carriage return, tab and the emoji joiner. PostgreSQL cannot
+    store NUL or a lone surrogate; the others hide text from the person reading it."""
+    return sorted({f"U+{ord(c):04X}" for c in text
+                   if unicodedata.category(c) in ("Cc", "Cf", "Cs") and c not in _ALLOWED_CONTROLS
+                   and c != "\u200d"})
+
+
+def plain_line(text: str, limit: int) -> str:
+    """`text` as one line of at most `limit` characters without control characters (a title)."""
+    kept = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf", "Cs")
+                   or c in _ALLOWED_CONTROLS)
+    return " ".join(kept.split())[:limit]
+
+
 def screen_task(text: str, *, max_chars: int = MAX_TASK_CHARS) -> InputScreen:
     if len(text) > max_chars:
         return InputScreen(problem=f"the task is {len(text):,} characters; the limit is {max_chars:,}")
-    controls = sorted({f"U+{ord(c):04X}" for c in text
-                       if unicodedata.category(c) in ("Cc", "Cf") and c not in _ALLOWED_CONTROLS
-                       and c != "\u200d"})
+    controls = control_characters(text)
     if controls:
         return InputScreen(problem="the task contains control or invisible formatting characters "
                                    f"({', '.join(controls[:5])}); remove them and send it again")

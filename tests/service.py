@@ -90,7 +90,9 @@ async def running_service(settings: Settings, *,
     async with open_deps(settings) as deps, AsyncExitStack() as stack:
         key = (await create_key(deps.db, email="ana@example.com", role="analyst")).secret
         other = (await create_key(deps.db, email="eve@example.com", role="analyst")).secret
-        port = await stack.enter_async_context(serving(create_app(deps=deps)))
+        app = create_app(deps=deps)
+        stack.push_async_callback(app.state.streams.aclose)  # `serving` runs no lifespan
+        port = await stack.enter_async_context(serving(app))
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,
                                                 toolset=toolset or make_toolset(outbox)))
         async with asyncio.timeout(30):  # a worker that fails to start fails the test now

@@ -118,3 +118,94 @@ async def test_unknown_approval_is_404(service: Service) -> None:
 async def test_bad_cursor_is_400(service: Service) -> None:
     _is_problem(await service.http.get("/v1/tasks?cursor=zzz", headers=service.auth()),
                 "invalid-request", 400)
+
+
+async def test_an_upload_with_nul_bytes_is_415_and_nothing_is_kept(service: Service) -> None:
+    for content in (b"a,b\n1,\x002\n", b"x" * (1024 * 1024) + b"\x00"):  # in the first chunk or later
+        response = await service.http.post("/v1/files", files={"file": ("data.csv", content)},
+                                           headers=service.auth())
+        _is_problem(response, "unsupported-media-type", 415)
+        assert "NUL" in response.json()["detail"]
+    assert await service.deps.db.fetchval("SELECT count(*) FROM files") == 0
+    assert await service.deps.db.fetchval("SELECT count(*) FROM kb_documents") == 0
+    files = service.deps.settings.home / "files"
+    assert not files.exists() or not any(files.iterdir()), "no partial file stays on disk"
+    # Other control bytes are text a CSV may hold: stored and searchable.
+    kept = await service.http.post("/v1/files", files={"file": ("tty.txt", b"red \x1b[31mx\x01\n")},
+                                   headers=service.auth())
+    assert kept.status_code == 201, kept.text
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b'{"input": "a\\u0000b"}', "NUL"),
+    (b'{"input": "\\ud800 alone"}', "lone surrogate"),
+    (b'{"input": "pay \\u202eevil"}', "right-to-left override"),
+])
+async def test_control_characters_in_text_are_422(service: Service, body: bytes, why: str) -> None:
+    response = await service.http.post("/v1/tasks", content=body, headers={
+        **service.auth(), "content-type": "application/json"})
+    _is_problem(response, "invalid-request", 422)
+    assert await _task_count(service) == 0
+
+
+async def test_unicode_text_that_is_not_control_is_accepted(service: Service) -> None:
+    from graph.testing import plan, reply, verdict
+
+    service.model.add(plan("Answer"), reply("ok"), verdict(True))
+    text = "Résumé 👩‍👩‍👧 naïve ﬁ مرحبا 中文 e\u0301 — tabs\tand\nlines"
+    created = await service.submit(text)
+    done = await service.wait_status(created["id"], "SUCCEEDED")
+    assert done["input"] == text
+
+
+async def test_a_comment_with_control_characters_is_422_and_decides_nothing(
+        service: Service) -> None:
+    from graph.testing import call, plan
+
+    service.model.add(plan("Send"), call("send_report", {"to": "a@example.com", "body": "b"}))
+    created = await service.submit("Send b to a.")
+    held = await service.sse(created["id"], stop_after="approval_required")
+    url = f"/v1/tasks/{created['id']}/approvals/{held[-1]['data']['approval_id']}"
+    response = await service.http.post(url, json={"decision": "approve", "comment": "ok\x00"},
+                                       headers=service.auth())
+    _is_problem(response, "invalid-request", 422)
+    assert (await service.task(created["id"]))["status"] == "PENDING_APPROVAL"
+    await service.http.post(f"/v1/tasks/{created['id']}/cancel", headers=service.auth())
+
+
+@pytest.mark.parametrize(("content", "kind"), [
+    (b"input=hi", "application/x-www-form-urlencoded"),
+    (b"hi", "text/plain"),
+    (b'{"input": "hi"}', None),
+])
+async def test_a_json_operation_with_another_content_type_is_415(
+        service: Service, content: bytes, kind: str | None) -> None:
+    headers = {**service.auth(), **({"content-type": kind} if kind else {})}
+    response = await service.http.post("/v1/tasks", content=content, headers=headers)
+    _is_problem(response, "unsupported-media-type", 415)
+    assert await _task_count(service) == 0
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe{",
+                                     b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+async def test_json_too_deep_or_not_utf8_is_400(service: Service, content: bytes) -> None:
+    response = await service.http.post("/v1/tasks", content=content, headers={
+        **service.auth(), "content-type": "application/json"})
+    _is_problem(response, "invalid-request", 400)
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/%00", "/v1/tasks/%ED%A0%80/artifacts",
+                                  "/v1/tasks/%F0%9F%98%80/artifacts/%00",
+                                  "/v1/conversations/%00/share"])
+async def test_odd_bytes_in_paths_are_404(service: Service, path: str) -> None:
+    method = "POST" if path.endswith("/share") else "GET"
+    _is_problem(await service.http.request(method, path, headers=service.auth()),
+                "not-found", 404)
+
+
+async def test_odd_bytes_in_headers_are_4xx(service: Service) -> None:
+    for headers in ({"Authorization": b"Bearer \xc3\xa9\xff"},
+                    {**service.auth(), "Last-Event-ID": b"\xc3\xa9"}):
+        response = await service.http.get(f"/v1/tasks/{uuid.uuid4()}/stream", headers=headers)
+        assert 400 <= response.status_code < 500, response.text
+        assert response.headers["content-type"] == "application/problem+json"

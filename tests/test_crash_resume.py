@@ -80,7 +80,9 @@ async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
         await asyncio.to_thread(deps.queue._client.set_queue_attributes, QueueUrl=deps.queue.url,
                                 Attributes={"VisibilityTimeout": "10"})
         key = (await create_key(deps.db, email="ops@example.com", role="operator")).secret
-        a_port = await stack.enter_async_context(serving(create_app(deps=deps)))
+        app = create_app(deps=deps)
+        stack.push_async_callback(app.state.streams.aclose)
+        a_port = await stack.enter_async_context(serving(app))
         env = {**service_env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
                "CADRE_TOOLS": "tests.plugins:toolset",
                "CADRE_TEST_RECEIVER": f"http://127.0.0.1:{r_port}",

@@ -79,7 +79,9 @@ async def test_csv_to_chart_to_email_once_even_when_the_worker_dies_mid_send(
                                 Attributes={"VisibilityTimeout": "10"})
         await asyncio.sleep(1.5)  # a long poll in flight keeps the old timeout
         key = (await create_key(deps.db, email="ana@example.com", role="analyst")).secret
-        port = await stack.enter_async_context(serving(create_app(deps=deps)))
+        app = create_app(deps=deps)
+        stack.push_async_callback(app.state.streams.aclose)
+        port = await stack.enter_async_context(serving(app))
         env = {**service_env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
                "SMTP_URL": mail_capture.url, "CADRE_MAIL_FROM": "Cadre <cadre@example.org>",
                "CADRE_LEASE_SECONDS": "10", "CADRE_SQS_WAIT_SECONDS": "1",

@@ -8,11 +8,10 @@ import os
 import re
 from pathlib import Path
 
-import psutil
 import pytest
 
 from app.errors import ConfigError
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, process_started
 
 STANDARD_NAMES = {
     "DATABASE_URL": ("database_url", "postgresql://u:p@db.internal:5432/cadre"),
@@ -72,7 +71,7 @@ def test_invalid_value_names_the_variable(
         load_settings()
 
 
-def _write_stack(home: Path, pid: int, started: float) -> None:
+def _write_stack(home: Path, pid: int, started: int | None) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "stack.json").write_text(json.dumps({
         "pid": pid,
@@ -83,8 +82,7 @@ def _write_stack(home: Path, pid: int, started: float) -> None:
 
 
 def test_running_stack_supplies_service_urls(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    me = psutil.Process()
-    _write_stack(isolated / ".cadre", me.pid, me.create_time())
+    _write_stack(isolated / ".cadre", os.getpid(), process_started(os.getpid()))
     settings = load_settings()
     assert settings.database_url == "postgresql://cadre:pw@127.0.0.1:5544/cadre"
     assert settings.redis_url == "redis://:pw@127.0.0.1:6390/0"
@@ -94,9 +92,22 @@ def test_running_stack_supplies_service_urls(isolated: Path, monkeypatch: pytest
 
 
 def test_stale_stack_file_is_ignored(isolated: Path) -> None:
-    me = psutil.Process()
-    _write_stack(isolated / ".cadre", me.pid, me.create_time() - 1000)  # pid reused
+    started = process_started(os.getpid())
+    assert started is not None
+    _write_stack(isolated / ".cadre", os.getpid(), started - 1000)  # pid reused
     assert load_settings().database_url is None
+
+
+def test_the_stack_file_survives_a_system_clock_step(isolated: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Liveness is judged by the start time in ticks since boot, which a clock step does not
+    # move (psutil's wall-clock create_time does, and made a live stack look stale).
+    import psutil._pslinux as pslinux
+
+    _write_stack(isolated / ".cadre", os.getpid(), process_started(os.getpid()))
+    real = pslinux.boot_time
+    monkeypatch.setattr(pslinux, "boot_time", lambda: real() - 1)  # the clock stepped back 1 s
+    assert load_settings().database_url == "postgresql://cadre:pw@127.0.0.1:5544/cadre"
 
 
 def test_env_example_documents_every_setting() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,8 @@ import pytest
 
 from app.stack.ports import free_port
 from graph.testing import FakeOpenAIServer
-from tests.cli import run_cadre
+from tests.cli import CADRE, run_cadre
+from tests.stack import UpProcess
 from tests.stack import stack_file as _stack_file
 from tests.test_csv_email_flow import CSV, csv_flow_model
 
@@ -140,10 +142,38 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert await _all_gone(family) == []
 
 
-async def test_second_up_in_the_same_directory_is_refused(
-    start_up: object, tmp_path: Path, stack_env: dict[str, str]
+async def test_commands_work_once_healthy_and_a_second_up_is_refused(
+    tmp_path: Path, stack_env: dict[str, str], clean_env: dict[str, str]
 ) -> None:
-    up = await start_up()  # type: ignore[operator]
+    proc = await asyncio.create_subprocess_exec(
+        *CADRE, "up", "--workers", "1", env=stack_env, cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    up = UpProcess(proc)
+    try:
+        await _second_up_refused(up, tmp_path, stack_env, clean_env)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _second_up_refused(up: UpProcess, tmp_path: Path, stack_env: dict[str, str],
+                             clean_env: dict[str, str]) -> None:
+    # A script waiting for the stack runs its next command the moment /healthz says 200
+    # (before `cadre up` has announced itself): the command finds the services.
+    health = f"http://127.0.0.1:{stack_env['CADRE_API_PORT']}/healthz"
+    async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(300):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(health)).status_code == 200:
+                    break
+            assert up.proc.returncode is None, up.text
+            await asyncio.sleep(0.05)
+    created = await run_cadre("keys", "create", "--email", "early@example.com", env=clean_env,
+                              cwd=tmp_path)
+    assert created.code == 0, created.stdout + created.stderr
+    await up.wait_for_line("Press Ctrl-C to stop everything.")
     env = {**stack_env, "CADRE_API_PORT": str(free_port()), "CADRE_PG_PORT": str(free_port()),
            "CADRE_REDIS_PORT": str(free_port()), "CADRE_SQS_PORT": str(free_port()),
            "CADRE_LLM_PORT": str(free_port()), "CADRE_SMTP_PORT": str(free_port())}

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
-import psutil
 import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
@@ -31,7 +30,7 @@ from app.events import EventLog
 from app.keys import IssuedKey, bootstrap_admin
 from app.queue import TaskQueue
 from app.service import TaskService
-from app.settings import Settings, read_running_stack, redact_url
+from app.settings import Settings, process_started, read_running_stack, redact_url
 from app.stack import llm
 from app.stack.mail import MailCapture
 from app.stack.ports import ensure_free
@@ -206,6 +205,9 @@ class LocalStack:
             self.echo(f"sent {requeued} unfinished task(s) to the queue again")
 
         self.env = env
+        # Published before the API answers: a command run the moment /healthz says 200 (a
+        # script waiting for the stack) must find the services. Again below with every pid.
+        self._publish()
         child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         api = ManagedProcess(name="api", argv=[sys.executable, "-m", "app.cli", "api"],
                              env=child_env, log_path=logs / "api.log", echo=self.echo)
@@ -260,10 +262,9 @@ class LocalStack:
 
     def _publish(self) -> None:
         """Write `stack.json` so other `cadre` commands here find these services."""
-        me = psutil.Process()
         data = {
-            "pid": me.pid,
-            "started": me.create_time(),
+            "pid": os.getpid(),
+            "started": process_started(os.getpid()),
             "api_url": self.api_url,
             "env": self.env,
             "processes": {p.name: p.pid for p in self.services + [r.proc for r in self.apps]},
