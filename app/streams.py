@@ -26,6 +26,8 @@ from app.events import Event, EventLog, decode_event, stream_key
 
 log = logging.getLogger("cadre.streams")
 
+# How the readers' connections appear in Redis's CLIENT LIST.
+READER_NAME = "cadre-stream-reader"
 _ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _MAX = 2**64 - 1
 
@@ -111,7 +113,7 @@ class _Shard:
 
     async def run(self) -> None:
         conn = aioredis.Redis.from_url(self.hub.url, single_connection_client=True,
-                                       socket_connect_timeout=5,
+                                       client_name=READER_NAME, socket_connect_timeout=5,
                                        socket_timeout=self.hub.block_seconds + 30)
         failures = 0
         try:

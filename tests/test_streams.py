@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from app.deps import redis_client
 from app.events import Event, EventLog
-from app.streams import StreamHub, parse_event_id
+from app.streams import READER_NAME, StreamHub, parse_event_id
 
 
 @pytest.fixture
@@ -54,6 +54,9 @@ async def test_followers_of_many_tasks_get_every_event_once_in_order(
         publishers = [asyncio.create_task(publish(t)) for t in tasks]
         await asyncio.sleep(0.05)
         late = {t: asyncio.create_task(_collect(hub, t)) for t in tasks[20:]}
+        await asyncio.sleep(0.2)
+        readers = [c for c in await redis.client_list() if c["name"] == READER_NAME]
+        assert len(readers) == 2, "two reader connections for 40 followers, not one each"
         await asyncio.gather(*publishers)
         results = await asyncio.wait_for(asyncio.gather(*early.values(), *late.values()), 30)
     finally:
@@ -62,8 +65,6 @@ async def test_followers_of_many_tasks_get_every_event_once_in_order(
         stored = await events.history(task_id)
         assert [e.id for e in got] == [e.id for e in stored], task_id
         assert [e.data.get("n") for e in got[:-1]] == list(range(30))
-    clients = await redis.client_list()
-    assert len(clients) < 15, "two readers and a small pool, not a connection per follower"
 
 
 async def test_a_follower_that_falls_behind_catches_up_from_redis(
