@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
 from app.deps import Deps, open_deps
@@ -79,11 +80,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
                         registry=registry)
     workers = Gauge("cadre_workers_alive", "Workers with a live heartbeat", registry=registry)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        requests.labels(request.method, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountRequests, counter=requests)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
@@ -118,6 +115,27 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
 
         mount_ui(app, resolved)  # last: the UI answers every path nothing above claimed
     return app
+
+
+class _CountRequests:
+    """Counts answered requests by method and status. Plain ASGI: Starlette's
+    `BaseHTTPMiddleware` would pass every chunk of every event stream through a memory
+    channel (a large share of a busy API's CPU, measured with bench/streams.py)."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.counter.labels(scope["method"], str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

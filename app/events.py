@@ -4,6 +4,7 @@ live fan-out to any number of followers (`app/streams.py`). Step events also lan
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -17,11 +18,16 @@ MAXLEN = 10_000
 TTL_AFTER_END_SECONDS = 24 * 3600
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class Event:
+    """One event. The same object reaches every follower of a process, so what is sent is
+    encoded once (`sse`, `json_text`), not once per follower."""
+
     id: str
     type: EventType
     data: dict[str, Any]
+    # The data as JSON text, as stored (when read from Redis).
+    raw: str | None = None
 
     @property
     def ends_stream(self) -> bool:
@@ -29,6 +35,27 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type, "data": self.data}
+
+    @functools.cached_property
+    def position(self) -> tuple[int, int]:
+        """The stream id as a sortable pair (ids from Redis are always `<ms>-<seq>`)."""
+        ms, _, seq = self.id.partition("-")
+        return int(ms or 0), int(seq or 0)
+
+    @functools.cached_property
+    def _data_text(self) -> str:
+        return self.raw if self.raw is not None else json.dumps(self.data, default=str)
+
+    @functools.cached_property
+    def sse(self) -> bytes:
+        """The event as a Server-Sent Events frame."""
+        head = f"id: {self.id}\n" if self.id else ""
+        return f"{head}event: {self.type}\ndata: {self._data_text}\n\n".encode()
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """`to_json()` as text (what a WebSocket sends)."""
+        return f'{{"id": {json.dumps(self.id)}, "type": "{self.type}", "data": {self._data_text}}}'
 
 
 def stream_key(task_id: str) -> str:
@@ -71,4 +98,5 @@ def decode_event(event_id: Any, fields: dict[Any, Any]) -> Event:
     decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                               else v) for k, v in fields.items()}
     return Event(id=event_id.decode() if isinstance(event_id, bytes) else str(event_id),
-                 type=cast(EventType, decoded["type"]), data=json.loads(decoded["data"]))
+                 type=cast(EventType, decoded["type"]), data=json.loads(decoded["data"]),
+                 raw=decoded["data"])

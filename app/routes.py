@@ -246,13 +246,9 @@ async def stream(task_id: str, request: Request, who: Who, service: Service,
         # `retry` tells EventSource how soon to reconnect when the stream is cut short.
         yield b"retry: 1000\n\n"
         async with asyncio.timeout(settings.sse_max_seconds):
-            async for event in _events(streams, task, after, settings.sse_heartbeat_seconds):
-                if event is None:
-                    yield b": keep-alive\n\n"
-                    continue
-                data = json.dumps(event.data, default=str)
-                head = f"id: {event.id}\n" if event.id else ""
-                yield f"{head}event: {event.type}\ndata: {data}\n\n".encode()
+            async for batch in _batches(streams, task, after, settings.sse_heartbeat_seconds):
+                # Every event waiting for this client goes out in one write.
+                yield b"".join(e.sse for e in batch) if batch is not None else b": keep-alive\n\n"
 
     async def bounded() -> AsyncIterator[bytes]:
         with contextlib.suppress(TimeoutError):
@@ -284,19 +280,19 @@ def _admit(streams: StreamHub) -> None:
                       headers={"Retry-After": str(full.retry_after)}) from None
 
 
-async def _events(streams: StreamHub, task: dict[str, Any], after: str | None,
-                  heartbeat: float) -> AsyncIterator[Event | None]:
+async def _batches(streams: StreamHub, task: dict[str, Any], after: str | None,
+                   heartbeat: float) -> AsyncIterator[list[Event] | None]:
     if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and \
             await streams.events.last_id(task["id"]) is None:
         # The live stream expired: tell the outcome from Postgres.
         if task["status"] == "SUCCEEDED":
-            yield Event(id="", type="final", data={"output": task["final_output"]})
+            ending = Event(id="", type="final", data={"output": task["final_output"]})
         else:
-            yield Event(id="", type="error", data=task["error"] or {})
-        yield Event(id="", type="status", data={"status": task["status"]})
+            ending = Event(id="", type="error", data=task["error"] or {})
+        yield [ending, Event(id="", type="status", data={"status": task["status"]})]
         return
-    async for event in streams.follow(task["id"], after, heartbeat_seconds=heartbeat):
-        yield event
+    async for batch in streams.batches(task["id"], after, heartbeat_seconds=heartbeat):
+        yield batch
 
 
 @router.websocket("/tasks/{task_id}/ws")
@@ -323,12 +319,12 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
     await ws.accept()
 
     async def send_events() -> None:
-        async for event in _events(app.state.streams, task, after,
-                                   app.state.deps.settings.sse_heartbeat_seconds):
-            if event is None:
+        async for batch in _batches(app.state.streams, task, after,
+                                    app.state.deps.settings.sse_heartbeat_seconds):
+            if batch is None:
                 await ws.send_json({"type": "heartbeat"})
-            else:
-                await ws.send_json(event.to_json())
+            for event in batch or ():
+                await ws.send_text(event.json_text)
 
     async def receive_commands() -> None:
         while True:

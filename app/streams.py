@@ -157,7 +157,7 @@ class StreamHub:
 
     def __init__(self, *, url: str, control: aioredis.Redis, events: EventLog, readers: int = 2,
                  limit: int = 4000, buffer: int = 1000, block_seconds: float = 5.0,
-                 batch: int = 500) -> None:
+                 batch: int = 500, min_interval: float = 0.05) -> None:
         self.url = url
         self.control = control
         self.events = events
@@ -165,6 +165,7 @@ class StreamHub:
         self.buffer = buffer
         self.block_seconds = block_seconds
         self.batch = batch
+        self.min_interval = min_interval
         self.closed = False
         self.active = 0
         self._shards = [_Shard(hub=self, number=n) for n in range(max(1, readers))]
@@ -189,6 +190,17 @@ class StreamHub:
         status; None after `heartbeat_seconds` without one (time for a keep-alive). A stream
         resumed at or past its terminal event replays that event and ends. `after` must be
         valid (`parse_event_id`)."""
+        async for batch in self.batches(task_id, after, heartbeat_seconds=heartbeat_seconds):
+            if batch is None:
+                yield None
+                continue
+            for event in batch:
+                yield event
+
+    async def batches(self, task_id: str, after: str | None = None, *,
+                      heartbeat_seconds: float = 15.0) -> AsyncIterator[list[Event] | None]:
+        """`follow`, a batch at a time: every event already waiting for this follower comes
+        in one list, so a busy stream is written in fewer, larger pieces."""
         last = parse_event_id(after) if after else (0, 0)
         self.active += 1
         follower = _Follower(task_id=task_id, buffer=asyncio.Queue(self.buffer))
@@ -196,39 +208,67 @@ class StreamHub:
         try:
             shard.add(follower, await self.events.last_id(task_id) or "0-0")
             # Registered first, then the replay: nothing can fall between the two.
-            async for event in self._since(task_id, last):
-                last = parse_event_id(event.id)
-                yield event
-                if event.ends_stream:
-                    return
-            if after is not None:
+            replayed, last, ended = await self._catch_up(task_id, last)
+            if replayed:
+                yield replayed
+            if ended:
+                return
+            if after is not None and not replayed:
                 final = await self.events.terminal(task_id)
                 if final is not None:
-                    yield final  # resumed at or past the end: say how it ended, and stop
+                    yield [final]  # resumed at or past the end: say how it ended, and stop
                     return
+            buffer = follower.buffer
+            loop = asyncio.get_running_loop()
             while True:
                 if follower.behind:
                     follower.behind = False
-                    async for event in self._since(task_id, last):
-                        last = parse_event_id(event.id)
-                        yield event
+                    replayed, last, ended = await self._catch_up(task_id, last)
+                    if replayed:
+                        yield replayed
+                    if ended:
+                        return
+                if buffer.empty():
+                    try:
+                        async with asyncio.timeout(heartbeat_seconds):
+                            first = await buffer.get()
+                    except TimeoutError:
+                        yield None
+                        continue
+                else:
+                    first = buffer.get_nowait()
+                batch = []
+                event: Event | None = first
+                while event is not None:
+                    if event.position > last:
+                        last = event.position
+                        batch.append(event)
                         if event.ends_stream:
+                            yield batch
                             return
-                try:
-                    event = await asyncio.wait_for(follower.buffer.get(), heartbeat_seconds)
-                except TimeoutError:
-                    yield None
-                    continue
-                position = parse_event_id(event.id)
-                if position <= last:
-                    continue
-                last = position
-                yield event
-                if event.ends_stream:
-                    return
+                    event = buffer.get_nowait() if not buffer.empty() else None
+                if batch:
+                    written = loop.time()
+                    yield batch
+                    # At most one write per follower per interval: events arriving faster (a
+                    # model's tokens) go out together, which caps the wake-ups a busy task
+                    # costs the process at a small, bounded delay.
+                    if (pause := self.min_interval - (loop.time() - written)) > 0:
+                        await asyncio.sleep(pause)
         finally:
             shard.remove(follower)
             self.active -= 1
+
+    async def _catch_up(self, task_id: str, last: tuple[int, int]
+                        ) -> tuple[list[Event], tuple[int, int], bool]:
+        """The events after `last` in Redis: (them, the new last, whether the stream ended)."""
+        events: list[Event] = []
+        async for event in self._since(task_id, last):
+            last = event.position
+            events.append(event)
+            if event.ends_stream:
+                return events, last, True
+        return events, last, False
 
     async def _since(self, task_id: str, last: tuple[int, int]) -> AsyncIterator[Event]:
         cursor = f"{last[0]}-{last[1]}"
