@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any, Union
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
 from app.deps import Deps, open_deps
-from app.events import EventLog
+from app.events import EventLog, event_schemas
 from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
 from app.mailbox import mailbox_router
@@ -150,8 +150,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     body = content.get("application/json", {})
                     if body.get("schema", {}).get("$ref", "").endswith("/ProblemDetail"):
                         response["content"] = {problems.MEDIA_TYPE: content.pop("application/json")}
+                    if "text/event-stream" in content:
+                        content["text/event-stream"]["schema"] = _add_event_schemas(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _add_event_schemas(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put the stream's event models in the document's components; returns the schema of one
+    event (`StreamEvent`, one of them by `type`)."""
+    envelopes, _ = event_schemas()
+    union: Any = Union[tuple(envelopes)]  # noqa: UP007 - built at run time from a list
+    generated = TypeAdapter(Annotated[union, Field(discriminator="type")]).json_schema(
+        ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(generated.pop("$defs", {}))
+    components["StreamEvent"] = {
+        **generated, "description": "One event of a task's stream: the WebSocket sends it as "
+        "this JSON; an SSE frame carries `id:`, `event:` (the type) and `data:` (the data as "
+        "JSON). `data.schema_version` changes only when a model changes incompatibly."}
+    return {"$ref": "#/components/schemas/StreamEvent"}
 
 
 _DESCRIPTION = (

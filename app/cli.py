@@ -136,28 +136,32 @@ def run(
 ) -> None:
     """Run one task in this process, printing each step; held calls ask for approval here.
     Exit 0 when the task succeeds, 1 when it fails."""
-    from app.runner import run_task
+    from app.runner import run_local
     from app.settings import load_settings
+    from graph import ApprovalDecision, ApprovalRequest, TaskStatus
 
     if approve_all and reject_all:
         raise typer.BadParameter("--approve-all and --reject-all exclude each other")
 
-    async def decide(approval: dict[str, object]) -> dict[str, object]:
-        _echo(f"approval needed: {approval['tool']}({approval['arguments']}) -- {approval['reason']}")
+    async def decide(approval: ApprovalRequest) -> ApprovalDecision:
+        _echo(f"approval needed: {approval.tool}({approval.arguments}) -- {approval.reason}")
         if approve_all or reject_all:
-            return {"decision": "approve" if approve_all else "reject", "comment": "by flag"}
+            return ApprovalDecision(decision="approve" if approve_all else "reject",
+                                    comment="by flag")
         if not sys.stdin.isatty():
-            return {"decision": "reject",
-                    "comment": "no one to approve (use --approve-all or a terminal)"}
+            return ApprovalDecision(decision="reject",
+                                    comment="no one to approve (use --approve-all or a terminal)")
         answer = await asyncio.to_thread(input, "approve? [y/N] ")
-        return {"decision": "approve" if answer.strip().lower() in ("y", "yes") else "reject",
-                "comment": "from the terminal"}
+        return ApprovalDecision(
+            decision="approve" if answer.strip().lower() in ("y", "yes") else "reject",
+            comment="from the terminal")
 
-    done = asyncio.run(run_task(load_settings(), text, email=email, conversation_id=conversation,
-                                max_iterations=max_iterations, token_budget=token_budget,
-                                decide=decide, echo=_echo))
+    done = asyncio.run(run_local(load_settings(), text, email=email, conversation_id=conversation,
+                                 max_iterations=max_iterations, token_budget=token_budget,
+                                 decide=decide, echo=_echo))
     result = done.result
-    if result.status == "succeeded":
+    succeeded = result.status is TaskStatus.SUCCEEDED
+    if succeeded:
         _echo(f"answer: {result.final_answer}")
     else:
         assert result.stop is not None
@@ -166,7 +170,7 @@ def run(
             _echo(f"partial result: {result.partial}")
     _echo(f"usage: {result.usage['tokens_in']} tokens in, {result.usage['tokens_out']} out, "
           f"{result.usage['model_calls']} model calls")
-    raise typer.Exit(0 if result.status == "succeeded" else 1)
+    raise typer.Exit(0 if succeeded else 1)
 
 
 @keys_cli.command("create")

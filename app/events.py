@@ -1,21 +1,201 @@
-"""Task events on Redis Streams: one capped stream per task, for replay (`Last-Event-ID`) and
-live fan-out to any number of followers (`app/streams.py`). Step events also land in
-`agent_logs`, so history never depends on Redis; a stream expires a day after its task ends."""
+"""Task events: typed, versioned, on Redis Streams. One capped stream per task, for replay
+(`Last-Event-ID`) and live fan-out to any number of followers (`app/streams.py`). Every
+event's data is one of the models below (the OpenAPI document lists them, so clients can
+generate types); `schema_version` changes only when a model changes incompatibly. Step
+events are made from the run's typed steps by one translator (`step_events`), and the steps
+also land in `agent_logs`, so history never depends on Redis; a stream expires a day after
+its task ends."""
 
 from __future__ import annotations
 
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, assert_never
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from redis.asyncio import Redis
 
-EventType = Literal["status", "plan", "thought", "token", "tool_call", "tool_result",
-                    "approval_required", "final", "error"]
-TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+from graph.status import TERMINAL, TaskStatus
+from graph.steps import (
+    AnswerChecked,
+    ModelCalled,
+    NotRunWhy,
+    PlanItem,
+    PlanMade,
+    RunStopped,
+    Step,
+    ToolHeld,
+    ToolNotRun,
+    ToolProposed,
+    ToolRan,
+)
+from guardrails import Risk
+
 MAXLEN = 10_000
 TTL_AFTER_END_SECONDS = 24 * 3600
+SCHEMA_VERSION = 1
+
+EventType = Literal["status", "plan", "thought", "token", "tool_call", "tool_result",
+                    "model_call", "approval_required", "final", "error"]
+
+
+class EventData(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    event_type: ClassVar[EventType]
+
+    schema_version: int = SCHEMA_VERSION
+
+
+class _StepData(EventData):
+    step: int = Field(description="The step of the run this event shows (agent_logs.step_number)")
+    agent: str = Field("cadre", description="The agent that took it")
+
+
+class StatusData(EventData):
+    """The task's status changed. `approval` says why a held task is queued again."""
+
+    event_type: ClassVar[EventType] = "status"
+    status: TaskStatus
+    worker: str | None = None
+    approval: Literal["APPROVED", "REJECTED"] | None = None
+
+
+class PlanData(_StepData):
+    """The plan, written or revised."""
+
+    event_type: ClassVar[EventType] = "plan"
+    plan: list[PlanItem]
+    revised: bool = False
+
+
+class ThoughtData(_StepData):
+    """What the model said beside its tool calls (`act`), or the checker's verdict on the
+    answer (`verify`, with `met`)."""
+
+    event_type: ClassVar[EventType] = "thought"
+    node: Literal["act", "verify"]
+    text: str
+    met: bool | None = None
+
+
+class TokenData(EventData):
+    """A piece of text as the model streams it."""
+
+    event_type: ClassVar[EventType] = "token"
+    text: str
+
+
+class ToolCallData(_StepData):
+    """The model asked for a tool call."""
+
+    event_type: ClassVar[EventType] = "tool_call"
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultData(_StepData):
+    """A tool call's result, or why it did not run (`not_run`)."""
+
+    event_type: ClassVar[EventType] = "tool_result"
+    id: str
+    name: str
+    ok: bool
+    content: str
+    replayed: bool = False
+    untrusted: bool = False
+    flags: list[str] = Field(default_factory=list)
+    not_run: NotRunWhy | None = None
+
+
+class ModelCallData(_StepData):
+    """One model call and its cost."""
+
+    event_type: ClassVar[EventType] = "model_call"
+    node: Literal["plan", "act", "verify"]
+    model: str
+    tokens_in: int
+    tokens_out: int
+    tokens_estimated: bool = False
+    latency_ms: int
+    finish_reason: str | None = None
+
+
+class ApprovalRequiredData(EventData):
+    """A tool call waits for a person: decide it at /v1/tasks/{id}/approvals/{approval_id}."""
+
+    event_type: ClassVar[EventType] = "approval_required"
+    approval_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    risk: Risk
+    reason: str
+    rule: str | None = None
+
+
+class FinalData(EventData):
+    """The accepted answer."""
+
+    event_type: ClassVar[EventType] = "final"
+    output: str | None
+    usage: dict[str, int] | None = None
+
+
+class ErrorData(EventData):
+    """Why the task failed or was cancelled (`type`, e.g. budget_exceeded), with what it had
+    produced so far (`partial`)."""
+
+    event_type: ClassVar[EventType] = "error"
+    type: str = "failed"
+    message: str = ""
+    partial: str | None = None
+
+
+# Every event's data is one of these; consumers match them all (`assert_never`).
+AnyEventData = (StatusData | PlanData | ThoughtData | TokenData | ToolCallData | ToolResultData
+                | ModelCallData | ApprovalRequiredData | FinalData | ErrorData)
+EVENT_MODELS: dict[str, type[AnyEventData]] = {m.event_type: m for m in (
+    StatusData, PlanData, ThoughtData, TokenData, ToolCallData, ToolResultData, ModelCallData,
+    ApprovalRequiredData, FinalData, ErrorData)}
+
+
+def step_events(step: Step) -> list[AnyEventData]:
+    """The live events that show one step of the run: the one translator from steps to
+    events. A step a follower need not see (a held call: `approval_required` follows it once
+    the approval exists; a stop: `error` and `status` follow) has none."""
+    n, agent = step.number, step.agent
+    match step:
+        case PlanMade():
+            return [PlanData(plan=step.steps, revised=step.revised, step=n, agent=agent)]
+        case ModelCalled():
+            events: list[AnyEventData] = [ModelCallData(
+                node=step.purpose, model=step.model, tokens_in=step.tokens_in,
+                tokens_out=step.tokens_out, tokens_estimated=step.tokens_estimated,
+                latency_ms=step.latency_ms,
+                finish_reason=step.finish_reason, step=n, agent=agent)]
+            if step.purpose == "act" and step.text:
+                events.append(ThoughtData(node="act", text=step.text, step=n, agent=agent))
+            return events
+        case ToolProposed():
+            return [ToolCallData(id=step.call_id, name=step.tool, arguments=step.arguments,
+                                 step=n, agent=agent)]
+        case ToolHeld():
+            return []
+        case ToolNotRun():
+            return [ToolResultData(id=step.call_id, name=step.tool, ok=False, content=step.message,
+                                   not_run=step.why, step=n, agent=agent)]
+        case ToolRan():
+            return [ToolResultData(id=step.call_id, name=step.tool, ok=step.ok,
+                                   content=step.content, replayed=step.replayed,
+                                   untrusted=step.untrusted, flags=step.flags, step=n, agent=agent)]
+        case AnswerChecked():
+            return [ThoughtData(node="verify", text=f"goal met: {step.met}. {step.reason}",
+                                met=step.met, step=n, agent=agent)]
+        case RunStopped():
+            return []
+        case _:
+            assert_never(step)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -24,17 +204,18 @@ class Event:
     encoded once (`sse`, `json_text`), not once per follower."""
 
     id: str
-    type: EventType
-    data: dict[str, Any]
-    # The data as JSON text, as stored (when read from Redis).
-    raw: str | None = None
+    data: AnyEventData
+
+    @property
+    def type(self) -> EventType:
+        return self.data.event_type
 
     @property
     def ends_stream(self) -> bool:
-        return self.type == "status" and self.data.get("status") in TERMINAL_STATUSES
+        return isinstance(self.data, StatusData) and self.data.status in TERMINAL
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "data": self.data}
+        return {"id": self.id, "type": self.type, "data": self.data.model_dump(mode="json")}
 
     @functools.cached_property
     def position(self) -> tuple[int, int]:
@@ -43,19 +224,19 @@ class Event:
         return int(ms or 0), int(seq or 0)
 
     @functools.cached_property
-    def _data_text(self) -> str:
-        return self.raw if self.raw is not None else json.dumps(self.data, default=str)
+    def data_text(self) -> str:
+        return self.data.model_dump_json()
 
     @functools.cached_property
     def sse(self) -> bytes:
         """The event as a Server-Sent Events frame."""
         head = f"id: {self.id}\n" if self.id else ""
-        return f"{head}event: {self.type}\ndata: {self._data_text}\n\n".encode()
+        return f"{head}event: {self.type}\ndata: {self.data_text}\n\n".encode()
 
     @functools.cached_property
     def json_text(self) -> str:
         """`to_json()` as text (what a WebSocket sends)."""
-        return f'{{"id": {json.dumps(self.id)}, "type": "{self.type}", "data": {self._data_text}}}'
+        return f'{{"id": {json.dumps(self.id)}, "type": "{self.type}", "data": {self.data_text}}}'
 
 
 def stream_key(task_id: str) -> str:
@@ -66,12 +247,12 @@ class EventLog:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def publish(self, task_id: str, type: EventType, data: dict[str, Any]) -> str:
+    async def publish(self, task_id: str, data: AnyEventData) -> str:
         event_id = await self._redis.xadd(
-            stream_key(task_id), {"type": type, "data": json.dumps(data, default=str)},
+            stream_key(task_id), {"type": data.event_type, "data": data.model_dump_json()},
             maxlen=MAXLEN, approximate=True,
         )
-        if type == "status" and data.get("status") in TERMINAL_STATUSES:
+        if isinstance(data, StatusData) and data.status in TERMINAL:
             await self._redis.expire(stream_key(task_id), TTL_AFTER_END_SECONDS)
         return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
 
@@ -97,6 +278,36 @@ class EventLog:
 def decode_event(event_id: Any, fields: dict[Any, Any]) -> Event:
     decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                               else v) for k, v in fields.items()}
+    model = EVENT_MODELS[decoded["type"]]
+    try:
+        data = model.model_validate_json(decoded["data"])
+    except ValidationError:
+        # Written by an older version (streams live a day): shown as it was stored.
+        data = model.model_construct(**json.loads(decoded["data"]))
     return Event(id=event_id.decode() if isinstance(event_id, bytes) else str(event_id),
-                 type=cast(EventType, decoded["type"]), data=json.loads(decoded["data"]),
-                 raw=decoded["data"])
+                 data=data)
+
+
+def event_schemas() -> tuple[list[type[BaseModel]], list[str]]:
+    """Models of the stream's messages (`{id, type, data}`, as the WebSocket sends them; an
+    SSE frame carries the same as `id:`, `event:` and `data:` lines), for the OpenAPI
+    document; and the event types."""
+    envelopes: list[type[BaseModel]] = []
+    for kind, model in EVENT_MODELS.items():
+        name = "".join(part.title() for part in kind.split("_")) + "Event"
+        envelopes.append(create_model(
+            name, __doc__=model.__doc__, id=(str, ...),
+            type=(Literal[kind], ...), data=(model, ...)))  # type: ignore[arg-type]
+    return envelopes, list(EVENT_MODELS)
+
+
+class StepPublisher:
+    """A step recorder that shows each new step to the task's followers."""
+
+    def __init__(self, events: EventLog) -> None:
+        self._events = events
+
+    async def record(self, task_id: str, step: Step) -> bool:
+        for data in step_events(step):
+            await self._events.publish(task_id, data)
+        return True

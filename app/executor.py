@@ -8,24 +8,32 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk
-from langgraph.types import Command
 
 from app.deps import Deps
-from app.events import EventLog
+from app.events import (
+    ApprovalRequiredData,
+    ErrorData,
+    EventLog,
+    FinalData,
+    StatusData,
+    StepPublisher,
+    TokenData,
+)
 from app.files import FileStore
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
-from graph import GraphDeps, task_input
+from app.store import StepStore
+from graph import GraphDeps, TaskStatus, task_input
 from graph.builder import AgentGraph
-from graph.errors import RunFailure
-from graph.recorder import PostgresRecorder, Recorders, StepRecord
-from graph.run import RunResult, failed, outcome, thread_config
+from graph.recorder import Recorders
+from graph.run import RunInterrupted, RunResult, run_task, thread_config
+from graph.state import AgentState
+from graph.status import TERMINAL
 from guardrails import Policy
 from guardrails.audit import AuditLog
 from guardrails.limits import DailyAllowance, UserQuotas
@@ -33,41 +41,6 @@ from guardrails.screening import RuleScreen, Screen
 from tools import Ledger, Toolset
 
 log = logging.getLogger("cadre.worker")
-
-
-class EventRecorder:
-    """Turns each recorded step into the live events followers see."""
-
-    def __init__(self, events: EventLog) -> None:
-        self._events = events
-
-    async def record(self, entry: StepRecord) -> None:
-        base = {"step": entry.step_number, "node": entry.node}
-        detail = entry.detail or {}
-        publish = self._events.publish
-        if entry.node == "plan":
-            await publish(entry.task_id, "plan", {**base, "plan": detail.get("plan", [])})
-        elif entry.node == "act":
-            if entry.thought:
-                await publish(entry.task_id, "thought", {**base, "text": entry.thought})
-            for call in detail.get("tool_calls", []):
-                await publish(entry.task_id, "tool_call", {**base, **call})
-        elif entry.node in ("execute", "approve"):
-            output = entry.tool_output or {"ok": False, "content": entry.thought or ""}
-            await publish(entry.task_id, "tool_result", {
-                **base, "id": detail.get("tool_call_id"), "name": entry.tool_name,
-                "ok": bool(output.get("ok")), "content": output.get("content"),
-                "replayed": bool(output.get("replayed", False)),
-                "untrusted": bool(output.get("untrusted", False)),
-                "flags": detail.get("flags", [])})
-        elif entry.node == "verify":
-            await publish(entry.task_id, "thought", {**base, "text": entry.thought})
-
-
-class _Interrupted(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
 
 
 @dataclass(kw_only=True)
@@ -106,7 +79,7 @@ class Executor:
             log.exception("task %s failed on delivery %d", body.task_id, message.receive_count)
             await self._release(body.task_id)
             if message.receive_count >= self.deps.settings.max_receive_count:
-                await self._finish(body.task_id, "FAILED", output=None, error={
+                await self._finish(body.task_id, TaskStatus.FAILED, output=None, error={
                     "type": "delivery_failed",
                     "message": f"the task failed {message.receive_count} deliveries; last error: "
                                f"{type(exc).__name__}: {exc}"})
@@ -127,13 +100,14 @@ class Executor:
             return
         task_id = str(task["id"])
         if task["cancel_requested_at"] is not None:
-            await self._finish(task_id, "CANCELLED", output=None,
+            await self._finish(task_id, TaskStatus.CANCELLED, output=None,
                                error={"type": "cancelled", "message": "the task was cancelled"})
             await self.deps.queue.delete(message)
             return
-        await self.events.publish(task_id, "status", {"status": "RUNNING", "worker": self.worker_id})
+        await self.events.publish(task_id, StatusData(status=TaskStatus.RUNNING,
+                                                      worker=self.worker_id))
         if self.model is None:
-            await self._finish(task_id, "FAILED", output=None,
+            await self._finish(task_id, TaskStatus.FAILED, output=None,
                                error={"type": "model_unavailable", "message": self.model_problem})
             await self.deps.queue.delete(message)
             return
@@ -142,7 +116,7 @@ class Executor:
             allowance = await self.quotas.allowance(db, str(task["user_id"]), task_id=task_id)
             used = _tokens(task["usage"])
             if allowance.left <= used:
-                await self._finish(task_id, "FAILED", output=None, error={
+                await self._finish(task_id, TaskStatus.FAILED, output=None, error={
                     "type": "budget_exceeded", "message": allowance.exhausted(used)})
                 await self.deps.queue.delete(message)
                 return
@@ -150,9 +124,9 @@ class Executor:
         heartbeat = asyncio.create_task(self._heartbeat(task_id, message))
         try:
             result = await self._run_graph(task, body, allowance)
-        except _Interrupted as stop:
+        except RunInterrupted as stop:
             if stop.why == "cancelled":
-                await self._finish(task_id, "CANCELLED", output=None,
+                await self._finish(task_id, TaskStatus.CANCELLED, output=None,
                                    error={"type": "cancelled", "message": "the task was cancelled"})
                 await self.deps.queue.delete(message)
             else:
@@ -165,10 +139,10 @@ class Executor:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
 
-        if result.status == "pending_approval":
+        if result.status is TaskStatus.PENDING_APPROVAL:
             await self._await_approval(task_id, result)
-        elif result.status == "succeeded":
-            await self._finish(task_id, "SUCCEEDED", output=result.final_answer, error=None,
+        elif result.status is TaskStatus.SUCCEEDED:
+            await self._finish(task_id, TaskStatus.SUCCEEDED, output=result.final_answer, error=None,
                                usage=result.usage)
         else:
             assert result.stop is not None
@@ -176,7 +150,7 @@ class Executor:
             if allowance is not None and result.stop["kind"] == "budget_exceeded" and \
                     await self._quota_was_the_budget(task):
                 error["message"] = allowance.exhausted(_tokens(result.usage))
-            await self._finish(task_id, "FAILED", output=result.partial or None, error=error,
+            await self._finish(task_id, TaskStatus.FAILED, output=result.partial or None, error=error,
                                usage=result.usage)
         await self.deps.queue.delete(message)
 
@@ -189,66 +163,40 @@ class Executor:
 
     async def _run_graph(self, task: Any, body: TaskMessage,
                          allowance: DailyAllowance | None = None) -> RunResult:
-        thread = str(task["conversation_id"])
-        config = thread_config(thread)
-        snapshot = await self.graph.aget_state(config)
-        ours = snapshot.values.get("task_id") == str(task["id"])
-        log.debug("task %s: thread tasks %s, interrupts %d, resume %s", task["id"],
-                  [t.name for t in snapshot.tasks], len(snapshot.interrupts), body.resume is not None)
-        payload: Any
-        if ours and snapshot.interrupts:
-            if body.resume is None:
-                return await outcome(self.graph, thread)  # still waiting for a person
-            # The quota may have been spent while the task waited: its budget is set anew.
-            budget = _budget(task, allowance)
-            payload = Command(resume=body.resume, update={"token_budget": budget}
-                              if budget != snapshot.values.get("token_budget") else None)
-        elif ours and snapshot.tasks:
-            # Stopped mid-run (crash or shutdown): continue from the last checkpoint. A step
-            # whose writes were saved is not run again (`next` omits it; `tasks` does not).
-            payload = None
-        elif ours:
-            return await outcome(self.graph, thread)  # finished, but not yet recorded
-        else:
-            await self._stage_inputs(str(task["id"]))
-            options = _options(task)
-            user = await self.deps.db.fetchrow("SELECT role, email FROM users WHERE id = $1",
-                                               task["user_id"])
-            payload = task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
-                                 user_email=user["email"],
-                                 max_iterations=options.get("max_iterations", 15),
-                                 token_budget=_budget(task, allowance),
-                                 input_flags=options.get("input_flags"))
+        task_id = str(task["id"])
         assert self.model is not None
         deps = GraphDeps(
             model=self.model, toolset=self.toolset, policy=self.policy,
             ledger=Ledger(self.deps.db),
-            recorder=Recorders(PostgresRecorder(self.deps.db), EventRecorder(self.events)),
+            recorder=Recorders(StepStore(self.deps.db), StepPublisher(self.events)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=AuditLog(self.deps.db), screen=self.screen,
         )
-        task_id = str(task["id"])
-        try:
-            stream = cast(AsyncGenerator[Any, None], self.graph.astream(
-                payload, config, context=deps, stream_mode=["updates", "messages"],
-                durability="sync"))
-            async with contextlib.aclosing(stream):
-                async for mode, chunk in stream:
-                    if mode == "messages":
-                        token, meta = cast(tuple[Any, dict[str, Any]], chunk)
-                        if (isinstance(token, AIMessageChunk) and token.content
-                                and meta.get("langgraph_node") == "act"):
-                            await self.events.publish(task_id, "token", {"text": str(token.content)})
-                        continue
-                    # A step just finished; its writes are saved (or about to be, and an
-                    # aclose keeps them): the boundary where we may stop.
-                    if await self._cancel_requested(task_id):
-                        raise _Interrupted("cancelled")
-                    if self.stopping.is_set():
-                        raise _Interrupted("shutdown")
-        except RunFailure as failure:
-            return await failed(self.graph, thread, failure)
-        return await outcome(self.graph, thread)
+
+        async def fresh() -> AgentState:
+            await self._stage_inputs(task_id)
+            options = _options(task)
+            user = await self.deps.db.fetchrow("SELECT role, email FROM users WHERE id = $1",
+                                               task["user_id"])
+            return task_input(task_id=task_id, text=task["input"], role=user["role"],
+                              user_email=user["email"],
+                              max_iterations=options.get("max_iterations", 15),
+                              token_budget=_budget(task, allowance),
+                              input_flags=options.get("input_flags"))
+
+        async def on_token(text: str) -> None:
+            await self.events.publish(task_id, TokenData(text=text))
+
+        async def at_boundary() -> Literal["cancelled", "shutdown"] | None:
+            if await self._cancel_requested(task_id):
+                return "cancelled"
+            return "shutdown" if self.stopping.is_set() else None
+
+        # The quota may have been spent while the task waited: its budget is set anew.
+        return await run_task(self.graph, deps, thread_id=str(task["conversation_id"]),
+                              task_id=task_id, fresh=fresh, decision=body.resume,
+                              token_budget=_budget(task, allowance), on_token=on_token,
+                              at_boundary=at_boundary)
 
     async def _stage_inputs(self, task_id: str) -> None:
         """Put the task's uploaded files where its sandbox shows them (read-only)."""
@@ -262,7 +210,8 @@ class Executor:
             "SELECT cancel_requested_at IS NOT NULL FROM tasks WHERE id = $1::uuid", task_id))
 
     async def _await_approval(self, task_id: str, result: RunResult) -> None:
-        approval = result.approval or {}
+        approval = result.approval
+        assert approval is not None, "a run waiting for a person says what for"
         async with self.deps.db.acquire() as conn, conn.transaction():
             approval_id = await conn.fetchval(
                 """
@@ -270,20 +219,18 @@ class Executor:
                 VALUES ($1::uuid, $2, $3, $4::jsonb, $5, $6)
                 ON CONFLICT (task_id, tool_call_id) DO UPDATE SET reason = EXCLUDED.reason
                 RETURNING id
-                """, task_id, approval.get("tool_call_id", ""), approval.get("tool", "?"),
-                json.dumps(approval.get("arguments", {}), default=str), approval.get("reason", ""),
-                approval.get("risk", "side_effect"))
+                """, task_id, approval.tool_call_id, approval.tool,
+                json.dumps(approval.arguments, default=str), approval.reason, approval.risk)
             await conn.execute(
                 "UPDATE tasks SET status = 'PENDING_APPROVAL', lease_owner = NULL, "
                 "lease_expires_at = NULL, usage = $2::jsonb, updated_at = now() "
                 "WHERE id = $1::uuid", task_id, json.dumps(result.usage))
-        await self.events.publish(task_id, "approval_required", {
-            "approval_id": str(approval_id), "tool": approval.get("tool"),
-            "arguments": approval.get("arguments"), "risk": approval.get("risk"),
-            "reason": approval.get("reason"), "rule": approval.get("rule")})
-        await self.events.publish(task_id, "status", {"status": "PENDING_APPROVAL"})
+        await self.events.publish(task_id, ApprovalRequiredData(
+            approval_id=str(approval_id), tool=approval.tool, arguments=approval.arguments,
+            risk=approval.risk, reason=approval.reason, rule=approval.rule))
+        await self.events.publish(task_id, StatusData(status=TaskStatus.PENDING_APPROVAL))
 
-    async def _finish(self, task_id: str, status: str, *, output: str | None,
+    async def _finish(self, task_id: str, status: TaskStatus, *, output: str | None,
                       error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None) -> None:
         async with self.deps.db.acquire() as conn, conn.transaction():
             updated = await conn.fetchval(
@@ -304,13 +251,16 @@ class Executor:
         await self._announce_end(task_id, status, output=output, error=error, usage=usage)
         await self.service.dispatch(following)
 
-    async def _announce_end(self, task_id: str, status: str, *, output: str | None,
+    async def _announce_end(self, task_id: str, status: TaskStatus, *, output: str | None,
                             error: dict[str, Any] | None, usage: Mapping[str, Any] | None) -> None:
-        if status == "SUCCEEDED":
-            await self.events.publish(task_id, "final", {"output": output, "usage": usage})
+        if status == TaskStatus.SUCCEEDED:
+            await self.events.publish(task_id, FinalData(
+                output=output, usage={k: int(v) for k, v in (usage or {}).items()}))
         else:
-            await self.events.publish(task_id, "error", {**(error or {}), "partial": output})
-        await self.events.publish(task_id, "status", {"status": status})
+            await self.events.publish(task_id, ErrorData(
+                type=str((error or {}).get("type", "failed")),
+                message=str((error or {}).get("message", "")), partial=output))
+        await self.events.publish(task_id, StatusData(status=TaskStatus(status)))
 
     async def _repair_end(self, task_id: str) -> None:
         """A worker that died between recording a task's end and announcing it (or sending
@@ -322,7 +272,7 @@ class Executor:
         if not history or not history[-1].ends_stream:
             error, usage = (json.loads(v) if isinstance(v, str) else v
                             for v in (row["error"], row["usage"]))
-            await self._announce_end(task_id, row["status"], output=row["final_output"],
+            await self._announce_end(task_id, TaskStatus(row["status"]), output=row["final_output"],
                                      error=error, usage=usage)
         stranded = await self.deps.db.fetch(
             "SELECT id FROM tasks WHERE conversation_id = $1 AND status = 'QUEUED' "
@@ -340,9 +290,9 @@ class Executor:
         row = await self.deps.db.fetchrow(
             "SELECT status, extract(epoch FROM lease_expires_at - now()) AS left_s FROM tasks "
             "WHERE id = $1::uuid", task_id)
-        if row is None or row["status"] in ("SUCCEEDED", "FAILED", "CANCELLED", "PENDING_APPROVAL"):
+        if row is None or row["status"] in TERMINAL | {TaskStatus.PENDING_APPROVAL}:
             # A duplicate or stale delivery: nothing left to run for it.
-            if row is not None and row["status"] != "PENDING_APPROVAL":
+            if row is not None and row["status"] != TaskStatus.PENDING_APPROVAL:
                 await self._repair_end(task_id)
             await self.deps.queue.delete(message)
             return

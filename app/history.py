@@ -13,18 +13,8 @@ from typing import Any
 
 import asyncpg
 
-
-@dataclass(frozen=True, kw_only=True)
-class StepLog:
-    """One `agent_logs` row."""
-
-    id: int
-    node: str
-    thought: str | None
-    tool_name: str | None
-    tool_input: Any
-    tool_output: Any
-    created_at: datetime
+from app.store import task_steps
+from graph.steps import Step
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +48,7 @@ class TaskLog:
     created_at: datetime
     finished_at: datetime | None
     files: list[str] = field(default_factory=list)
-    steps: list[StepLog] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
     approvals: list[ApprovalLog] = field(default_factory=list)
     artifacts: list[ArtifactLog] = field(default_factory=list)
 
@@ -100,9 +90,7 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
         "SELECT id, status, input, final_output, error, created_at, finished_at FROM tasks "
         "WHERE conversation_id = $1 ORDER BY created_at, id", key)
     ids = [t["id"] for t in tasks]
-    steps = await db.fetch(
-        "SELECT id, task_id, node, thought, tool_name, tool_input, tool_output, created_at "
-        "FROM agent_logs WHERE task_id = ANY($1::uuid[]) ORDER BY id", ids)
+    steps = await task_steps(db, ids)
     approvals = await db.fetch(
         "SELECT id, task_id, tool_name, tool_input, reason, status, comment, created_at, "
         "decided_at FROM approvals WHERE task_id = ANY($1::uuid[]) ORDER BY created_at", ids)
@@ -117,11 +105,8 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
                          final_output=t["final_output"], error=_json(t["error"]),
                          created_at=t["created_at"], finished_at=t["finished_at"])
         for t in tasks}
-    for row in steps:
-        by_task[row["task_id"]].steps.append(StepLog(
-            id=row["id"], node=row["node"], thought=row["thought"], tool_name=row["tool_name"],
-            tool_input=_json(row["tool_input"]), tool_output=_json(row["tool_output"]),
-            created_at=row["created_at"]))
+    for task_id, task in by_task.items():
+        task.steps.extend(steps.get(str(task_id), []))
     for row in approvals:
         by_task[row["task_id"]].approvals.append(ApprovalLog(
             id=str(row["id"]), tool=row["tool_name"], arguments=_json(row["tool_input"]),

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from app.errors import ConfigError
 from app.settings import Settings
+from graph.approvals import ApprovalDecision
 
 DLQ_SUFFIX = "-dlq"
 
@@ -82,7 +83,7 @@ class TaskMessage(BaseModel):
     """What travels on the queue: a task id, and for a resume the human's decision."""
 
     task_id: str
-    resume: dict[str, Any] | None = None
+    resume: ApprovalDecision | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from app.auth import Principal, authenticate
-from app.events import Event
+from app.events import ErrorData, Event, FinalData, StatusData
 from app.files import FileStore
 from app.problems import Problem, too_many_requests
 from app.schemas import (
@@ -41,12 +41,12 @@ from app.schemas import (
 )
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull, parse_event_id
+from graph.status import TERMINAL, TaskStatus
 from guardrails.limits import LimitExceeded, RequestRate
 from guardrails.screening import control_characters
 from tools.artifacts import Artifacts
 
 router = APIRouter(prefix="/v1")
-STATUSES = Literal["QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"]
 
 
 class TaskCreate(BaseModel):
@@ -154,7 +154,7 @@ async def upload(request: Request, who: Who, file: UploadFile) -> dict[str, Any]
 
 @router.get("/tasks", response_model=TaskPage, responses=problem_responses())
 async def list_tasks(who: Who, service: Service,
-                     status: Annotated[STATUSES | None, Query()] = None,
+                     status: Annotated[TaskStatus | None, Query()] = None,
                      limit: Annotated[int, Query(ge=1, le=100)] = 20,
                      cursor: Annotated[str | None, Query(max_length=200)] = None) -> dict[str, Any]:
     """Your tasks, newest first; pass `next_cursor` back as `cursor` for the next page."""
@@ -282,14 +282,16 @@ def _admit(streams: StreamHub) -> None:
 
 async def _batches(streams: StreamHub, task: dict[str, Any], after: str | None,
                    heartbeat: float) -> AsyncIterator[list[Event] | None]:
-    if task["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and \
+    if task["status"] in TERMINAL and \
             await streams.events.last_id(task["id"]) is None:
         # The live stream expired: tell the outcome from Postgres.
-        if task["status"] == "SUCCEEDED":
-            ending = Event(id="", type="final", data={"output": task["final_output"]})
-        else:
-            ending = Event(id="", type="error", data=task["error"] or {})
-        yield [ending, Event(id="", type="status", data={"status": task["status"]})]
+        error = task["error"] or {}
+        ending = Event(id="", data=FinalData(output=task["final_output"])) \
+            if task["status"] == TaskStatus.SUCCEEDED else \
+            Event(id="", data=ErrorData(type=str(error.get("type", "failed")),
+                                        message=str(error.get("message", "")),
+                                        partial=task["final_output"]))
+        yield [ending, Event(id="", data=StatusData(status=TaskStatus(task["status"])))]
         return
     async for batch in streams.batches(task["id"], after, heartbeat_seconds=heartbeat):
         yield batch

@@ -1,6 +1,7 @@
 """`cadre run`: one task, run in this process against the configured stack and model, with
-its steps printed as they happen and approvals asked on the terminal. For operators and for
-trying Cadre out; the task service runs the same graph on the queue workers."""
+its steps printed as they happen and approvals asked on the terminal. It runs the workers'
+loop (`graph.run.run_task`) with the workers' tools, policy, screening and audit, and its
+steps and events land where a worker's would, so the API can show the task too."""
 
 from __future__ import annotations
 
@@ -9,22 +10,37 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
-import redis.asyncio as aioredis
 
-from app.deps import connect_db, require_database_url, require_redis_url
+from app.deps import connect_db, redis_client, require_database_url, require_redis_url
 from app.errors import ConfigError
+from app.events import EventLog, StepPublisher
 from app.models import model_config
 from app.settings import Settings
-from graph import GraphDeps, compile_graph, make_chat_model, postgres_checkpointer, task_input
-from graph.recorder import PostgresRecorder, Recorders, StepRecord
-from graph.run import RunResult, resume, start
-from guardrails import DefaultPolicy
+from app.store import StepStore
+from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
+from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
+from graph.approvals import ApprovalDecision, ApprovalRequest
+from graph.recorder import Recorders
+from graph.run import RunResult, run_task, task_input
+from graph.state import AgentState
+from graph.steps import (
+    AnswerChecked,
+    ModelCalled,
+    PlanMade,
+    RunStopped,
+    Step,
+    ToolHeld,
+    ToolNotRun,
+    ToolProposed,
+    ToolRan,
+)
+from guardrails.audit import AuditLog
 from tools import Ledger, Toolset
 
-Decide = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Decide = Callable[[ApprovalRequest], Awaitable[ApprovalDecision]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,20 +50,43 @@ class LocalRun:
     result: RunResult
 
 
-class _EchoRecorder:
+class EchoRecorder:
+    """Prints each step as one line."""
+
     def __init__(self, echo: Callable[[str], None]) -> None:
         self._echo = echo
 
-    async def record(self, entry: StepRecord) -> None:
-        head = f"[{entry.step_number:>2}] {entry.node:<8}"
-        if entry.node == "execute":
-            output = entry.tool_output or {}
-            self._echo(f"{head} {entry.tool_name}({_short(entry.tool_input)}) -> "
-                       f"{_short(output.get('content'))}")
-        elif entry.tool_name:
-            self._echo(f"{head} {entry.tool_name} {_short(entry.tool_input)} {entry.thought or ''}")
-        else:
-            self._echo(f"{head} {_short(entry.thought, 400)}")
+    async def record(self, task_id: str, step: Step) -> bool:
+        self._echo(f"[{step.number:>2}] {describe(step)}")
+        return True
+
+
+def describe(step: Step) -> str:
+    """One line for a step, as `cadre run` prints it."""
+    match step:
+        case PlanMade():
+            head = "plan (revised)" if step.revised else "plan"
+            return f"{head:<10}" + " | ".join(f"{i.number}. {i.description}" for i in step.steps)
+        case ModelCalled():
+            said = f" {_short(step.text, 300)}" if step.text else ""
+            return (f"{'model':<10}{step.purpose}: {step.tokens_in}+{step.tokens_out} tokens, "
+                    f"{step.latency_ms} ms{said}")
+        case ToolProposed():
+            return f"{'call':<10}{step.tool}({_short(step.arguments)})"
+        case ToolHeld():
+            return f"{'held':<10}{step.tool} for approval: {step.reason}"
+        case ToolNotRun():
+            return f"{'not run':<10}{step.tool}: {step.message}"
+        case ToolRan():
+            mark = "" if step.ok else " FAILED"
+            replay = " (recorded result)" if step.replayed else ""
+            return f"{'ran':<10}{step.tool}{mark}{replay} -> {_short(step.content)}"
+        case AnswerChecked():
+            return f"{'check':<10}goal met: {step.met}. {step.reason}"
+        case RunStopped():
+            return f"{'stopped':<10}{step.stop}: {step.message}"
+        case _:
+            assert_never(step)
 
 
 def _short(value: Any, limit: int = 160) -> str:
@@ -56,7 +95,7 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def run_task(
+async def run_local(
     settings: Settings,
     text: str,
     *,
@@ -73,56 +112,63 @@ async def run_task(
     config = model_config(settings)
     echo(f"model: {config.describe()}")
     model = await asyncio.to_thread(make_chat_model, config)
+    toolset = toolset if toolset is not None else await worker_toolset(settings)
+    policy = await asyncio.to_thread(worker_policy, settings, toolset)
+    echo(f"tools: {', '.join(t.name for t in toolset) or 'none'}; policy {policy.source}")
     db = await connect_db(settings)
-    rds = aioredis.Redis.from_url(require_redis_url(settings))
+    rds = redis_client(require_redis_url(settings), 4)
     try:
-        user_id = await db.fetchval("SELECT id FROM users WHERE email = $1", email)
-        if user_id is None:
+        user = await db.fetchrow("SELECT id, role FROM users WHERE email = $1", email)
+        if user is None:
             raise ConfigError(f"no user {email!r}; create one with "
                               f"`cadre keys create --email {email}`")
-        conv = await _conversation(db, user_id, conversation_id, text)
+        conv = await _conversation(db, user["id"], conversation_id, text)
         task_id = str(await db.fetchval(
-            "INSERT INTO tasks (user_id, conversation_id, input, status) "
-            "VALUES ($1, $2, $3, 'RUNNING') RETURNING id", user_id, conv, text))
+            "INSERT INTO tasks (user_id, conversation_id, input, status, started_at) "
+            "VALUES ($1, $2, $3, 'RUNNING', now()) RETURNING id", user["id"], conv, text))
         echo(f"task {task_id} in conversation {conv}")
-        deps = GraphDeps(
-            model=model,
-            # The built-in tools arrive with the tools issue; plug-ins register here then.
-            toolset=toolset or Toolset(),
-            policy=DefaultPolicy(),
-            ledger=Ledger(db),
-            recorder=Recorders(PostgresRecorder(db), _EchoRecorder(echo)),
-            redis=rds,
-            context_tokens=settings.context_tokens,
-        )
-        async with postgres_checkpointer(database_url,
-                                         pool_size=settings.checkpoint_pool_size) as saver:
+        events = EventLog(rds)
+        async with open_tool_deps(settings, db=db) as tool_deps, postgres_checkpointer(
+                database_url, pool_size=settings.checkpoint_pool_size) as saver:
+            deps = GraphDeps(
+                model=model, toolset=toolset, policy=policy, ledger=Ledger(db),
+                recorder=Recorders(StepStore(db), StepPublisher(events), EchoRecorder(echo)),
+                redis=rds, context_tokens=settings.context_tokens, tool_deps=tool_deps,
+                audit=AuditLog(db), screen=worker_screen(settings))
             graph = compile_graph(saver)
-            result = await start(graph, deps, thread_id=str(conv), input=task_input(
-                task_id=task_id, text=text,
-                max_iterations=max_iterations or settings.max_iterations,
-                token_budget=token_budget or settings.token_budget))
-            while result.status == "pending_approval":
+
+            async def fresh() -> AgentState:
+                return task_input(task_id=task_id, text=text, role=user["role"],
+                                  user_email=email,
+                                  max_iterations=max_iterations or settings.max_iterations,
+                                  token_budget=token_budget or settings.token_budget)
+
+            decision: ApprovalDecision | None = None
+            while True:
+                result = await run_task(graph, deps, thread_id=str(conv), task_id=task_id,
+                                        fresh=fresh, decision=decision)
+                if result.status is not TaskStatus.PENDING_APPROVAL:
+                    break
                 assert result.approval is not None
-                await db.execute("UPDATE tasks SET status = 'PENDING_APPROVAL', updated_at = now() "
-                                 "WHERE id = $1::uuid", task_id)
-                answer = await decide(result.approval)
-                await db.execute("UPDATE tasks SET status = 'RUNNING', updated_at = now() "
-                                 "WHERE id = $1::uuid", task_id)
-                result = await resume(graph, deps, thread_id=str(conv), decision=answer)
+                await _set_status(db, task_id, TaskStatus.PENDING_APPROVAL)
+                decision = await decide(result.approval)
+                await _set_status(db, task_id, TaskStatus.RUNNING)
+        succeeded = result.status is TaskStatus.SUCCEEDED
         await db.execute(
             "UPDATE tasks SET status = $2, final_output = $3, error = $4::jsonb, usage = $5::jsonb, "
-            "updated_at = now() WHERE id = $1::uuid",
-            task_id, "SUCCEEDED" if result.status == "succeeded" else "FAILED",
-            result.final_answer if result.status == "succeeded" else (result.partial or None),
+            "finished_at = now(), updated_at = now() WHERE id = $1::uuid",
+            task_id, result.status, result.final_answer if succeeded else (result.partial or None),
             json.dumps({"type": result.stop["kind"], "message": result.stop["message"]})
-            if result.stop else None,
-            json.dumps(result.usage),
-        )
+            if result.stop else None, json.dumps(result.usage))
         return LocalRun(task_id=task_id, conversation_id=str(conv), result=result)
     finally:
         await rds.aclose()
         await db.close()
+
+
+async def _set_status(db: asyncpg.Pool, task_id: str, status: TaskStatus) -> None:
+    await db.execute("UPDATE tasks SET status = $2, updated_at = now() WHERE id = $1::uuid",
+                     task_id, status)
 
 
 async def _conversation(db: asyncpg.Pool, user_id: Any, conversation_id: str | None,

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TaskStatusName = Literal["QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED",
-                         "CANCELLED"]
+from graph.status import TaskStatus
+from graph.steps import Step
 
 
 class FieldError(BaseModel):
@@ -66,7 +66,7 @@ class TaskLinks(BaseModel):
 
 class TaskAccepted(BaseModel):
     id: uuid.UUID
-    status: TaskStatusName
+    status: TaskStatus
     conversation_id: uuid.UUID
     links: TaskLinks
 
@@ -91,7 +91,7 @@ class Usage(BaseModel):
 class Task(BaseModel):
     id: uuid.UUID
     conversation_id: uuid.UUID
-    status: TaskStatusName
+    status: TaskStatus
     input: str
     final_output: str | None
     error: TaskError | None
@@ -109,21 +109,6 @@ class TaskPage(BaseModel):
     next_cursor: str | None = Field(description="Pass back as `cursor` for the next page")
 
 
-class Step(BaseModel):
-    """One recorded step of the run (`agent_logs`)."""
-
-    step_number: int
-    node: str
-    thought: str | None
-    tool_name: str | None
-    tool_input: Any
-    tool_output: Any
-    tokens_in: int | None
-    tokens_out: int | None
-    latency_ms: int | None
-    created_at: datetime
-
-
 class Approval(BaseModel):
     id: uuid.UUID
     task_id: uuid.UUID
@@ -139,7 +124,8 @@ class Approval(BaseModel):
 
 
 class TaskDetail(Task):
-    steps: list[Step]
+    steps: list[Step] = Field(description="The run's typed record, one entry per step "
+                                          "(`kind` tells which)")
     approvals: list[Approval]
     links: TaskLinks
 

@@ -21,15 +21,16 @@ from typing import Any, Literal
 import asyncpg
 
 from app.auth import Principal
-from app.events import EventLog
+from app.events import ErrorData, EventLog, StatusData
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
+from app.store import task_steps
+from graph.approvals import ApprovalDecision
+from graph.status import ACTIVE, TaskStatus
 from guardrails.limits import LimitExceeded, UserQuotas
 from guardrails.screening import plain_line, screen_task
 
 Strategy = Literal["enqueue", "reject", "interrupt"]
-ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 _Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
 
 _TASK_COLUMNS = """id, user_id, conversation_id, status, input, final_output, error, usage, options,
@@ -66,7 +67,7 @@ class TaskService:
             conv = await self._lock_conversation(conn, who, conversation_id, text)
             active = await conn.fetch(
                 "SELECT id, status, dispatched_at FROM tasks WHERE conversation_id = $1 "
-                "AND status = ANY($2::text[]) ORDER BY created_at", conv, list(ACTIVE))
+                "AND status = ANY($2::text[]) ORDER BY created_at", conv, sorted(ACTIVE))
             if active and strategy == "reject":
                 raise Problem("conflict", 409,
                               f"conversation {conv} is busy with task {active[0]['id']}; retry "
@@ -98,7 +99,7 @@ class TaskService:
             dispatch = await self._next_to_dispatch(conn, conv)
         for task_id in cancelled:
             await self._announce_cancelled(task_id)
-        await self.events.publish(str(task["id"]), "status", {"status": "QUEUED"})
+        await self.events.publish(str(task["id"]), StatusData(status=TaskStatus.QUEUED))
         if dispatch is not None:
             await self._send(dispatch)
         return _task(task)
@@ -131,7 +132,7 @@ class TaskService:
             "ORDER BY created_at LIMIT 1) RETURNING id", conv)
         return str(task_id) if task_id else None
 
-    async def _send(self, task_id: str, resume: dict[str, Any] | None = None) -> None:
+    async def _send(self, task_id: str, resume: ApprovalDecision | None = None) -> None:
         await self.queue.send(TaskMessage(task_id=task_id, resume=resume))
 
     async def finish(self, conn: asyncpg.Connection, task_id: str) -> str | None:
@@ -160,13 +161,7 @@ class TaskService:
     async def get(self, who: Principal, task_id: str) -> dict[str, Any]:
         """The task with its steps and approvals."""
         task = await self.owned(who, task_id)
-        task["steps"] = [dict(r) for r in await self.db.fetch(
-            "SELECT step_number, node, thought, tool_name, tool_input, tool_output, tokens_in, "
-            "tokens_out, latency_ms, created_at FROM agent_logs WHERE task_id = $1::uuid "
-            "ORDER BY id", task["id"])]
-        for step in task["steps"]:
-            for key in ("tool_input", "tool_output"):
-                step[key] = json.loads(step[key]) if step[key] is not None else None
+        task["steps"] = (await task_steps(self.db, [task["id"]])).get(task["id"], [])
         task["approvals"] = [_approval(r) for r in await self.db.fetch(
             "SELECT * FROM approvals WHERE task_id = $1::uuid ORDER BY created_at", task["id"])]
         return task
@@ -200,7 +195,7 @@ class TaskService:
         rows = await self.db.fetch(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE conversation_id = $1 AND user_id = $2::uuid "
             f"AND status = ANY($3::text[]) ORDER BY created_at, id",
-            _uuid(conversation_id, "conversation"), who.user_id, list(ACTIVE))
+            _uuid(conversation_id, "conversation"), who.user_id, sorted(ACTIVE))
         tasks = [_task(r) for r in rows]
         for task in tasks:
             task["approvals"] = [_approval(r) for r in await self.db.fetch(
@@ -246,7 +241,7 @@ class TaskService:
         row = await conn.fetchrow(
             "UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, now()), "
             "updated_at = now() WHERE id = $1::uuid AND status = ANY($2::text[]) "
-            "RETURNING status, dispatched_at", task_id, list(ACTIVE))
+            "RETURNING status, dispatched_at", task_id, sorted(ACTIVE))
         if row is None:
             return False
         if row["status"] == "PENDING_APPROVAL" or (row["status"] == "QUEUED"
@@ -262,9 +257,9 @@ class TaskService:
         return False
 
     async def _announce_cancelled(self, task_id: Any) -> None:
-        await self.events.publish(str(task_id), "error", {"type": "cancelled",
-                                                          "message": "the task was cancelled"})
-        await self.events.publish(str(task_id), "status", {"status": "CANCELLED"})
+        await self.events.publish(str(task_id), ErrorData(type="cancelled",
+                                                          message="the task was cancelled"))
+        await self.events.publish(str(task_id), StatusData(status=TaskStatus.CANCELLED))
 
     # -- approvals -----------------------------------------------------------------------------
 
@@ -272,7 +267,8 @@ class TaskService:
                      decision: Literal["approve", "reject"], comment: str | None) -> dict[str, Any]:
         """Record a human's decision (idempotent) and enqueue the resume."""
         await self.owned(who, task_id)
-        status = "APPROVED" if decision == "approve" else "REJECTED"
+        status: Literal["APPROVED", "REJECTED"] = "APPROVED" if decision == "approve" \
+            else "REJECTED"
         async with self.db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT a.*, t.status AS task_status FROM approvals a JOIN tasks t "
@@ -295,9 +291,9 @@ class TaskService:
             await conn.execute(
                 "UPDATE tasks SET status = 'QUEUED', dispatched_at = now(), updated_at = now() "
                 "WHERE id = $1::uuid", task_id)
-        await self.events.publish(task_id, "status", {"status": "QUEUED", "approval": status})
-        await self._send(task_id, resume={"decision": decision, "comment": comment or "",
-                                          "approval_id": str(decided["id"])})
+        await self.events.publish(task_id, StatusData(status=TaskStatus.QUEUED, approval=status))
+        await self._send(task_id, resume=ApprovalDecision(
+            decision=decision, comment=comment or "", approval_id=str(decided["id"])))
         return _approval(decided)
 
 

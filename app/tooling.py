@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
 from guardrails import FilePolicy, PolicyError, load_policy
+from guardrails.screening import ClassifierScreen, RuleScreen, Screen
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
 from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
 from tools.contract import Toolset
@@ -55,6 +56,13 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
             await sandbox.aclose()
         if sql_pool is not None:
             await sql_pool.close()
+
+
+def worker_screen(settings: Settings) -> Screen:
+    """How untrusted tool output is screened: the configured classifier, else the rules."""
+    if settings.injection_classifier_url:
+        return ClassifierScreen(settings.injection_classifier_url)
+    return RuleScreen()
 
 
 def web_search_config(settings: Settings) -> WebSearchConfig | None:

@@ -8,9 +8,20 @@ import asyncio
 import json
 from datetime import datetime
 from html import escape
-from typing import Any
+from typing import Any, assert_never
 
 from app.history import ConversationLog, TaskLog
+from graph.steps import (
+    AnswerChecked,
+    ModelCalled,
+    PlanMade,
+    RunStopped,
+    Step,
+    ToolHeld,
+    ToolNotRun,
+    ToolProposed,
+    ToolRan,
+)
 from guardrails.redaction import redact_json
 
 _STYLE = """
@@ -50,21 +61,8 @@ def _document(conversation: ConversationLog) -> dict[str, Any]:
 def _task(task: TaskLog) -> dict[str, Any]:
     entries: list[tuple[datetime, dict[str, Any]]] = []
     for step in task.steps:
-        if step.node == "plan" and step.thought:
-            entries.append((step.created_at, {"kind": "plan", "text": step.thought}))
-        elif step.node == "act" and step.thought and step.thought != task.final_output:
-            entries.append((step.created_at, {"kind": "thought", "text": step.thought}))
-        elif step.node == "verify" and step.thought:
-            entries.append((step.created_at, {"kind": "check", "text": step.thought}))
-        elif step.node == "execute":
-            output = step.tool_output if isinstance(step.tool_output, dict) else {}
-            entries.append((step.created_at, {
-                "kind": "tool", "tool": step.tool_name or "?", "ok": bool(output.get("ok")),
-                "input": _structured(step.tool_input), "output": _structured(output.get("content"))}))
-        elif step.node == "approve":
-            entries.append((step.created_at, {
-                "kind": "not_run", "tool": step.tool_name or "?", "input": _structured(step.tool_input),
-                "text": step.thought or ""}))
+        if (entry := _entry(step, task)) is not None:
+            entries.append((step.at, entry))
     for approval in task.approvals:
         entries.append((approval.created_at, {
             "kind": "approval", "tool": approval.tool, "input": _structured(approval.arguments),
@@ -80,6 +78,32 @@ def _task(task: TaskLog) -> dict[str, Any]:
         "answer": task.final_output or "",
         "error": (task.error or {}).get("message", "") if task.status != "SUCCEEDED" else "",
     }
+
+
+def _entry(step: Step, task: TaskLog) -> dict[str, Any] | None:
+    """What the transcript shows of one step (None: nothing)."""
+    match step:
+        case PlanMade():
+            return {"kind": "plan", "text": "\n".join(
+                f"{item.number}. {item.description}" for item in step.steps)}
+        case ModelCalled():
+            if step.purpose == "act" and step.text and step.text != task.final_output:
+                return {"kind": "thought", "text": step.text}
+            return None
+        case AnswerChecked():
+            return {"kind": "check", "text": f"goal met: {step.met}. {step.reason}"}
+        case ToolRan():
+            return {"kind": "tool", "tool": step.tool, "ok": step.ok,
+                    "input": step.arguments, "output": _structured(step.content)}
+        case ToolNotRun():
+            return {"kind": "not_run", "tool": step.tool, "input": step.arguments,
+                    "text": step.message}
+        case ToolProposed() | ToolHeld() | RunStopped():
+            # The call shows with its result, the hold with its approval, the stop as the
+            # task's error.
+            return None
+        case _:
+            assert_never(step)
 
 
 def _page(doc: dict[str, Any]) -> str:

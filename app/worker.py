@@ -22,10 +22,9 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
-from app.tooling import open_tool_deps, worker_policy, worker_toolset
+from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails.limits import UserQuotas
-from guardrails.screening import ClassifierScreen, RuleScreen
 from tools import Toolset
 
 log = logging.getLogger("cadre.worker")
@@ -69,8 +68,7 @@ async def run_worker(
             service=TaskService(db=deps.db, queue=deps.queue, events=events),
             events=events, graph=compile_graph(saver), model=model, model_problem=problem,
             toolset=toolset, policy=policy, worker_id=me, tool_deps=tool_deps,
-            screen=ClassifierScreen(settings.injection_classifier_url)
-            if settings.injection_classifier_url else RuleScreen(),
+            screen=worker_screen(settings),
             quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
                               daily_tokens=settings.daily_token_quota),
         )

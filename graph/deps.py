@@ -32,3 +32,8 @@ class GraphDeps:
     audit: AuditLog | None = None
     # Screens untrusted tool output for instructions.
     screen: Screen = field(default_factory=RuleScreen)
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as its client knows it (`CADRE_MODEL`), for step records."""
+        return str(getattr(self.model, "model_name", None) or type(self.model).__name__)

@@ -1,64 +1,51 @@
-"""Step records: every node and tool step lands in `agent_logs` (and, through other
-recorders, in the live event stream)."""
+"""Where a run's steps go. The graph knows only the `StepRecorder` protocol: the task store
+(`app/store.py`) keeps them in `agent_logs`, the event recorder turns them into live events,
+`cadre run` prints them. `Steps` is what a node uses to number and record its steps."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
-import asyncpg
+from graph.state import AgentState
+from graph.steps import MAIN_AGENT, Step, StepBase
 
-
-@dataclass(frozen=True, kw_only=True)
-class StepRecord:
-    task_id: str
-    step_number: int
-    node: str
-    thought: str | None = None
-    tool_name: str | None = None
-    tool_input: Any = None
-    tool_output: Any = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    latency_ms: int | None = None
-    # Structured facts for live views (the plan's steps, a call's id); not stored in agent_logs.
-    detail: dict[str, Any] | None = None
+S = TypeVar("S", bound=StepBase)
 
 
 class StepRecorder(Protocol):
-    async def record(self, entry: StepRecord) -> None: ...
-
-
-class PostgresRecorder:
-    """Writes each step to `agent_logs`, the history that never depends on Redis."""
-
-    def __init__(self, db: asyncpg.Pool) -> None:
-        self._db = db
-
-    async def record(self, entry: StepRecord) -> None:
-        await self._db.execute(
-            """
-            INSERT INTO agent_logs (task_id, step_number, node, thought, tool_name, tool_input,
-                                    tool_output, tokens_in, tokens_out, latency_ms)
-            VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10)
-            """,
-            entry.task_id, entry.step_number, entry.node, entry.thought, entry.tool_name,
-            _json(entry.tool_input), _json(entry.tool_output), entry.tokens_in, entry.tokens_out,
-            entry.latency_ms,
-        )
+    async def record(self, task_id: str, step: Step) -> bool:
+        """Keep or show `step`; True when it is new (a node run again after a crash or a
+        resume records the same numbers, and only the first time counts)."""
+        ...
 
 
 class Recorders:
-    """Fans one step out to several recorders, in order."""
+    """The first recorder decides whether a step is new (the store); the others hear only
+    of new ones, so a step re-recorded after a crash or a resume is not shown twice."""
 
-    def __init__(self, *recorders: StepRecorder) -> None:
-        self._recorders = recorders
+    def __init__(self, first: StepRecorder, *others: StepRecorder) -> None:
+        self._first = first
+        self._others = others
 
-    async def record(self, entry: StepRecord) -> None:
-        for recorder in self._recorders:
-            await recorder.record(entry)
+    async def record(self, task_id: str, step: Step) -> bool:
+        if not await self._first.record(task_id, step):
+            return False
+        for recorder in self._others:
+            await recorder.record(task_id, step)
+        return True
 
 
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str, ensure_ascii=False)
+class Steps:
+    """A node's steps: numbered on from the state's last one, recorded as they are made."""
+
+    def __init__(self, recorder: StepRecorder, state: AgentState, *, agent: str = MAIN_AGENT) -> None:
+        self._recorder = recorder
+        self._task_id = state["task_id"]
+        self._agent = agent
+        self.last = state.get("step", 0)
+
+    async def add(self, kind: type[S], **fields: Any) -> S:
+        self.last += 1
+        step = kind(number=self.last, agent=self._agent, **fields)
+        await self._recorder.record(self._task_id, cast(Step, step))
+        return step

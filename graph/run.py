@@ -1,34 +1,58 @@
-"""Running a task on the graph: start it, resume it after an approval, or continue it from
-its last checkpoint after a crash. Each returns where the task now stands."""
+"""The one run loop. `run_task` decides from the conversation's checkpoint whether a task
+starts, resumes after an approval, or continues after a crash, and `drive` runs the graph
+from there: streaming the model's tokens to `on_token`, stopping at a step boundary when
+`at_boundary` says so, turning a run failure into its outcome. Workers and `cadre run` both
+use it; `start`, `resume` and `proceed` are the same loop with the payload chosen by hand."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
+from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.builder import AgentGraph
 from graph.deps import GraphDeps
 from graph.errors import RunFailure
 from graph.nodes._common import partial_result
+from graph.recorder import Steps
 from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
+from graph.status import TaskStatus
+from graph.steps import RunStopped
 
 DEFAULT_MAX_ITERATIONS = 15
+
+OnToken = Callable[[str], Awaitable[None]]
+# Asked after every step: "cancelled" or "shutdown" to stop there, None to go on.
+AtBoundary = Callable[[], Awaitable[Literal["cancelled", "shutdown"] | None]]
+
+
+class RunInterrupted(Exception):
+    """The run stopped at a step boundary because `at_boundary` asked (`why`). The step in
+    flight is done and checkpointed; the task can go on from there."""
+
+    def __init__(self, why: Literal["cancelled", "shutdown"]) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
-    status: Literal["succeeded", "failed", "pending_approval"]
+    """Where a task stands after a run: SUCCEEDED, FAILED or PENDING_APPROVAL."""
+
+    status: TaskStatus
     final_answer: str | None
     stop: Stop | None
     partial: str
     usage: Usage
     plan: list[PlanStep]
-    approval: dict[str, Any] | None
+    approval: ApprovalRequest | None
 
 
 def task_input(
@@ -64,47 +88,111 @@ def thread_config(thread_id: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread_id}, "recursion_limit": 500}
 
 
-async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, input: AgentState) -> RunResult:
-    return await _run(graph, deps, thread_id, input)
+async def run_task(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, task_id: str,
+                   fresh: Callable[[], Awaitable[AgentState]],
+                   decision: ApprovalDecision | None = None,
+                   token_budget: int | None = None, on_token: OnToken | None = None,
+                   at_boundary: AtBoundary | None = None) -> RunResult:
+    """Run task `task_id` on its conversation's thread from wherever its checkpoint stands:
+    start it (`fresh()` makes the input), resume it with `decision` when it waits for one,
+    continue it when a run stopped mid-way, or just report it when it has finished or still
+    waits. `token_budget`, when given, replaces the run's budget on resume (a daily quota
+    may have shrunk while it waited)."""
+    snapshot = await graph.aget_state(thread_config(thread_id))
+    ours = snapshot.values.get("task_id") == task_id
+    payload: Any
+    if ours and snapshot.interrupts:
+        if decision is None:
+            return await outcome(graph, thread_id)  # still waiting for a person
+        changed = token_budget is not None and token_budget != snapshot.values.get("token_budget")
+        payload = Command(resume=decision.model_dump(),
+                          update={"token_budget": token_budget} if changed else None)
+    elif ours and snapshot.tasks:
+        # Stopped mid-run (crash or shutdown): continue from the last checkpoint. A step
+        # whose writes were saved is not run again (`next` omits it; `tasks` does not).
+        payload = None
+    elif ours:
+        return await outcome(graph, thread_id)  # finished, but its end not yet recorded
+    else:
+        payload = await fresh()
+    return await drive(graph, deps, thread_id, payload, on_token=on_token,
+                       at_boundary=at_boundary)
+
+
+async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any, *,
+                on_token: OnToken | None = None,
+                at_boundary: AtBoundary | None = None) -> RunResult:
+    """Run the graph from `payload` until it finishes, waits for a person, fails, or
+    `at_boundary` stops it (`RunInterrupted`, after recording a cancellation)."""
+    config = thread_config(thread_id)
+    try:
+        stream = cast(AsyncGenerator[Any, None], graph.astream(
+            payload, config, context=deps, stream_mode=["updates", "messages"],
+            durability="sync"))
+        async with contextlib.aclosing(stream):
+            async for mode, chunk in stream:
+                if mode == "messages":
+                    token, meta = cast(tuple[Any, dict[str, Any]], chunk)
+                    if (on_token is not None and isinstance(token, AIMessageChunk)
+                            and token.content and meta.get("langgraph_node") == "act"):
+                        await on_token(str(token.content))
+                    continue
+                # A step just finished; its writes are saved (or about to be, and an aclose
+                # keeps them): the boundary where the run may stop.
+                if at_boundary is not None and (why := await at_boundary()) is not None:
+                    if why == "cancelled":
+                        await _record_stop(graph, deps, thread_id, "cancelled",
+                                           "the task was cancelled")
+                    raise RunInterrupted(why)
+    except RunFailure as failure:
+        return await failed(graph, deps, thread_id, failure)
+    return await outcome(graph, thread_id)
+
+
+async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
+                input: AgentState) -> RunResult:
+    return await drive(graph, deps, thread_id, input)
 
 
 async def resume(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
-                 decision: dict[str, Any]) -> RunResult:
-    """Answer the pending approval: `{"decision": "approve" | "reject", "comment": ...}`."""
-    return await _run(graph, deps, thread_id, Command(resume=decision))
+                 decision: ApprovalDecision) -> RunResult:
+    """Answer the pending approval."""
+    return await drive(graph, deps, thread_id, Command(resume=decision.model_dump()))
 
 
 async def proceed(graph: AgentGraph, deps: GraphDeps, *, thread_id: str) -> RunResult:
     """Continue from the last checkpoint (after a crash): finished steps are not run again."""
-    return await _run(graph, deps, thread_id, None)
+    return await drive(graph, deps, thread_id, None)
 
 
-async def _run(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any) -> RunResult:
-    try:
-        await graph.ainvoke(payload, thread_config(thread_id), context=deps, durability="sync")
-    except RunFailure as failure:
-        return await failed(graph, thread_id, failure)
-    return await outcome(graph, thread_id)
-
-
-async def failed(graph: AgentGraph, thread_id: str, failure: RunFailure) -> RunResult:
+async def failed(graph: AgentGraph, deps: GraphDeps, thread_id: str,
+                 failure: RunFailure) -> RunResult:
     """The outcome of a run a node ended by raising (the model endpoint gave up): the
     checkpoint holds the last finished step, so the task can also be retried with `proceed`."""
+    await _record_stop(graph, deps, thread_id, failure.kind, failure.message)
     result = await outcome(graph, thread_id)
-    return replace(result, status="failed", stop=Stop(kind=failure.kind, message=failure.message))
+    return replace(result, status=TaskStatus.FAILED,
+                   stop=Stop(kind=failure.kind, message=failure.message))
+
+
+async def _record_stop(graph: AgentGraph, deps: GraphDeps, thread_id: str, kind: str,
+                       message: str) -> None:
+    state = cast(AgentState, (await graph.aget_state(thread_config(thread_id))).values)
+    if state.get("task_id"):
+        await Steps(deps.recorder, state).add(RunStopped, stop=kind, message=message)
 
 
 async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
     snapshot = await graph.aget_state(thread_config(thread_id))
     values = cast(AgentState, snapshot.values)
-    approval = next((i.value for i in snapshot.interrupts), None)
+    pending = next((i.value for i in snapshot.interrupts), None)
     stop = values.get("stop")
-    if approval is not None:
-        status: Literal["succeeded", "failed", "pending_approval"] = "pending_approval"
+    if pending is not None:
+        status = TaskStatus.PENDING_APPROVAL
     elif values.get("final_answer") is not None and not stop:
-        status = "succeeded"
+        status = TaskStatus.SUCCEEDED
     else:
-        status = "failed"
+        status = TaskStatus.FAILED
     return RunResult(
         status=status,
         final_answer=values.get("final_answer"),
@@ -112,5 +200,5 @@ async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
         partial=partial_result(values),
         usage=values.get("usage") or empty_usage(),
         plan=values.get("plan") or [],
-        approval=approval,
+        approval=ApprovalRequest.model_validate(pending) if pending is not None else None,
     )

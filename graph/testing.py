@@ -50,6 +50,7 @@ class ScriptedModel(BaseChatModel):
 
     script: list[AIMessage | Exception] = Field(default_factory=list)
     calls: list[RecordedCall] = Field(default_factory=list)
+    model_name: str = "scripted"
 
     @property
     def _llm_type(self) -> str:
@@ -117,8 +118,16 @@ def _chunks(message: AIMessage) -> Iterator[AIMessageChunk]:
         tool_call_chunks=[
             tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
             for i, c in enumerate(message.tool_calls)
+        ] + [
+            # Malformed calls stream as their raw text, as a real server sends them.
+            tool_call_chunk(name=c["name"], args=c["args"], id=c["id"],
+                            index=len(message.tool_calls) + i)
+            for i, c in enumerate(message.invalid_tool_calls)
         ],
         usage_metadata=message.usage_metadata,
+        # As OpenAI-compatible servers report it on the last chunk.
+        response_metadata={"finish_reason": "tool_calls" if message.tool_calls else "stop",
+                           "model_name": "scripted"},
     )
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from graph import GraphDeps, compile_graph, postgres_checkpointer, task_input
+from app.store import StepStore, task_steps
+from graph import ApprovalDecision, GraphDeps, compile_graph, postgres_checkpointer, task_input
 from graph.builder import AgentGraph
-from graph.recorder import PostgresRecorder
 from graph.run import RunResult, proceed, resume, start
+from graph.steps import Step
 from graph.testing import ScriptedModel
 from guardrails import DefaultPolicy
 from tools import Ledger, ToolContext, ToolError, Toolset
@@ -82,7 +83,7 @@ class Agent:
     def deps(self, model: ScriptedModel | None = None) -> GraphDeps:
         return GraphDeps(model=model or self.model, toolset=make_toolset(self.outbox),
                          policy=DefaultPolicy(), ledger=Ledger(self.db),
-                         recorder=PostgresRecorder(self.db), redis=self.redis,
+                         recorder=StepStore(self.db), redis=self.redis,
                          context_tokens=4_000)
 
     async def new_task(self, text: str) -> str:
@@ -98,7 +99,8 @@ class Agent:
 
     async def resume(self, decision: str, comment: str = "") -> RunResult:
         return await resume(self.graph, self.deps(), thread_id=self.conversation_id,
-                            decision={"decision": decision, "comment": comment})
+                            decision=ApprovalDecision(decision=decision,  # type: ignore[arg-type]
+                                                      comment=comment))
 
     async def proceed(self) -> RunResult:
         return await proceed(self.graph, self.deps(), thread_id=self.conversation_id)
@@ -106,6 +108,10 @@ class Agent:
     async def logs(self) -> list[asyncpg.Record]:
         return await self.db.fetch(
             "SELECT * FROM agent_logs WHERE task_id = $1::uuid ORDER BY id", self.task_id)
+
+    async def steps(self) -> list[Step]:
+        """The task's typed run record."""
+        return (await task_steps(self.db, [self.task_id])).get(self.task_id, [])
 
 
 @asynccontextmanager

@@ -39,8 +39,8 @@ async def test_files_the_code_writes_are_listed_and_downloadable(settings: Setti
                           reply("Charted."), verdict(True))
         created = await service.submit("Chart my sales.")
         done = await service.wait_status(created["id"], "SUCCEEDED", timeout=60)
-        first = next(s for s in done["steps"] if s["node"] == "execute")
-        assert '"artifacts": ["notes/summary.txt", "sales.png"]' in first["tool_output"]["content"]
+        first = next(s for s in done["steps"] if s["kind"] == "tool_ran")
+        assert '"artifacts": ["notes/summary.txt", "sales.png"]' in first["content"]
 
         base = f"/v1/tasks/{created['id']}/artifacts"
         listing = await service.http.get(base, headers=service.auth())
@@ -76,10 +76,10 @@ async def test_a_file_rewritten_twenty_times_ends_as_its_last_version(settings: 
             for n, text in enumerate(versions)], reply("Rewritten."), verdict(True))
         created = await service.submit("Rewrite my report twenty times.", max_iterations=30)
         done = await service.wait_status(created["id"], "SUCCEEDED", timeout=120)
-        results = [s for s in done["steps"] if s["node"] == "execute"]
+        results = [s for s in done["steps"] if s["kind"] == "tool_ran"]
         assert len(results) == 20
         for step in results:
-            assert '"artifacts": ["report.txt"]' in step["tool_output"]["content"], step
+            assert '"artifacts": ["report.txt"]' in step["content"], step
         base = f"/v1/tasks/{created['id']}/artifacts"
         final = await service.http.get(f"{base}/report.txt", headers=service.auth())
         assert final.text == versions[-1]

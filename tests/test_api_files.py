@@ -39,8 +39,8 @@ async def test_upload_and_use_a_csv_in_a_task(settings) -> None:  # type: ignore
         created = await service.submit("Total the sales in my file.", files=[meta["id"]])
         done = await service.wait_status(created["id"], "SUCCEEDED", timeout=60)
         assert done["final_output"] == "Total sales: 60."
-        result = next(s for s in done["steps"] if s["node"] == "execute")
-        assert '"value": "60"' in result["tool_output"]["content"]
+        result = next(s for s in done["steps"] if s["kind"] == "tool_ran")
+        assert '"value": "60"' in result["content"]
         service.model.assert_done()
 
 

@@ -23,8 +23,14 @@ async def test_submit_then_stream_to_the_final_answer(service: Service) -> None:
     assert created["links"]["ws"].startswith("ws://")
 
     events = await service.sse(created["id"])
-    assert _types(events) == ["status", "status", "plan", "tool_call", "tool_result", "token",
-                              "thought", "thought", "final", "status"]
+    assert _types(events) == ["status", "status", "model_call", "plan", "model_call",
+                              "tool_call", "tool_result", "token", "model_call", "thought",
+                              "model_call", "thought", "final", "status"]
+    calls = [e["data"] for e in events if e["type"] == "model_call"]
+    assert [(c["node"], c["model"], c["finish_reason"]) for c in calls] == [
+        ("plan", "scripted", "tool_calls"), ("act", "scripted", "tool_calls"),
+        ("act", "scripted", "stop"), ("verify", "scripted", "tool_calls")]
+    assert all(e["data"]["schema_version"] == 1 for e in events)
     assert [e["data"]["status"] for e in events if e["type"] == "status"] == [
         "QUEUED", "RUNNING", "SUCCEEDED"]
     assert "".join(e["data"]["text"] for e in events if e["type"] == "token") == \
@@ -37,7 +43,10 @@ async def test_submit_then_stream_to_the_final_answer(service: Service) -> None:
     task = await service.task(created["id"])
     assert task["status"] == "SUCCEEDED" and task["final_output"] == "An apple costs 1.25 EUR."
     assert task["usage"]["model_calls"] == 4
-    assert [s["node"] for s in task["steps"]] == ["plan", "act", "execute", "act", "verify"]
+    assert [s["kind"] for s in task["steps"]] == [
+        "model_called", "plan_made", "model_called", "tool_proposed", "tool_ran", "model_called",
+        "model_called", "answer_checked"]
+    assert [s["number"] for s in task["steps"]] == list(range(1, 9))
 
 
 async def test_approval_flow_and_idempotent_decisions(service: Service) -> None:
@@ -91,8 +100,10 @@ async def test_cancel_a_running_task_at_the_next_step(service: Service) -> None:
     assert done["error"]["type"] == "cancelled"
     events = await service.sse(created["id"])
     assert events[-1]["data"]["status"] == "CANCELLED"
-    assert [s["node"] for s in done["steps"]] == ["plan", "act", "execute"], \
+    assert [s["kind"] for s in done["steps"]] == [
+        "model_called", "plan_made", "model_called", "tool_proposed", "tool_ran", "run_stopped"], \
         "the step in flight finished, no later step ran"
+    assert done["steps"][-1]["stop"] == "cancelled"
 
 
 async def test_cancel_while_waiting_for_approval_is_immediate(service: Service) -> None:

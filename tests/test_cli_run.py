@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 
+from app.stack.mail import MailCapture
 from graph.testing import FakeOpenAIServer, FakeResponse, completion
 from tests.cli import run_cadre
 
@@ -31,7 +34,11 @@ async def test_run_prints_steps_and_stores_the_task(service_env: dict[str, str],
     assert result.code == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"model: fake at {server.base_url}"
-    assert any(line.startswith("[ 1] plan") and "Compute" in line for line in lines)
+    assert lines[1].startswith("tools: ") and "python" in lines[1], "the workers' tools"
+    assert any(line.startswith("[ 1] model     plan:") for line in lines)
+    assert any(line.startswith("[ 2] plan") and "1. Compute" in line for line in lines)
+    assert any(line.startswith("[ 5] check") and "goal met: True. computed" in line
+               for line in lines)
     assert "answer: 6 x 7 = 42" in lines
     assert "usage: 36 tokens in, 21 out, 3 model calls" in lines
 
@@ -43,7 +50,42 @@ async def test_run_prints_steps_and_stores_the_task(service_env: dict[str, str],
     finally:
         await conn.close()
     assert (task["status"], task["final_output"]) == ("SUCCEEDED", "6 x 7 = 42")
-    assert nodes == ["plan", "act", "verify"]
+    assert nodes == ["plan", "plan", "act", "verify", "verify"]
+
+
+async def test_run_uses_the_configured_tools_and_policy(
+        service_env: dict[str, str], database_url: str, mail_capture: MailCapture) -> None:
+    # The same tools and policy as a worker: SMTP_URL gives `send_email`, a side effect the
+    # policy holds for a person, asked on the terminal; rejected, nothing is sent.
+    await _admin(database_url)
+    mail = {"to": ["ops@example.com"], "subject": "Q3", "body": "numbers"}
+    async with FakeOpenAIServer() as server:
+        server.queue(
+            FakeResponse(body=completion(tool_calls=[("submit_plan", '{"steps": ["Mail ops"]}')])),
+            FakeResponse(body=completion(tool_calls=[("send_email", json.dumps(mail))])),
+            FakeResponse(body=completion(tool_calls=[
+                ("submit_plan", '{"steps": ["Say it was not sent"]}')])),
+            FakeResponse(body=completion("I did not send it.")),
+            FakeResponse(body=completion(tool_calls=[
+                ("submit_verdict", '{"goal_met": true, "reason": "told"}')])),
+        )
+        env = {**service_env, "OPENAI_BASE_URL": server.base_url, "CADRE_MODEL": "fake",
+               "SMTP_URL": mail_capture.url}
+        result = await run_cadre("run", "Mail the Q3 numbers to ops@example.com.",
+                                 "--reject-all", env=env)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "send_email" in result.stdout.splitlines()[1]
+    assert "approval needed: send_email(" in result.stdout
+    assert any("held      send_email for approval" in line for line in result.stdout.splitlines())
+    assert any("not run   send_email: a person rejected this call: by flag" in line
+               for line in result.stdout.splitlines())
+    assert not list(mail_capture.directory.glob("*.eml")), "nothing was sent"
+    conn = await asyncpg.connect(database_url)
+    try:
+        decision = await conn.fetchrow("SELECT tool, verdict FROM policy_decisions")
+    finally:
+        await conn.close()
+    assert (decision["tool"], decision["verdict"]) == ("send_email", "approve")
 
 
 async def test_run_reports_failure_with_its_reason(service_env: dict[str, str],

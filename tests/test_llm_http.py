@@ -78,7 +78,7 @@ async def test_whole_graph_over_http_with_a_forced_plan_tool(agent: Agent) -> No
         task_id = await agent.new_task("Capital of France?")
         done = await start(agent.graph, http_deps, thread_id=agent.conversation_id,
                            input=task_input(task_id=task_id, text="Capital of France?"))
-    assert done.status == "succeeded" and done.final_answer == "Paris."
+    assert done.status == "SUCCEEDED" and done.final_answer == "Paris."
     assert server.unexpected == 0
     plan_request = server.requests[0]
     assert plan_request["tool_choice"] == {"type": "function", "function": {"name": "submit_plan"}}

@@ -70,7 +70,7 @@ async def test_up_doctor_keys_supervise_stop_restart(
     ran = await run_cadre("run", "What is 6 times 7?", "--max-iterations", "2", "--reject-all",
                           env=clean_env, cwd=tmp_path, timeout=300)
     assert ran.code in (0, 1), ran.stdout + ran.stderr
-    assert "tiny offline model" in ran.stdout and "[ 1] plan" in ran.stdout
+    assert "tiny offline model" in ran.stdout and "[ 2] plan" in ran.stdout
     conn = await asyncpg.connect(stack["env"]["DATABASE_URL"])  # type: ignore[index]
     try:
         status, steps = await conn.fetchrow(

@@ -12,8 +12,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from app.deps import redis_client
-from app.events import Event, EventLog
+from app.events import Event, EventLog, StatusData, TokenData
 from app.streams import READER_NAME, StreamHub, parse_event_id
+from graph.status import TaskStatus
 
 
 @pytest.fixture
@@ -46,10 +47,10 @@ async def test_followers_of_many_tasks_get_every_event_once_in_order(
 
         async def publish(task_id: str) -> None:
             for n in range(30):
-                await events.publish(task_id, "thought", {"n": n})
+                await events.publish(task_id, TokenData(text=str(n)))
                 if n % 10 == 0:
                     await asyncio.sleep(0.01)
-            await events.publish(task_id, "status", {"status": "SUCCEEDED"})
+            await events.publish(task_id, StatusData(status=TaskStatus.SUCCEEDED))
 
         publishers = [asyncio.create_task(publish(t)) for t in tasks]
         await asyncio.sleep(0.05)
@@ -64,7 +65,8 @@ async def test_followers_of_many_tasks_get_every_event_once_in_order(
     for task_id, got in zip([*early, *late], results, strict=True):
         stored = await events.history(task_id)
         assert [e.id for e in got] == [e.id for e in stored], task_id
-        assert [e.data.get("n") for e in got[:-1]] == list(range(30))
+        assert [e.data.text for e in got[:-1] if isinstance(e.data, TokenData)] == [
+            str(n) for n in range(30)]
 
 
 async def test_a_follower_that_falls_behind_catches_up_from_redis(
@@ -74,12 +76,12 @@ async def test_a_follower_that_falls_behind_catches_up_from_redis(
                     block_seconds=2)
     task_id = str(uuid.uuid4())
     try:
-        await events.publish(task_id, "status", {"status": "RUNNING"})
+        await events.publish(task_id, StatusData(status=TaskStatus.RUNNING))
         slow = asyncio.create_task(_collect(hub, task_id, pause=0.02))
         await asyncio.sleep(0.1)
         for n in range(60):  # far more than the 3 events its buffer holds
-            await events.publish(task_id, "token", {"text": str(n)})
-        await events.publish(task_id, "status", {"status": "FAILED"})
+            await events.publish(task_id, TokenData(text=str(n)))
+        await events.publish(task_id, StatusData(status=TaskStatus.FAILED))
         got = await asyncio.wait_for(slow, 30)
     finally:
         await hub.aclose()
@@ -91,12 +93,12 @@ async def test_resuming_mid_stream_and_at_its_end(redis: aioredis.Redis, redis_u
     hub = StreamHub(url=redis_url, control=redis, events=events, block_seconds=2)
     task_id = str(uuid.uuid4())
     try:
-        ids = [await events.publish(task_id, "thought", {"n": n}) for n in range(5)]
-        ids.append(await events.publish(task_id, "status", {"status": "CANCELLED"}))
+        ids = [await events.publish(task_id, TokenData(text=str(n))) for n in range(5)]
+        ids.append(await events.publish(task_id, StatusData(status=TaskStatus.CANCELLED)))
         middle = await asyncio.wait_for(_collect(hub, task_id, after=ids[2]), 10)
         assert [e.id for e in middle] == ids[3:]
         at_end = await asyncio.wait_for(_collect(hub, task_id, after=ids[-1]), 10)
-        assert [(e.id, e.data) for e in at_end] == [(ids[-1], {"status": "CANCELLED"})]
+        assert [(e.id, e.data) for e in at_end] == [(ids[-1], StatusData(status="CANCELLED"))]
     finally:
         await hub.aclose()
 

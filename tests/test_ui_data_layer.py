@@ -102,8 +102,8 @@ async def test_threads_are_conversations_each_user_sees_only_theirs(
     assert shown[:6] == [
         ("user_message", "ana@example.com", first["id"].split("-")[0]),
         ("assistant_message", "Cadre", "plan"),
-        ("tool", "lookup_price", "log"),
-        ("llm", "check", "log"),
+        ("tool", "lookup_price", "step"),
+        ("llm", "check", "step"),
         ("assistant_message", "Cadre", "answer"),
         ("assistant_message", "Cadre", "files")], shown
     tool = steps[2]

@@ -145,9 +145,10 @@ async def test_sigterm_finishes_the_step_releases_the_lease_and_another_worker_c
         row = await deps.db.fetchrow("SELECT status, lease_owner FROM tasks WHERE id = $1::uuid",
                                      task["id"])
         assert (row["status"], row["lease_owner"]) == ("RUNNING", None)
-        steps = [r["node"] for r in await deps.db.fetch(
-            "SELECT node FROM agent_logs WHERE task_id = $1::uuid ORDER BY id", task["id"])]
-        assert steps == ["plan", "act", "execute"], "the step in flight was finished"
+        steps = [r["kind"] for r in await deps.db.fetch(
+            "SELECT kind FROM agent_logs WHERE task_id = $1::uuid ORDER BY id", task["id"])]
+        assert steps == ["model_called", "plan_made", "model_called", "tool_proposed",
+                         "tool_ran"], "the step in flight was finished, and no stop recorded"
 
         model.add(reply("Waited."), verdict(True))
         stop2 = asyncio.Event()
@@ -164,7 +165,8 @@ async def test_sigterm_finishes_the_step_releases_the_lease_and_another_worker_c
 
 async def test_a_redelivery_repairs_what_a_worker_died_before_announcing(service: Service) -> None:
     """Killed after recording SUCCEEDED but before announcing it and sending the next task."""
-    from app.events import EventLog
+    from app.events import EventLog, FinalData, StatusData
+    from graph.status import TaskStatus
     from graph.testing import plan, reply, verdict
 
     db = service.deps.db
@@ -178,12 +180,12 @@ async def test_a_redelivery_repairs_what_a_worker_died_before_announcing(service
         "INSERT INTO tasks (user_id, conversation_id, input, status, dispatched_at) "
         "VALUES ($1, $2, 'second', 'QUEUED', now()) RETURNING id", user, conv))
     events = EventLog(service.deps.redis)
-    await events.publish(done_id, "status", {"status": "RUNNING"})
+    await events.publish(done_id, StatusData(status=TaskStatus.RUNNING))
 
     service.model.add(plan("Answer"), reply("second answer"), verdict(True))
     await service.deps.queue.send(TaskMessage(task_id=done_id))
     assert (await service.wait_status(next_id, "SUCCEEDED"))["final_output"] == "second answer"
     history = await events.history(done_id)
     assert [e.type for e in history] == ["status", "final", "status"]
-    assert history[1].data == {"output": "the answer", "usage": {"model_calls": 3}}
-    assert history[-1].data == {"status": "SUCCEEDED"}
+    assert history[1].data == FinalData(output="the answer", usage={"model_calls": 3})
+    assert history[-1].data == StatusData(status=TaskStatus.SUCCEEDED)

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 import asyncpg
 from chainlit.data.base import BaseDataLayer
@@ -32,6 +32,17 @@ from fastapi import HTTPException
 
 from app.history import ConversationLog, TaskLog, conversation_owner, load_conversation
 from app.ui import render
+from graph.steps import (
+    AnswerChecked,
+    ModelCalled,
+    PlanMade,
+    RunStopped,
+    Step,
+    ToolHeld,
+    ToolNotRun,
+    ToolProposed,
+    ToolRan,
+)
 
 _ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
 
@@ -206,26 +217,13 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
     user = step(task.created_at, task.id, "user_message", conversation.owner_email, task.input)
     user[1]["parentId"] = None
     out = [user]
-    plans = [s for s in task.steps if s.node == "plan" and s.thought]
+    plans = [s for s in task.steps if isinstance(s, PlanMade)]
     for log in task.steps:
-        if log.node == "plan" and plans and log is plans[-1]:
-            out.append(step(log.created_at, render.plan_id(task.id), "assistant_message",
-                            render.CHAT_NAME, render.plan_text(
-                                _plan_lines(log.thought or ""), revised=len(plans) > 1)))
-        elif log.node == "execute":
-            output = log.tool_output if isinstance(log.tool_output, dict) else {}
-            shown, language = render.tool_input(log.tool_input)
-            out.append(step(log.created_at, f"log-{log.id}", "tool", log.tool_name or "tool",
-                            _text(output.get("content")), input=shown,
-                            is_error=not output.get("ok"), showInput=language))
-        elif log.node == "approve":
-            shown, language = render.tool_input(log.tool_input)
-            out.append(step(log.created_at, f"log-{log.id}", "tool", log.tool_name or "tool",
-                            log.thought or "not run", input=shown, is_error=True,
-                            showInput=language))
-        elif log.node in ("act", "verify") and log.thought and log.thought != task.final_output:
-            out.append(step(log.created_at, f"log-{log.id}", "llm",
-                            "check" if log.node == "verify" else "reasoning", log.thought))
+        shown = _shown(log, task, latest_plan=plans[-1] if plans else None,
+                       revised=len(plans) > 1)
+        if shown is not None:
+            id_, type_, name, output, more = shown
+            out.append(step(log.at, id_, type_, name, output, **more))
     for approval in task.approvals:
         out.append(step(approval.created_at, render.approval_message_id(approval.id),
                         "assistant_message", render.CHAT_NAME, render.approval_text(
@@ -235,8 +233,7 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
         # Live, the files show after the tool call that wrote them (which is logged after it
         # saved them): so here too.
         first = task.artifacts[0].created_at
-        calls = [log.created_at for log in task.steps
-                 if log.node == "execute" and log.created_at >= first]
+        calls = [log.at for log in task.steps if isinstance(log, ToolRan) and log.at >= first]
         out.append(step((min(calls) if calls else first) + timedelta(microseconds=1),
                         render.files_id(task.id),
                         "assistant_message", render.CHAT_NAME,
@@ -252,9 +249,34 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
     return out
 
 
-def _plan_lines(text: str) -> list[str]:
-    return [line.split(". ", 1)[1] if ". " in line and line.split(". ", 1)[0].isdigit() else line
-            for line in text.splitlines() if line.strip()]
+def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: bool
+           ) -> tuple[str, str, str, str, dict[str, Any]] | None:
+    """How a recorded step appears in the thread (id, type, name, output, more), if at all."""
+    at = f"step-{task.id}-{log.number}"
+    match log:
+        case PlanMade():
+            if log is not latest_plan:  # the plan message shows the latest plan only
+                return None
+            return (render.plan_id(task.id), "assistant_message", render.CHAT_NAME,
+                    render.plan_text([i.description for i in log.steps], revised=revised), {})
+        case ToolRan():
+            shown, language = render.tool_input(log.arguments)
+            return (at, "tool", log.tool, _text(log.content),
+                    {"input": shown, "is_error": not log.ok, "showInput": language})
+        case ToolNotRun():
+            shown, language = render.tool_input(log.arguments)
+            return (at, "tool", log.tool, log.message or "not run",
+                    {"input": shown, "is_error": True, "showInput": language})
+        case ModelCalled():
+            if log.purpose != "act" or not log.text or log.text == task.final_output:
+                return None
+            return at, "llm", "reasoning", log.text, {}
+        case AnswerChecked():
+            return at, "llm", "check", f"goal met: {log.met}. {log.reason}", {}
+        case ToolProposed() | ToolHeld() | RunStopped():
+            return None  # shown with its result, its approval, the task's error
+        case _:
+            assert_never(log)
 
 
 def _text(value: Any) -> str:

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import chainlit as cl
 from chainlit.context import context, local_steps
@@ -30,9 +30,22 @@ from chainlit.session import WebsocketSession
 from chainlit.utils import utc_now
 
 from app.auth import Principal
-from app.events import Event
+from app.events import (
+    ApprovalRequiredData,
+    ErrorData,
+    Event,
+    FinalData,
+    ModelCallData,
+    PlanData,
+    StatusData,
+    ThoughtData,
+    TokenData,
+    ToolCallData,
+    ToolResultData,
+)
 from app.ui import render
 from app.ui.runtime import UIServices
+from graph.status import TaskStatus
 
 log = logging.getLogger("cadre.ui")
 
@@ -98,37 +111,41 @@ class TaskView:
 
     async def show(self, event: Event) -> None:
         data = event.data
-        match event.type:
-            case "status":
+        match data:
+            case StatusData():
                 await self._status(data)
-            case "plan":
-                await self._plan([str(s.get("description", "")) for s in data.get("plan", [])])
-            case "thought":
+            case PlanData():
+                await self._plan([item.description for item in data.plan])
+            case ThoughtData():
                 await self._thought(data)
-            case "tool_call":
+            case ToolCallData():
                 await self._settle_draft()
                 await self._tool_call(data)
-            case "tool_result":
+            case ToolResultData():
                 await self._tool_result(data)
-            case "approval_required":
+            case ApprovalRequiredData():
                 await self._approval(data)
-            case "token":
-                await self._token(str(data.get("text", "")))
-            case "final":
-                await self._final(data.get("output"))
-            case "error":
+            case TokenData():
+                await self._token(data.text)
+            case FinalData():
+                await self._final(data.output)
+            case ErrorData():
                 await self._error(data)
+            case ModelCallData():
+                pass  # the cost of a call is not shown in the chat
+            case _:
+                assert_never(data)
 
     # -- events ----------------------------------------------------------------------------
 
-    async def _status(self, data: dict[str, Any]) -> None:
-        status = data.get("status")
-        if data.get("approval") in ("APPROVED", "REJECTED") or status != "PENDING_APPROVAL":
+    async def _status(self, data: StatusData) -> None:
+        status = data.status
+        if data.approval is not None or status != TaskStatus.PENDING_APPROVAL:
             await self._decided()
-        if status in ("QUEUED", "RUNNING"):
+        if status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
             await self.set_working(True)
         else:
-            if status != "PENDING_APPROVAL":
+            if status != TaskStatus.PENDING_APPROVAL:
                 await self._show_files()
             await self.set_working(False)
             self.paused.set()
@@ -141,19 +158,19 @@ class TaskView:
                                       parent_id=self.parent_id, author=render.CHAT_NAME),
                            new=self.plans == 1)
 
-    async def _thought(self, data: dict[str, Any]) -> None:
-        text = str(data.get("text") or "")
-        if data.get("node") == "act":
+    async def _thought(self, data: ThoughtData) -> None:
+        text = data.text
+        if data.node == "act":
             # Reasoning if tool calls follow, else the answer the verifier is about to check.
             self._act_thought = text
             return
         self._act_thought = ""
         await self._llm_step("check", text)
 
-    async def _tool_call(self, data: dict[str, Any]) -> None:
-        call_id = str(data.get("id") or len(self._tools))
-        text, language = render.tool_input(data.get("arguments") or {})
-        step = cl.Step(name=str(data.get("name") or "tool"), type="tool",
+    async def _tool_call(self, data: ToolCallData) -> None:
+        call_id = data.id or str(len(self._tools))
+        text, language = render.tool_input(data.arguments)
+        step = cl.Step(name=data.name or "tool", type="tool",
                        id=render.tool_step_id(self.task_id, call_id), parent_id=self.parent_id,
                        show_input=language)
         step.input = text
@@ -161,25 +178,24 @@ class TaskView:
         self._tools[call_id] = step
         await step.send()
 
-    async def _tool_result(self, data: dict[str, Any]) -> None:
-        call_id = str(data.get("id") or "")
+    async def _tool_result(self, data: ToolResultData) -> None:
+        call_id = data.id
         step = self._tools.get(call_id)
         if step is None:  # its call was shown before this session started following
-            step = cl.Step(name=str(data.get("name") or "tool"), type="tool",
+            step = cl.Step(name=data.name or "tool", type="tool",
                            id=render.tool_step_id(self.task_id, call_id or str(len(self._tools))),
                            parent_id=self.parent_id, show_input="json")
             step.start = _now()
             await step.send()
-        content = data.get("content")
-        step.output = content if content not in (None, "") else "(no output)"
-        step.is_error = not data.get("ok", False)
+        step.output = data.content or "(no output)"
+        step.is_error = not data.ok
         step.end = _now()
         await step.update()
         await self._show_files()
 
-    async def _approval(self, data: dict[str, Any]) -> None:
-        approval_id = str(data["approval_id"])
-        shown = (str(data.get("tool")), data.get("arguments"), str(data.get("reason") or ""))
+    async def _approval(self, data: ApprovalRequiredData) -> None:
+        approval_id = data.approval_id
+        shown = (data.tool, data.arguments, data.reason)
         self._pending[approval_id] = shown
         for step in self._tools.values():
             if step.name == shown[0] and step.end is None and not step.output:
@@ -232,11 +248,11 @@ class TaskView:
         await self._upsert(answer, new=not self._answer_sent)
         self._answer, self._answer_sent = answer, True
 
-    async def _error(self, data: dict[str, Any]) -> None:
+    async def _error(self, data: ErrorData) -> None:
         await self._settle_draft()
         await self._show_files()
-        status = "CANCELLED" if data.get("type") == "cancelled" else "FAILED"
-        message = cl.Message(content=render.error_text(data, status),
+        status = "CANCELLED" if data.type == "cancelled" else "FAILED"
+        message = cl.Message(content=render.error_text(data.model_dump(), status),
                              id=render.answer_id(self.task_id), parent_id=self.parent_id,
                              author=render.CHAT_NAME)
         message.is_error = True

@@ -1,24 +1,31 @@
-"""What every node shares: limits, usage accounting and step records."""
+"""What every node shares: limits, usage accounting, model calls and their step records."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from graph.deps import GraphDeps
 from graph.errors import BudgetExceeded, RunFailure
 from graph.llm import call_model
-from graph.recorder import StepRecord
+from graph.recorder import Steps
 from graph.state import AgentState, Stop, Usage, empty_usage
+from graph.steps import ModelCalled, RunStopped
 from graph.window import Window, build_window, estimate_tokens, mirror_window
 
 
 def stop(failure: RunFailure) -> dict[str, Any]:
     return {"stop": Stop(kind=failure.kind, message=failure.message)}
+
+
+async def stopped(steps: Steps, failure: RunFailure) -> dict[str, Any]:
+    """End the run with `failure`, recorded as the run's last step."""
+    await steps.add(RunStopped, stop=failure.kind, message=failure.message)
+    return {**stop(failure), "step": steps.last}
 
 
 def deadline_passed(state: AgentState) -> bool:
@@ -40,31 +47,24 @@ def over_budget(state: AgentState, window: Sequence[BaseMessage]) -> str | None:
     return None
 
 
-def add_usage(state: AgentState, message: AIMessage, window: Sequence[BaseMessage]) -> Usage:
-    """Count the model's reported usage (estimated only when the server reports none)."""
-    usage = state.get("usage") or empty_usage()
+def call_tokens(message: AIMessage, window: Sequence[BaseMessage]) -> tuple[int, int, bool]:
+    """A call's tokens in and out as the server reported them, or estimated when it reported
+    none (some servers send no usage when streaming); the flag says which."""
     reported = message.usage_metadata
-    tokens_in = reported["input_tokens"] if reported else estimate_tokens(window)
-    tokens_out = reported["output_tokens"] if reported else estimate_tokens([message])
+    if reported:
+        return reported["input_tokens"], reported["output_tokens"], False
+    return estimate_tokens(window), estimate_tokens([message]), True
+
+
+def add_usage(state: AgentState, message: AIMessage, window: Sequence[BaseMessage]) -> Usage:
+    """Count one call's tokens in the task's usage."""
+    usage = state.get("usage") or empty_usage()
+    tokens_in, tokens_out, _ = call_tokens(message, window)
     return Usage(
         tokens_in=usage["tokens_in"] + tokens_in,
         tokens_out=usage["tokens_out"] + tokens_out,
         model_calls=usage["model_calls"] + 1,
     )
-
-
-def call_tokens(message: AIMessage) -> tuple[int, int]:
-    reported = message.usage_metadata
-    return (reported["input_tokens"], reported["output_tokens"]) if reported else (0, 0)
-
-
-async def record(deps: GraphDeps, state: AgentState, node: str, **fields: Any) -> int:
-    """Write one step record; returns the step number used."""
-    number = state.get("step", 0) + 1
-    await deps.recorder.record(
-        StepRecord(task_id=state["task_id"], step_number=number, node=node, **fields)
-    )
-    return number
 
 
 async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
@@ -115,24 +115,25 @@ class Asked:
     window: Window
     latency_ms: int
 
-    def cost(self) -> dict[str, int]:
-        tokens_in, tokens_out = call_tokens(self.message)
-        return {"tokens_in": tokens_in, "tokens_out": tokens_out, "latency_ms": self.latency_ms}
-
     def state_update(self, state: AgentState) -> dict[str, Any]:
         return {"usage": add_usage(state, self.message, self.window.messages),
                 **window_state(self.window)}
 
 
-async def ask(deps: GraphDeps, state: AgentState, system: str, *,
-              tools: Sequence[dict[str, Any]], tool_choice: str | None = None
-              ) -> Asked | dict[str, Any]:
-    """Build the window, check the budget, call the model. Returns the call, or the state
-    update that stops the run when the budget would be exceeded."""
+async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
+              purpose: Literal["plan", "act", "verify"], tools: Sequence[dict[str, Any]],
+              tool_choice: str | None = None) -> Asked | dict[str, Any]:
+    """Build the window, check the budget, call the model, record the call. Returns the call,
+    or the state update that stops the run when the budget would be exceeded."""
     window = await window_for(deps, state, system)
     if reason := over_budget(state, window.messages):
-        return stop(BudgetExceeded(reason))
+        return await stopped(steps, BudgetExceeded(reason))
     started = time.monotonic()
     message = await call_model(deps.model, window.messages, tools=tools, tool_choice=tool_choice)
-    return Asked(message=message, window=window,
-                 latency_ms=int((time.monotonic() - started) * 1000))
+    latency_ms = int((time.monotonic() - started) * 1000)
+    tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
+    await steps.add(ModelCalled, purpose=purpose, model=deps.model_name, tokens_in=tokens_in,
+                    tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
+                    finish_reason=message.response_metadata.get("finish_reason"),
+                    text=str(message.content), tool_calls=len(message.tool_calls))
+    return Asked(message=message, window=window, latency_ms=latency_ms)

@@ -8,30 +8,31 @@ from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
 from graph.errors import DeadlineExceeded, IterationLimit
-from graph.nodes._common import Asked, ask, deadline_passed, record, stop
+from graph.nodes._common import Asked, ask, deadline_passed, stopped
 from graph.prompts import act_prompt
+from graph.recorder import Steps
 from graph.state import AgentState
+from graph.steps import ToolProposed
 
 
 async def act(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
     deps = runtime.context
+    steps = Steps(deps.recorder, state)
     iterations = state.get("iterations", 0)
     limit = state.get("max_iterations", 15)
     if iterations >= limit:
-        return stop(IterationLimit(f"stopped after {limit} iterations without finishing"))
+        return await stopped(steps, IterationLimit(
+            f"stopped after {limit} iterations without finishing"))
     if deadline_passed(state):
-        return stop(DeadlineExceeded("the task's deadline passed"))
+        return await stopped(steps, DeadlineExceeded("the task's deadline passed"))
     system = act_prompt(state.get("plan") or [], state.get("current_step", 1),
                         state.get("observations") or [])
-    asked = await ask(deps, state, system, tools=deps.toolset.schemas())
+    asked = await ask(deps, state, steps, system, purpose="act", tools=deps.toolset.schemas())
     if not isinstance(asked, Asked):
         return asked
     message = asked.message
-    step = await record(deps, state, "act", thought=str(message.content) or None,
-                        tool_name=", ".join(c["name"] for c in message.tool_calls) or None,
-                        tool_input=[c["args"] for c in message.tool_calls] or None,
-                        detail={"tool_calls": [{"id": c["id"], "name": c["name"],
-                                                "arguments": c["args"]} for c in message.tool_calls]},
-                        **asked.cost())
-    return {"messages": [message], "iterations": iterations + 1, "step": step,
+    for call in message.tool_calls:
+        await steps.add(ToolProposed, call_id=call["id"] or "", tool=call["name"],
+                        arguments=dict(call["args"]))
+    return {"messages": [message], "iterations": iterations + 1, "step": steps.last,
             **asked.state_update(state)}

@@ -10,9 +10,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import ValidationError
 
+from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.deps import GraphDeps
-from graph.nodes._common import last_ai, record
+from graph.nodes._common import last_ai
+from graph.recorder import Steps
 from graph.state import AgentState, Decision
+from graph.steps import NotRunWhy, ToolHeld, ToolNotRun
 from guardrails import Allow, Deny, PolicyCall, RequireApproval, Risk, Verdict
 from guardrails.verdict import require_approval
 from tools.contract import describe_validation_error
@@ -20,21 +23,26 @@ from tools.contract import describe_validation_error
 
 async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
     deps = runtime.context
+    steps = Steps(deps.recorder, state)
     message = last_ai(state)
     assert message is not None, "approve runs after act"
     decisions: list[Decision] = []
+    not_run: dict[str, NotRunWhy] = {}
     replan_reason: str | None = None
 
     for bad in message.invalid_tool_calls:
-        decisions.append(Decision(
+        decision = Decision(
             tool_call_id=bad.get("id") or f"invalid-{uuid.uuid4().hex[:8]}",
             name=bad.get("name") or "?", arguments={}, run=False,
             message=f"malformed tool call ({bad.get('error') or 'arguments are not valid JSON'}); "
                     "send the arguments as a JSON object matching the tool's schema",
-        ))
+        )
+        decisions.append(decision)
+        not_run[decision["tool_call_id"]] = "malformed"
 
-    # Interrupts below must come before any step record: on resume this node runs again from
-    # the top (the audit log's write is idempotent).
+    # On resume this node runs again from the top: what it records before an interrupt gets
+    # the same step numbers again (the store keeps the first), and the audit log's write is
+    # idempotent.
     for call in message.tool_calls:
         decision = Decision(tool_call_id=call["id"] or "", name=call["name"],
                             arguments=dict(call["args"]), run=False, message="")
@@ -43,12 +51,14 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             names = ", ".join(t.name for t in deps.toolset) or "none"
             decision["message"] = f"unknown tool {call['name']!r}; available tools: {names}"
             decisions.append(decision)
+            not_run[decision["tool_call_id"]] = "unknown_tool"
             continue
         try:
             tool.validate(call["args"])
         except ValidationError as exc:
             decision["message"] = f"invalid arguments for {tool.name}: {describe_validation_error(exc)}"
             decisions.append(decision)
+            not_run[decision["tool_call_id"]] = "invalid_arguments"
             continue
 
         role = state.get("role", "analyst")
@@ -64,33 +74,32 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             decision["run"] = True
         elif isinstance(verdict, Deny):
             decision["message"] = f"denied by policy ({verdict.rule}): {verdict.message}"
+            not_run[decision["tool_call_id"]] = "denied"
         elif isinstance(verdict, RequireApproval):
-            answer = interrupt({
-                "type": "approval_required",
-                "tool_call_id": decision["tool_call_id"],
-                "tool": tool.name,
-                "arguments": decision["arguments"],
-                "risk": tool.risk,
-                "reason": verdict.reason,
-                "rule": verdict.rule,
-            })
-            approved, comment = _read_answer(answer)
-            if approved:
+            request = ApprovalRequest(tool_call_id=decision["tool_call_id"], tool=tool.name,
+                                      arguments=decision["arguments"], risk=tool.risk,
+                                      reason=verdict.reason, rule=verdict.rule)
+            await steps.add(ToolHeld, call_id=request.tool_call_id, tool=request.tool,
+                            arguments=request.arguments, risk=request.risk,
+                            reason=request.reason, rule=request.rule)
+            answer = read_decision(interrupt(request.model_dump()))
+            if answer.approved:
                 decision["run"] = True
             else:
+                comment = answer.comment
                 decision["message"] = "a person rejected this call" + (f": {comment}" if comment else "")
                 replan_reason = f"a person rejected {tool.name}" + (f" ({comment})" if comment else "")
+                not_run[decision["tool_call_id"]] = "rejected"
         else:
             assert_never(verdict)
         decisions.append(decision)
 
-    step = state.get("step", 0)
     for d in decisions:
         if not d["run"]:
-            step = await record(deps, {**state, "step": step}, "approve", tool_name=d["name"],
-                                tool_input=d["arguments"], thought=d["message"],
-                                detail={"tool_call_id": d["tool_call_id"]})
-    return {"decisions": decisions, "replan_reason": replan_reason, "step": step}
+            await steps.add(ToolNotRun, call_id=d["tool_call_id"], tool=d["name"],
+                            arguments=d["arguments"], why=not_run[d["tool_call_id"]],
+                            message=d["message"])
+    return {"decisions": decisions, "replan_reason": replan_reason, "step": steps.last}
 
 
 def escalate(verdict: Verdict, *, risk: Risk, untrusted: list[str]) -> Verdict:
@@ -108,8 +117,12 @@ def escalate(verdict: Verdict, *, risk: Risk, untrusted: list[str]) -> Verdict:
     return verdict
 
 
-def _read_answer(answer: Any) -> tuple[bool, str]:
-    """A resume value is `{"decision": "approve" | "reject", "comment": ...}`; anything else rejects."""
-    if isinstance(answer, dict) and answer.get("decision") in ("approve", "reject"):
-        return answer["decision"] == "approve", str(answer.get("comment") or "")
-    return False, "the approval answer was not understood"
+def read_decision(answer: Any) -> ApprovalDecision:
+    """The resume value as a decision (an `ApprovalDecision` or its JSON); anything else
+    rejects, saying so."""
+    if isinstance(answer, ApprovalDecision):
+        return answer
+    try:
+        return ApprovalDecision.model_validate(answer)
+    except ValidationError:
+        return ApprovalDecision(decision="reject", comment="the approval answer was not understood")

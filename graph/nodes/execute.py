@@ -11,17 +11,18 @@ from langchain_core.messages import ToolMessage
 from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
-from graph.nodes._common import record
+from graph.recorder import Steps
 from graph.state import AgentState
+from graph.steps import ToolRan
 from guardrails.screening import spotlight
 from tools import ToolContext, ToolOutcome
 
 
 async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
     deps = runtime.context
+    steps = Steps(deps.recorder, state)
     results: list[ToolMessage] = []
     sources: list[str] = []
-    step = state.get("step", 0)
     for decision in state.get("decisions") or []:
         started = time.monotonic()
         replayed = False
@@ -33,18 +34,18 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                 ctx, tool_name=tool.name, arguments=decision["arguments"],
                 call=functools.partial(tool.invoke, ctx, decision["arguments"]),
             )
-            detail: dict[str, Any] = {"tool_call_id": decision["tool_call_id"]}
+            flags: list[str] = []
             content = outcome.content
             if outcome.untrusted:
                 # Screened, then wrapped so the model reads it as data, never as instructions.
-                detail["flags"] = await deps.screen.flags(outcome.content)
+                flags = await deps.screen.flags(outcome.content)
                 content = spotlight(outcome.content, source=tool.name)
                 sources.append(f"{tool.name} output")
-            step = await record(deps, {**state, "step": step}, "execute", tool_name=tool.name,
-                                tool_input=decision["arguments"],
-                                tool_output={**outcome.to_json(), "replayed": replayed},
-                                latency_ms=int((time.monotonic() - started) * 1000),
-                                detail=detail)
+            await steps.add(ToolRan, call_id=decision["tool_call_id"], tool=tool.name,
+                            arguments=decision["arguments"], ok=outcome.ok,
+                            content=outcome.content, replayed=replayed,
+                            untrusted=outcome.untrusted, flags=flags,
+                            latency_ms=int((time.monotonic() - started) * 1000))
         else:
             outcome = ToolOutcome(ok=False, content=decision["message"])
             content = outcome.content
@@ -54,4 +55,4 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             name=decision["name"],
             status="success" if outcome.ok else "error",
         ))
-    return {"messages": results, "step": step, "untrusted": sources}
+    return {"messages": results, "step": steps.last, "untrusted": sources}

@@ -10,7 +10,8 @@ from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
 from graph.errors import RepeatedToolCalls
-from graph.nodes._common import stop
+from graph.nodes._common import stopped
+from graph.recorder import Steps
 from graph.state import AgentState, PlanStep
 
 REPEAT_LIMIT = 3
@@ -31,7 +32,8 @@ async def observe(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
     if len(recent) == REPEAT_LIMIT and len(set(recent)) == 1:
         name = recent[0].split(":", 1)[0]
         if state.get("repeat_replans", 0) >= 1:
-            return {**update, **stop(RepeatedToolCalls(
+            return {**update, **await stopped(Steps(runtime.context.recorder, state),
+                                              RepeatedToolCalls(
                 f"{name} was called with the same arguments {REPEAT_LIMIT} times in a row, "
                 "again after a re-plan"))}
         return {**update, "recent_calls": [], "repeat_replans": state.get("repeat_replans", 0) + 1,

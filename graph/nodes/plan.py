@@ -8,17 +8,21 @@ from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
 from graph.errors import DeadlineExceeded
-from graph.nodes._common import Asked, ask, deadline_passed, record, stop, task_input
+from graph.nodes._common import Asked, ask, deadline_passed, stopped, task_input
 from graph.prompts import SUBMIT_PLAN, plan_prompt
+from graph.recorder import Steps
 from graph.state import AgentState, PlanStep
+from graph.steps import PlanItem, PlanMade
 
 
 async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
     deps = runtime.context
+    steps_log = Steps(deps.recorder, state)
     if deadline_passed(state):
-        return stop(DeadlineExceeded("the task's deadline passed while planning"))
+        return await stopped(steps_log, DeadlineExceeded("the task's deadline passed while planning"))
     tool_lines = "\n".join(f"- {t.name}: {t.description.splitlines()[0]}" for t in deps.toolset)
-    asked = await ask(deps, state, plan_prompt(tool_lines, state.get("replan_reason")),
+    reason = state.get("replan_reason")
+    asked = await ask(deps, state, steps_log, plan_prompt(tool_lines, reason), purpose="plan",
                       tools=[SUBMIT_PLAN], tool_choice="submit_plan")
     if not isinstance(asked, Asked):
         return asked
@@ -31,11 +35,10 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     plan_steps = [PlanStep(number=i, description=s, status="pending")
                   for i, s in enumerate(steps, start=1)]
     plan_steps[0]["status"] = "in_progress"
-    step = await record(deps, state, "plan",
-                        thought="\n".join(f"{p['number']}. {p['description']}" for p in plan_steps),
-                        detail={"plan": plan_steps}, **asked.cost())
+    await steps_log.add(PlanMade, steps=[PlanItem(**p) for p in plan_steps],
+                        revised=bool(state.get("plan")), reason=reason)
     return {"plan": plan_steps, "current_step": 1, "replan_reason": None, "errors": errors,
-            "step": step, **asked.state_update(state)}
+            "step": steps_log.last, **asked.state_update(state)}
 
 
 def _parse(calls: list[Any]) -> tuple[list[str], str | None]:

@@ -1,0 +1,40 @@
+"""Approvals as data: what a held tool call asks a person (`ApprovalRequest`, the graph's
+interrupt payload) and what the person answers (`ApprovalDecision`, the resume value). The
+same two models travel through the checkpoint, the queue, the REST and WebSocket bodies, the
+chat UI and `cadre run`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from guardrails import Risk
+
+
+class ApprovalRequest(BaseModel):
+    """A tool call the policy holds for a person."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    tool_call_id: str
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    risk: Risk = "side_effect"
+    reason: str = ""
+    rule: str | None = None
+
+
+class ApprovalDecision(BaseModel):
+    """A person's answer to an `ApprovalRequest`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+    # The `approvals` row decided, when the decision came through the task service.
+    approval_id: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
