@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import migrate
 from app.stack.ephemeral import ephemeral_services
+from app.store import StepStore
 from graph import GraphDeps, compile_graph, postgres_checkpointer, task_input
-from graph.recorder import PostgresRecorder
 from graph.run import start
 from graph.testing import ScriptedModel, call, plan, reply, verdict
 from guardrails import DefaultPolicy
@@ -95,12 +95,12 @@ async def _bench(url: str, redis_url: str, runs: int) -> None:
                                         *[call("add", {"a": n, "b": 1}) for n in range(STEPS)],
                                         reply("done"), verdict(True))
             deps = GraphDeps(model=model, toolset=_toolset(), policy=DefaultPolicy(),
-                             ledger=Ledger(db), recorder=PostgresRecorder(db), redis=rds)
+                             ledger=Ledger(db), recorder=StepStore(db), redis=rds)
             began = time.perf_counter()
             result = await start(graph, deps, thread_id=conv,
                                  input=task_input(task_id=task, text="sum things"))
             elapsed = time.perf_counter() - began
-            assert result.status == "succeeded", result
+            assert result.status == "SUCCEEDED", result
             if i >= 5:
                 cadre_times.append(elapsed / STEPS)
                 cadre_bytes.append(await _checkpoint_bytes(db, conv))

@@ -5,8 +5,8 @@ the worker and publishes their events with `EventLog.publish`, so no worker or m
 For each N followers, two layouts: every follower on one task, and followers spread over
 tasks (`--per-task` each). Each task first gets a `status` RUNNING event (the "ready" event:
 a follower that has it is registered with the hub); when every follower has it, `--events`
-`token` events are published per task, one every 20 ms (`--pace-ms`), each carrying
-`{"sent": time.time(), "n": k}`, then the terminal `status` SUCCEEDED. Per layout it prints:
+`token` events are published per task, one every 20 ms (`--pace-ms`), the time each was sent
+kept by its event id, then the terminal `status` SUCCEEDED. Per layout it prints:
 connections that failed (not 200, e.g. a 503) or were dropped before the terminal event, how
 many followers got exactly the task's `EventLog.history` (every event once, in order),
 publish-to-receipt latency and events received per second, `GET /v1/tasks/{id}` latency with
@@ -60,13 +60,14 @@ sys.path.insert(0, str(ROOT))
 
 from app import migrate  # noqa: E402
 from app.deps import Deps, open_deps  # noqa: E402
-from app.events import TERMINAL_STATUSES, EventLog, decode_event, stream_key  # noqa: E402
+from app.events import EventLog, StatusData, TokenData, decode_event, stream_key  # noqa: E402
 from app.keys import create_key  # noqa: E402
 from app.queue import ensure_queues, sqs_client  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.stack.ephemeral import ephemeral_services  # noqa: E402
 from app.stack.ports import free_port  # noqa: E402
 from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
+from graph.status import TERMINAL, TaskStatus  # noqa: E402
 
 # GET /v1/tasks/{id} is timed once every SAMPLE_INTERVAL unless SAMPLE_IN_FLIGHT requests
 # still wait for their answer; with no stream open, for IDLE_SECONDS.
@@ -106,7 +107,7 @@ class _Follower:
     def take(self, event_id: str, kind: str, data: str, now: float) -> None:
         self.ids.append(event_id)
         self.times.append(now)
-        if kind == "status" and json.loads(data).get("status") in TERMINAL_STATUSES:
+        if kind == "status" and json.loads(data).get("status") in TERMINAL:
             self.finished = True
 
 
@@ -328,9 +329,9 @@ async def _publish(events: EventLog, task_ids: list[str], count: int, pace: floa
     async def one(task_id: str, k: int) -> None:
         at = time.time()
         if k < count:
-            event_id = await events.publish(task_id, "token", {"sent": at, "n": k})
+            event_id = await events.publish(task_id, TokenData(text=f"token {k}"))
         else:
-            event_id = await events.publish(task_id, "status", {"status": "SUCCEEDED", "sent": at})
+            event_id = await events.publish(task_id, StatusData(status=TaskStatus.SUCCEEDED))
         sent[(task_id, event_id)] = at
 
     for k in range(count + 1):
@@ -366,7 +367,7 @@ async def _hub_round(ctx: _Context, n: int, per_task: int, events: int) -> dict[
     n_tasks = max(1, -(-n // per_task))
     task_ids = await _new_tasks(ctx, n_tasks)
     for task_id in task_ids:
-        await ctx.events.publish(task_id, "status", {"status": "RUNNING"})
+        await ctx.events.publish(task_id, StatusData(status=TaskStatus.RUNNING))
     idle = await ctx.sampler.sample(task_ids[0], IDLE_SECONDS)
 
     followers = [_Follower(task_id=task_ids[i % n_tasks]) for i in range(n)]
@@ -431,7 +432,8 @@ async def _old_round(ctx: _Context, n: int, per_task: int, events: int) -> dict[
     connection of one shared redis-py client (its default pool: 100 connections)."""
     n_tasks = max(1, -(-n // per_task))
     task_ids = [str(uuid.uuid4()) for _ in range(n_tasks)]  # no HTTP: no Postgres rows needed
-    after = {t: await ctx.events.publish(t, "status", {"status": "RUNNING"}) for t in task_ids}
+    after = {t: await ctx.events.publish(t, StatusData(status=TaskStatus.RUNNING))
+             for t in task_ids}
     name = f"bench-old-{uuid.uuid4().hex[:8]}"
     redis = aioredis.Redis.from_url(ctx.redis_url, client_name=name)
     followers = [_Follower(task_id=task_ids[i % n_tasks]) for i in range(n)]

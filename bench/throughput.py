@@ -30,12 +30,13 @@ sys.path.insert(0, str(ROOT))
 from app import migrate  # noqa: E402
 from app.api import create_app  # noqa: E402
 from app.deps import open_deps  # noqa: E402
-from app.events import EventLog  # noqa: E402
+from app.events import EventLog, StatusData  # noqa: E402
 from app.keys import create_key  # noqa: E402
 from app.queue import ensure_queues, sqs_client  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.stack.ephemeral import ephemeral_services  # noqa: E402
 from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
+from graph.status import TaskStatus  # noqa: E402
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  # noqa: E402
 
 
@@ -85,7 +86,8 @@ async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, fl
     for row in rows:
         task_id = str(row["id"])
         history = await events.history(task_id)
-        running = next(e for e in history if e.type == "status" and e.data["status"] == "RUNNING")
+        running = next(e for e in history if isinstance(e.data, StatusData)
+                       and e.data.status == TaskStatus.RUNNING)
         first_event.append(int(running.id.split("-")[0]) / 1000 - submitted[task_id])
         duration.append((row["finished_at"] - row["started_at"]).total_seconds())
     return {"tasks_per_s": count / (ended - began), "ttfe_p50": _pct(first_event, 0.5),
