@@ -1,5 +1,6 @@
 # Two commands do everything from a fresh clone:
-#   make run   - install into .venv and start the whole local stack (`cadre up`)
+#   make run   - install into .venv and start the whole local stack (`cadre up`;
+#                `make run ARGS=--traces` also starts the trace viewer)
 #   make test  - install into .venv and run the full test suite on embedded services
 # Both need Python 3.11 (set PYTHON=/path/to/python3.11 if it is not `python3.11`/`python3`).
 
@@ -17,8 +18,13 @@ LLAMA_WHEELS  := $(WHEELHOUSE)/llama-portable
 LLAMA_BUILT   := $(LLAMA_WHEELS)/.built-$(LLAMA_VERSION)
 LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 PYTEST_ARGS ?=
+# The trace viewer `cadre up --traces` starts (Arize Phoenix) has its own environment: its
+# dependencies conflict with Cadre's pins.
+PHOENIX_VENV    := $(VENV)-phoenix
+PHOENIX_STAMP   := $(PHOENIX_VENV)/.installed
+PHOENIX_VERSION := 20.26.1
 
-.PHONY: run test install system-deps browser-deps lint constraints clean
+.PHONY: run test install system-deps browser-deps lint constraints constraints-phoenix clean
 
 run: install
 	$(BIN)/cadre up $(ARGS)
@@ -30,7 +36,7 @@ test: install browser-deps
 	@$(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
 	  if [ $$code -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$code
 
-install: $(STAMP) system-deps
+install: $(STAMP) $(PHOENIX_STAMP) system-deps
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else "Cadre needs Python 3.11, found %d.%d at $(PYTHON); run: make PYTHON=/path/to/python3.11" % v)'
@@ -39,6 +45,13 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml constraints.txt $(LLAMA_BUILT) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt --find-links $(LLAMA_WHEELS) -e ".[$(EXTRAS)]"
+	@touch $@
+
+$(PHOENIX_STAMP): constraints-phoenix.txt | $(BIN)/python
+	@echo "installing the trace viewer (Arize Phoenix $(PHOENIX_VERSION)) into $(PHOENIX_VENV)"
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip==26.3
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet -c constraints-phoenix.txt arize-phoenix==$(PHOENIX_VERSION)
 	@touch $@
 
 $(LLAMA_BUILT): | $(BIN)/python
@@ -79,5 +92,14 @@ constraints: $(LLAMA_BUILT) | $(BIN)/python
 	   echo "# \`make constraints\` after changing dependencies in pyproject.toml."; \
 	   $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt
 
+# Re-pin the trace viewer's environment after changing PHOENIX_VERSION.
+constraints-phoenix: | $(BIN)/python
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet arize-phoenix==$(PHOENIX_VERSION)
+	@{ echo "# Every package of the trace viewer's own environment (.venv-phoenix), pinned: \`make\` installs"; \
+	   echo "# Arize Phoenix with \`-c constraints-phoenix.txt\`. Regenerate with \`make constraints-phoenix\`."; \
+	   $(PHOENIX_VENV)/bin/python -m pip freeze; } > constraints-phoenix.txt
+	@touch $(PHOENIX_STAMP)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@ from app.events import EventLog, event_schemas
 from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
 from app.mailbox import mailbox_router
+from app.metrics import RunMetricsCollector
 from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
@@ -79,6 +80,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     queue_depth = Gauge("cadre_queue_messages", "Messages in the task queue", ["state"],
                         registry=registry)
     workers = Gauge("cadre_workers_alive", "Workers with a live heartbeat", registry=registry)
+    waiting = Gauge("cadre_approvals_waiting", "Tool calls waiting for a person's decision",
+                    registry=registry)
+    runs = RunMetricsCollector()
+    registry.register(runs)
 
     app.add_middleware(_CountRequests, counter=requests)
 
@@ -96,7 +101,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
         "description": "Prometheus text format"}})
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics: requests, tasks by status, queue depth, live workers."""
+        """Prometheus metrics: requests, tasks by status, queue depth, live workers, approvals
+        waiting, and, across all workers, step latency by node, model tokens and tool calls."""
         opened: Deps = request.app.state.deps
         counts = dict(await opened.db.fetch("SELECT status, count(*) FROM tasks GROUP BY status"))
         for status in ("QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"):
@@ -106,6 +112,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         queue_depth.labels("in_flight").set(
             int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)))
         workers.set(len([k async for k in opened.redis.scan_iter("cadre:workers:*", count=1000)]))
+        waiting.set(await opened.db.fetchval("SELECT count(*) FROM approvals a JOIN tasks t "
+                                             "ON t.id = a.task_id WHERE a.status = 'PENDING' "
+                                             "AND t.status = 'PENDING_APPROVAL'"))
+        await runs.refresh(opened.redis)
         payload = await asyncio.to_thread(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 

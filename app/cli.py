@@ -43,13 +43,17 @@ def _echo(line: str) -> None:
 @cli.command()
 def up(
     workers: Annotated[int, typer.Option(min=0, max=64, help="Worker processes to run.")] = 2,
+    traces: Annotated[bool, typer.Option(
+        help="Also start a local trace viewer (Arize Phoenix) and send it every task's "
+             "spans.")] = False,
 ) -> None:
     """Start the whole local stack (PostgreSQL, Redis, SQS endpoint, API, workers) and
     supervise it until Ctrl-C or SIGTERM. Services with a configured URL are used, not started."""
     from app.settings import load_settings
     from app.stack import LocalStack
 
-    raise typer.Exit(LocalStack(settings=load_settings(), workers=workers, echo=_echo).run())
+    raise typer.Exit(LocalStack(settings=load_settings(), workers=workers, echo=_echo,
+                                traces=traces).run())
 
 
 @cli.command()
@@ -61,25 +65,30 @@ def api() -> None:
     from app.api import create_app
     from app.logs import configure_logging
     from app.settings import load_settings
+    from app.telemetry import configure_tracing, shutdown_tracing
 
     settings = load_settings()
     configure_logging(settings.log_level, redact=settings.redact_logs)
+    provider = configure_tracing("cadre-api")
     app = create_app(settings, ui=settings.ui)
     # What is loaded by now (the libraries: about a million objects with the UI) lives as
     # long as the process: keep it out of the collector's full passes, which otherwise took
     # half the CPU of a process serving thousands of streams (bench/streams.py).
     gc.collect()
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level=settings.log_level.lower(),
-        # uvicorn's own handlers would bypass the root ones, and with them the redaction of
-        # access lines (`?access_token=...`): its loggers propagate to ours instead.
-        log_config=None,
-        proxy_headers=True,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level=settings.log_level.lower(),
+            # uvicorn's own handlers would bypass the root ones, and with them the redaction
+            # of access lines (`?access_token=...`): its loggers propagate to ours instead.
+            log_config=None,
+            proxy_headers=True,
+        )
+    finally:
+        shutdown_tracing(provider)
 
 
 @cli.command()
@@ -156,9 +165,15 @@ def run(
             decision="approve" if answer.strip().lower() in ("y", "yes") else "reject",
             comment="from the terminal")
 
-    done = asyncio.run(run_local(load_settings(), text, email=email, conversation_id=conversation,
-                                 max_iterations=max_iterations, token_budget=token_budget,
-                                 decide=decide, echo=_echo))
+    from app.telemetry import configure_tracing, shutdown_tracing
+
+    provider = configure_tracing("cadre-run")
+    try:
+        done = asyncio.run(run_local(load_settings(), text, email=email,
+                                     conversation_id=conversation, max_iterations=max_iterations,
+                                     token_budget=token_budget, decide=decide, echo=_echo))
+    finally:
+        shutdown_tracing(provider)
     result = done.result
     succeeded = result.status is TaskStatus.SUCCEEDED
     if succeeded:

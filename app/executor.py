@@ -25,15 +25,18 @@ from app.events import (
     TokenData,
 )
 from app.files import FileStore
+from app.metrics import StepMetrics
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from app.store import StepStore
+from app.telemetry import attach, detach, record_wait
 from graph import GraphDeps, TaskStatus, task_input
 from graph.builder import AgentGraph
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config
 from graph.state import AgentState
 from graph.status import TERMINAL
+from graph.tracing import Tracing
 from guardrails import Policy
 from guardrails.audit import AuditLog
 from guardrails.limits import DailyAllowance, UserQuotas
@@ -59,6 +62,7 @@ class Executor:
     # The daily token quota caps each run's token budget; None checks no quota.
     quotas: UserQuotas | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tracing: Tracing = field(default_factory=Tracing)
 
     @property
     def lease_seconds(self) -> int:
@@ -73,6 +77,8 @@ class Executor:
                         self.deps.settings.max_receive_count, message.body)
             return
         log.debug("task %s: delivery %d", body.task_id, message.receive_count)
+        # Every run of the task joins the trace of the request that submitted it.
+        token = attach(message.attributes)
         try:
             await self._handle(body, message)
         except Exception as exc:
@@ -83,6 +89,8 @@ class Executor:
                     "type": "delivery_failed",
                     "message": f"the task failed {message.receive_count} deliveries; last error: "
                                f"{type(exc).__name__}: {exc}"})
+        finally:
+            detach(token)
 
     async def _handle(self, body: TaskMessage, message: ReceivedMessage) -> None:
         db = self.deps.db
@@ -121,6 +129,8 @@ class Executor:
                 await self.deps.queue.delete(message)
                 return
 
+        if body.resume is not None and body.resume.approval_id:
+            await self._trace_wait(body.resume.approval_id)
         heartbeat = asyncio.create_task(self._heartbeat(task_id, message))
         try:
             result = await self._run_graph(task, body, allowance)
@@ -168,9 +178,11 @@ class Executor:
         deps = GraphDeps(
             model=self.model, toolset=self.toolset, policy=self.policy,
             ledger=Ledger(self.deps.db),
-            recorder=Recorders(StepStore(self.deps.db), StepPublisher(self.events)),
+            recorder=Recorders(StepStore(self.deps.db), StepPublisher(self.events),
+                               StepMetrics(self.deps.redis)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=AuditLog(self.deps.db), screen=self.screen,
+            tracing=self.tracing,
         )
 
         async def fresh() -> AgentState:
@@ -197,6 +209,19 @@ class Executor:
                               task_id=task_id, fresh=fresh, decision=body.resume,
                               token_budget=_budget(task, allowance), on_token=on_token,
                               at_boundary=at_boundary)
+
+    async def _trace_wait(self, approval_id: str) -> None:
+        """The time the task waited for a person, as a span of its trace."""
+        row = await self.deps.db.fetchrow(
+            "SELECT tool_name, tool_call_id, status, created_at, decided_at FROM approvals "
+            "WHERE id = $1::uuid", approval_id)
+        if row is not None:
+            record_wait(f"approval_wait {row['tool_name']}", started=row["created_at"],
+                        ended=row["decided_at"], attributes={
+                            "gen_ai.tool.name": row["tool_name"],
+                            "gen_ai.tool.call.id": row["tool_call_id"],
+                            "cadre.approval.id": approval_id,
+                            "cadre.approval.status": row["status"]})
 
     async def _stage_inputs(self, task_id: str) -> None:
         """Put the task's uploaded files where its sandbox shows them (read-only)."""

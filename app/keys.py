@@ -9,9 +9,10 @@ from typing import Literal
 
 import asyncpg
 
+from guardrails.redaction import KEY_PREFIX
+
 Role = Literal["viewer", "analyst", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "analyst", "operator", "admin")
-KEY_PREFIX = "cadre_"
 
 
 def hash_key(key: str) -> str:

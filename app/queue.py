@@ -10,12 +10,12 @@ import asyncio
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.errors import ConfigError
 from app.settings import Settings
@@ -79,11 +79,18 @@ def ensure_queues(client: Any, name: str, *, max_receive_count: int) -> QueueUrl
     return QueueUrls(url=url, dlq_url=dlq_url)
 
 
+# W3C trace context headers, carried as message attributes.
+TRACE_ATTRIBUTES = ("traceparent", "tracestate")
+
+
 class TaskMessage(BaseModel):
-    """What travels on the queue: a task id, and for a resume the human's decision."""
+    """What travels on the queue: a task id, and for a resume the human's decision. The
+    task's trace context rides in the message's attributes (`traceparent`, `tracestate`),
+    not in its body."""
 
     task_id: str
     resume: ApprovalDecision | None = None
+    trace: dict[str, str] = Field(default_factory=dict, exclude=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +99,8 @@ class ReceivedMessage:
     receipt_handle: str
     body: str
     receive_count: int
+    # String message attributes (the trace context).
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 class TaskQueue:
@@ -114,9 +123,11 @@ class TaskQueue:
         return cls(client, settings.sqs_queue_url)
 
     async def send(self, message: TaskMessage) -> str:
+        attributes = {k: {"DataType": "String", "StringValue": v}
+                      for k, v in message.trace.items() if k in TRACE_ATTRIBUTES and v}
         response = await asyncio.to_thread(
-            self._client.send_message, QueueUrl=self.url, MessageBody=message.model_dump_json()
-        )
+            self._client.send_message, QueueUrl=self.url, MessageBody=message.model_dump_json(),
+            MessageAttributes=attributes)
         return str(response["MessageId"])
 
     async def receive(self, *, wait_seconds: int, max_messages: int = 1) -> list[ReceivedMessage]:
@@ -126,6 +137,7 @@ class TaskQueue:
             WaitTimeSeconds=wait_seconds,
             MaxNumberOfMessages=max_messages,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=list(TRACE_ATTRIBUTES),
         )
         return [
             ReceivedMessage(
@@ -133,6 +145,8 @@ class TaskQueue:
                 receipt_handle=m["ReceiptHandle"],
                 body=m["Body"],
                 receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                attributes={k: str(v.get("StringValue", ""))
+                            for k, v in m.get("MessageAttributes", {}).items()},
             )
             for m in response.get("Messages", [])
         ]

@@ -41,6 +41,7 @@ from app.schemas import (
 )
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull, parse_event_id
+from app.telemetry import trace_id
 from graph.status import TERMINAL, TaskStatus
 from guardrails.limits import LimitExceeded, RequestRate
 from guardrails.screening import control_characters
@@ -123,11 +124,16 @@ async def _json_body(request: Request, who: Who) -> None:
 JsonBody = Depends(_json_body)
 
 
-def _links(request: Request, task_id: str) -> dict[str, str]:
+def _links(request: Request, task: dict[str, Any]) -> dict[str, str]:
     base = str(request.base_url).rstrip("/")
     ws = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-    return {"self": f"{base}/v1/tasks/{task_id}", "stream": f"{base}/v1/tasks/{task_id}/stream",
-            "ws": f"{ws}/v1/tasks/{task_id}/ws"}
+    task_id = task["id"]
+    links = {"self": f"{base}/v1/tasks/{task_id}", "stream": f"{base}/v1/tasks/{task_id}/stream",
+             "ws": f"{ws}/v1/tasks/{task_id}/ws"}
+    viewer = request.app.state.deps.settings.trace_url
+    if viewer and (traced := trace_id(task.get("trace_context"))):
+        links["trace"] = viewer.replace("{trace_id}", traced)
+    return links
 
 
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, dependencies=[JsonBody],
@@ -140,7 +146,7 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         strategy=body.multitask_strategy, files=[str(f) for f in body.files])
     return JSONResponse(
         {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
-         "links": _links(request, task["id"])},
+         "links": _links(request, task)},
         status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
 
 
@@ -167,7 +173,7 @@ async def get_task(task_id: str, request: Request, who: Who, service: Service) -
     """Status, input, final output, error, usage, steps and approvals of one task."""
     task = await service.get(who, task_id)
     return {**_public(task), "steps": task["steps"], "approvals": task["approvals"],
-            "links": _links(request, task["id"])}
+            "links": _links(request, task)}
 
 
 @router.post("/tasks/{task_id}/approvals/{approval_id}", response_model=Approval,

@@ -17,9 +17,11 @@ import asyncpg
 from app.deps import connect_db, redis_client, require_database_url, require_redis_url
 from app.errors import ConfigError
 from app.events import EventLog, StepPublisher
+from app.metrics import StepMetrics
 from app.models import model_config
 from app.settings import Settings
 from app.store import StepStore
+from app.telemetry import graph_tracing
 from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
 from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
 from graph.approvals import ApprovalDecision, ApprovalRequest
@@ -132,9 +134,11 @@ async def run_local(
                 database_url, pool_size=settings.checkpoint_pool_size) as saver:
             deps = GraphDeps(
                 model=model, toolset=toolset, policy=policy, ledger=Ledger(db),
-                recorder=Recorders(StepStore(db), StepPublisher(events), EchoRecorder(echo)),
+                recorder=Recorders(StepStore(db), StepPublisher(events), StepMetrics(rds),
+                                   EchoRecorder(echo)),
                 redis=rds, context_tokens=settings.context_tokens, tool_deps=tool_deps,
-                audit=AuditLog(db), screen=worker_screen(settings))
+                audit=AuditLog(db), screen=worker_screen(settings),
+                tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"))
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:

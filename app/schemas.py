@@ -62,6 +62,8 @@ class TaskLinks(BaseModel):
     self_: str = Field(alias="self", description="This task")
     stream: str = Field(description="Server-Sent Events of its steps")
     ws: str = Field(description="The same events over a WebSocket, with commands")
+    trace: str | None = Field(None, description="The task's trace in the trace viewer "
+                                                "(when CADRE_TRACE_URL is set)")
 
 
 class TaskAccepted(BaseModel):

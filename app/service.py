@@ -25,6 +25,7 @@ from app.events import ErrorData, EventLog, StatusData
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
 from app.store import task_steps
+from app.telemetry import carrier
 from graph.approvals import ApprovalDecision
 from graph.status import ACTIVE, TaskStatus
 from guardrails.limits import LimitExceeded, UserQuotas
@@ -34,7 +35,8 @@ Strategy = Literal["enqueue", "reject", "interrupt"]
 _Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
 
 _TASK_COLUMNS = """id, user_id, conversation_id, status, input, final_output, error, usage, options,
-                   created_at, updated_at, started_at, finished_at, cancel_requested_at"""
+                   created_at, updated_at, started_at, finished_at, cancel_requested_at,
+                   trace_context"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +84,11 @@ class TaskService:
                     await self.quotas.admit(conn, who.user_id)
                 except LimitExceeded as exc:
                     raise too_many_requests(exc) from None
+            # The submitting request's trace: every run of the task joins it.
             task = await conn.fetchrow(
-                f"INSERT INTO tasks (user_id, conversation_id, input, options) "
-                f"VALUES ($1::uuid, $2, $3, $4::jsonb) RETURNING {_TASK_COLUMNS}",
-                who.user_id, conv, text, json.dumps(options))
+                f"INSERT INTO tasks (user_id, conversation_id, input, options, trace_context) "
+                f"VALUES ($1::uuid, $2, $3, $4::jsonb, $5::jsonb) RETURNING {_TASK_COLUMNS}",
+                who.user_id, conv, text, json.dumps(options), _json_or_null(carrier()))
             if files:
                 owned = await conn.fetchval(
                     "SELECT count(*) FROM files WHERE id = ANY($1::uuid[]) AND user_id = $2::uuid",
@@ -133,7 +136,10 @@ class TaskService:
         return str(task_id) if task_id else None
 
     async def _send(self, task_id: str, resume: ApprovalDecision | None = None) -> None:
-        await self.queue.send(TaskMessage(task_id=task_id, resume=resume))
+        trace = await self.db.fetchval("SELECT trace_context FROM tasks WHERE id = $1::uuid",
+                                       task_id)
+        await self.queue.send(TaskMessage(task_id=task_id, resume=resume,
+                                          trace=(json.loads(trace) if trace else None) or {}))
 
     async def finish(self, conn: asyncpg.Connection, task_id: str) -> str | None:
         """Called in the transaction that ends a task: lock its conversation and pick the
@@ -297,6 +303,10 @@ class TaskService:
         return _approval(decided)
 
 
+def _json_or_null(value: dict[str, str]) -> str | None:
+    return json.dumps(value) if value else None
+
+
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -308,7 +318,7 @@ def _task(row: asyncpg.Record) -> dict[str, Any]:
     task = dict(row)
     for key in ("id", "user_id", "conversation_id"):
         task[key] = str(task[key])
-    for key in ("error", "usage", "options"):
+    for key in ("error", "usage", "options", "trace_context"):
         if isinstance(task.get(key), str):
             task[key] = json.loads(task[key])
     return task

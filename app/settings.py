@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # An SSE response ends after this long even while its task runs; the client reconnects
     # with Last-Event-ID (EventSource does so by itself) and misses nothing.
     sse_max_seconds: float = Field(3600.0, ge=10, validation_alias=_env("CADRE_SSE_MAX_SECONDS"))
+    # Traces (the OTEL_* variables configure the exporter; see app/telemetry.py). Prompt and
+    # completion content on spans is opt-in, as the GenAI conventions say, and redacted.
+    genai_capture_content: bool = Field(
+        False, validation_alias=_env("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"))
+    # A trace viewer's page for one trace, `{trace_id}` replaced: tasks link to their trace.
+    trace_url: str | None = Field(None, validation_alias=_env("CADRE_TRACE_URL"))
     # The chat UI, served by `cadre api` at `/` next to the API.
     ui: bool = Field(True, validation_alias=_env("CADRE_UI"))
     # Signs the UI's session cookie; every API process of a deployment needs the same one.
@@ -129,6 +135,12 @@ class Settings(BaseSettings):
     llm_port: int = Field(8011, ge=1, le=65535, validation_alias=_env("CADRE_LLM_PORT"))
     sqs_port: int = Field(9324, ge=1, le=65535, validation_alias=_env("CADRE_SQS_PORT"))
     smtp_port: int = Field(8025, ge=1, le=65535, validation_alias=_env("CADRE_SMTP_PORT"))
+    # `cadre up --traces`: the trace viewer's web and OTLP/HTTP port, its OTLP/gRPC port, and
+    # its executable (default: the one `make install` puts in .venv-phoenix).
+    traces_port: int = Field(6006, ge=1, le=65535, validation_alias=_env("CADRE_TRACES_PORT"))
+    traces_grpc_port: int = Field(4317, ge=1, le=65535,
+                                  validation_alias=_env("CADRE_TRACES_GRPC_PORT"))
+    traces_viewer: Path | None = Field(None, validation_alias=_env("CADRE_TRACES_VIEWER"))
     queue_name: str = Field("agent_tasks", validation_alias=_env("CADRE_QUEUE_NAME"))
     max_receive_count: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_RECEIVE_COUNT"))
 

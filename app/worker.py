@@ -22,6 +22,7 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
+from app.telemetry import configure_tracing, graph_tracing, shutdown_tracing
 from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails.limits import UserQuotas
@@ -47,11 +48,13 @@ async def run_worker(
     """Serve the queue until `stop` is set. `model` and `toolset` default to the configured ones."""
     stop = stop or asyncio.Event()
     problem = ""
+    model_url: str | None = None
     if model is None:
         try:
             config = model_config(settings)
             log.info("model: %s", config.describe())
             model = await asyncio.to_thread(make_chat_model, config)
+            model_url = config.base_url or "https://api.openai.com/v1"
         except ConfigError as exc:
             problem = str(exc)
             log.warning("%s -- tasks will fail until a model is configured", exc)
@@ -71,6 +74,7 @@ async def run_worker(
             screen=worker_screen(settings),
             quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
                               daily_tokens=settings.daily_token_quota),
+            tracing=graph_tracing(settings, model_url),
         )
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "
                  "injection screening: %s", me, deps.queue.url, len(toolset),
@@ -137,4 +141,8 @@ def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop=stop)
 
-    asyncio.run(_main())
+    provider = configure_tracing("cadre-worker")
+    try:
+        asyncio.run(_main())
+    finally:
+        shutdown_tracing(provider)

@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 
 from graph.recorder import StepRecorder
+from graph.tracing import Tracing
 from guardrails import Policy
 from guardrails.audit import AuditLog
 from guardrails.screening import RuleScreen, Screen
@@ -32,6 +33,8 @@ class GraphDeps:
     audit: AuditLog | None = None
     # Screens untrusted tool output for instructions.
     screen: Screen = field(default_factory=RuleScreen)
+    # What the run's spans carry (content only when opted in).
+    tracing: Tracing = field(default_factory=Tracing)
 
     @property
     def model_name(self) -> str:

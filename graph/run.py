@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
+from opentelemetry.trace import Status, StatusCode
 
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.builder import AgentGraph
@@ -25,6 +26,7 @@ from graph.recorder import Steps
 from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
 from graph.status import TaskStatus
 from graph.steps import RunStopped
+from graph.tracing import agent_span
 
 DEFAULT_MAX_ITERATIONS = 15
 
@@ -115,43 +117,62 @@ async def run_task(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, task_i
         return await outcome(graph, thread_id)  # finished, but its end not yet recorded
     else:
         payload = await fresh()
-    return await drive(graph, deps, thread_id, payload, on_token=on_token,
+    return await drive(graph, deps, thread_id, payload, task_id=task_id, on_token=on_token,
                        at_boundary=at_boundary)
 
 
 async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any, *,
-                on_token: OnToken | None = None,
+                task_id: str = "", on_token: OnToken | None = None,
                 at_boundary: AtBoundary | None = None) -> RunResult:
     """Run the graph from `payload` until it finishes, waits for a person, fails, or
-    `at_boundary` stops it (`RunInterrupted`, after recording a cancellation)."""
-    config = thread_config(thread_id)
-    try:
-        stream = cast(AsyncGenerator[Any, None], graph.astream(
-            payload, config, context=deps, stream_mode=["updates", "messages"],
-            durability="sync"))
-        async with contextlib.aclosing(stream):
-            async for mode, chunk in stream:
-                if mode == "messages":
-                    token, meta = cast(tuple[Any, dict[str, Any]], chunk)
-                    if (on_token is not None and isinstance(token, AIMessageChunk)
-                            and token.content and meta.get("langgraph_node") == "act"):
-                        await on_token(str(token.content))
-                    continue
-                # A step just finished; its writes are saved (or about to be, and an aclose
-                # keeps them): the boundary where the run may stop.
-                if at_boundary is not None and (why := await at_boundary()) is not None:
-                    if why == "cancelled":
-                        await _record_stop(graph, deps, thread_id, "cancelled",
-                                           "the task was cancelled")
-                    raise RunInterrupted(why)
-    except RunFailure as failure:
-        return await failed(graph, deps, thread_id, failure)
-    return await outcome(graph, thread_id)
+    `at_boundary` stops it (`RunInterrupted`, after recording a cancellation). The run is
+    one `invoke_agent` span, under whatever span is current."""
+    with agent_span(deps.tracing, task_id=task_id, conversation_id=thread_id,
+                    model=deps.model_name) as traced:
+        try:
+            await _astream(graph, deps, thread_id, payload, on_token, at_boundary)
+        except RunFailure as failure:
+            result = await failed(graph, deps, thread_id, failure)
+        except RunInterrupted as stopped:
+            traced.set_attribute("cadre.run.interrupted", stopped.why)
+            raise
+        else:
+            result = await outcome(graph, thread_id)
+        traced.set_attribute("cadre.run.status", result.status.value)
+        if result.stop is not None:
+            traced.set_attribute("cadre.run.stop", result.stop["kind"])
+            traced.set_status(Status(StatusCode.ERROR, result.stop["message"][:200]))
+            traced.set_attribute("error.type", result.stop["kind"])
+        traced.set_attribute("gen_ai.usage.input_tokens", result.usage["tokens_in"])
+        traced.set_attribute("gen_ai.usage.output_tokens", result.usage["tokens_out"])
+        return result
+
+
+async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any,
+                   on_token: OnToken | None, at_boundary: AtBoundary | None) -> None:
+    stream = cast(AsyncGenerator[Any, None], graph.astream(
+        payload, thread_config(thread_id), context=deps, stream_mode=["updates", "messages"],
+        durability="sync"))
+    async with contextlib.aclosing(stream):
+        async for mode, chunk in stream:
+            if mode == "messages":
+                token, meta = cast(tuple[Any, dict[str, Any]], chunk)
+                if (on_token is not None and isinstance(token, AIMessageChunk)
+                        and token.content and meta.get("langgraph_node") == "act"):
+                    await on_token(str(token.content))
+                continue
+            # A step just finished; its writes are saved (or about to be, and an aclose
+            # keeps them): the boundary where the run may stop.
+            if at_boundary is not None and (why := await at_boundary()) is not None:
+                if why == "cancelled":
+                    await _record_stop(graph, deps, thread_id, "cancelled",
+                                       "the task was cancelled")
+                raise RunInterrupted(why)
 
 
 async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
                 input: AgentState) -> RunResult:
-    return await drive(graph, deps, thread_id, input)
+    return await drive(graph, deps, thread_id, input, task_id=input.get("task_id", ""))
 
 
 async def resume(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,

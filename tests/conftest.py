@@ -214,19 +214,21 @@ def stack_env(clean_env: dict[str, str]) -> dict[str, str]:
         "CADRE_SQS_PORT": str(free_port()),
         "CADRE_LLM_PORT": str(free_port()),
         "CADRE_SMTP_PORT": str(free_port()),
+        "CADRE_TRACES_PORT": str(free_port()),
+        "CADRE_TRACES_GRPC_PORT": str(free_port()),
         "CADRE_SQS_WAIT_SECONDS": "2",
     }
 
 
 @pytest.fixture
 async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[object]:
-    """Starts `cadre up --workers 2` in `tmp_path` (call it with extra environment); each one
-    started is killed at the end if still running."""
+    """Starts `cadre up --workers 2` in `tmp_path` (call it with extra arguments and
+    environment); each one started is killed at the end if still running."""
     started: list[UpProcess] = []
 
-    async def _start(**env: str) -> UpProcess:
+    async def _start(*args: str, **env: str) -> UpProcess:
         proc = await asyncio.create_subprocess_exec(
-            *CADRE, "up", "--workers", "2", env={**stack_env, **env}, cwd=tmp_path,
+            *CADRE, "up", "--workers", "2", *args, env={**stack_env, **env}, cwd=tmp_path,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
@@ -240,3 +242,28 @@ async def start_up(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[o
         if up.proc.returncode is None:
             up.proc.kill()
             await up.proc.wait()
+
+
+_SPANS: object = None
+
+
+@pytest.fixture
+def spans() -> Iterator[object]:
+    """Every span this process makes during the test, kept in memory (OpenTelemetry's SDK with
+    a synchronous in-memory exporter: one provider per process, installed on first use)."""
+    global _SPANS
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    if _SPANS is None:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        _SPANS = exporter
+    assert isinstance(_SPANS, InMemorySpanExporter)
+    _SPANS.clear()
+    yield _SPANS
+    _SPANS.clear()

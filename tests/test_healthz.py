@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from app import migrate
@@ -60,3 +62,30 @@ async def test_metrics_report_tasks_queue_and_workers(service: object) -> None:
     assert 'cadre_queue_messages{state="visible"} 0.0' in text
     assert "cadre_workers_alive 1.0" in text
     assert 'cadre_http_requests_total{method="POST",status="202"} 1.0' in text
+
+
+async def test_metrics_count_every_workers_steps_tokens_tool_calls_and_approvals(
+        service: object) -> None:
+    from graph.testing import call, plan
+
+    svc: Any = service
+    svc.model.add(plan("Look up", "Send"), call("lookup_price", {"item": "apple"}),
+                  call("lookup_price", {"item": "kiwi"}),
+                  call("send_report", {"to": "a@example.com", "body": "b"}))
+    held = await svc.submit("Price of an apple, then send it.")
+    await svc.wait_status(held["id"], "PENDING_APPROVAL")
+    text = (await svc.http.get("/metrics")).text
+    assert "cadre_approvals_waiting 1.0" in text
+    # Four model calls (plan + three acts), 30+15 and 3 x 20+10 tokens, three tools.
+    assert 'cadre_step_latency_seconds_count{node="act"} 3.0' in text
+    assert 'cadre_step_latency_seconds_count{node="plan"} 1.0' in text
+    assert 'cadre_step_latency_seconds_count{node="execute"} 2.0' in text
+    assert 'cadre_step_latency_seconds_bucket{le="+Inf",node="act"} 3.0' in text
+    assert 'cadre_model_tokens_total{direction="input",model="scripted"} 90.0' in text
+    assert 'cadre_model_tokens_total{direction="output",model="scripted"} 45.0' in text
+    assert 'cadre_tool_calls_total{outcome="ok",tool="lookup_price"} 1.0' in text
+    assert 'cadre_tool_calls_total{outcome="error",tool="lookup_price"} 1.0' in text
+    assert 'cadre_tool_calls_total{outcome="held",tool="send_report"} 1.0' in text
+    await svc.http.post(f"/v1/tasks/{held['id']}/cancel", headers=svc.auth())
+    text = (await svc.http.get("/metrics")).text
+    assert "cadre_approvals_waiting 0.0" in text

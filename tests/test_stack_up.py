@@ -188,13 +188,42 @@ def test_python_is_311() -> None:
     assert sys.version_info[:2] == (3, 11)
 
 
-async def test_the_csv_to_email_task_on_the_running_stack(start_up: object, tmp_path: Path) -> None:
+async def _spans_in_the_viewer(viewer: str, task: dict[str, object]) -> None:
+    """The task's spans reached the trace viewer `cadre up --traces` started, as one trace."""
+    link = str(task["links"]["trace"])  # type: ignore[index]
+    assert link.startswith(f"{viewer}/redirects/traces/")
+    trace_id = link.rsplit("/", 1)[1]
+    async with httpx.AsyncClient(base_url=viewer, timeout=10) as http:
+        assert (await http.get(link)).status_code == 200
+        async with asyncio.timeout(60):  # the workers export in batches
+            while True:
+                found = (await http.get("/v1/projects/default/spans", params={
+                    "trace_id": trace_id, "limit": 1000})).json()["data"]
+                names = [s["name"] for s in found]
+                if names.count("invoke_agent cadre") == 2 and "approval_wait send_email" in names:
+                    break
+                await asyncio.sleep(0.5)
+    kinds = {s["name"]: s["span_kind"] for s in found}
+    assert kinds["invoke_agent cadre"] == "AGENT", "the viewer reads the GenAI conventions"
+    assert kinds["chat scripted"] == "LLM"
+    assert {"execute_tool python", "execute_tool send_email", "POST /v1/tasks"} <= set(kinds)
+    chat = next(s for s in found if s["name"] == "chat scripted")
+    assert chat["attributes"]["gen_ai.request.model"] == "scripted"
+    assert chat["attributes"]["gen_ai.usage.input_tokens"] > 0
+
+
+async def test_the_csv_to_email_task_on_the_running_stack(start_up: object, tmp_path: Path,
+                                                          stack_env: dict[str, str]) -> None:
     """`cadre up` with a scripted model: upload a CSV, approve the email, read it in the dev
     mailbox -- what a person does with `make run`, minus the typing."""
     async with FakeOpenAIServer() as model:
         model.responder = csv_flow_model
-        up = await start_up(OPENAI_BASE_URL=model.base_url, CADRE_MODEL="scripted")  # type: ignore[operator]
+        # With the trace viewer: the task's spans are read back from it at the end.
+        up = await start_up("--traces", OPENAI_BASE_URL=model.base_url,  # type: ignore[operator]
+                            CADRE_MODEL="scripted")
         assert "TINY OFFLINE" not in up.text and "/dev/mailbox" in up.text
+        viewer = f"http://127.0.0.1:{stack_env['CADRE_TRACES_PORT']}"
+        assert f"traces     {viewer}" in up.text
         admin_key = next(line.strip() for line in up.lines if line.strip().startswith("cadre_"))
         api = str(_stack_file(tmp_path)["api_url"])
         async with httpx.AsyncClient(base_url=api, timeout=60,
@@ -224,5 +253,6 @@ async def test_the_csv_to_email_task_on_the_running_stack(start_up: object, tmp_
         assert mail["subject"] == "Sales summary" and mail["task_id"] == created["id"]
         assert [a["filename"] for a in mail["attachments"]] == ["chart.png"]
         assert "Sales summary" in page and "chart.png" in page
+        await _spans_in_the_viewer(viewer, task)
         up.proc.send_signal(signal.SIGTERM)
         assert await up.finish() == 0, up.text

@@ -40,3 +40,13 @@ async def test_failures_and_approvals_read_plainly() -> None:
     assert "**Rejected**: not now" in approval_text("send_email", {}, "", status="REJECTED",
                                                      comment="not now")
     assert "**Approved.**" in approval_text("send_email", {}, "", status="APPROVED")
+
+
+def test_a_task_links_to_its_trace_only_when_a_viewer_is_configured() -> None:
+    context = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    assert render.trace_link("http://127.0.0.1:6006/redirects/traces/{trace_id}", context) == (
+        "\n\n[Trace of this task](http://127.0.0.1:6006/redirects/traces/"
+        "4bf92f3577b34da6a3ce929d0e0e4736)")
+    assert render.trace_link(None, context) == ""
+    assert render.trace_link("http://viewer/{trace_id}", None) == "", "an untraced task"
+    assert render.trace_link("http://viewer/{trace_id}", {"traceparent": "garbage"}) == ""

@@ -39,6 +39,7 @@ from app.stack.process import ManagedProcess, wait_ready
 from app.stack.redis import EmbeddedRedis
 from app.stack.secrets import local_secrets
 from app.stack.sqs import LOCAL_CREDENTIALS, EmbeddedSQS
+from app.stack.traces import TraceViewer, viewer_executable
 
 Echo = Callable[[str], None]
 
@@ -69,9 +70,11 @@ class LocalStack:
     settings: Settings
     workers: int
     echo: Echo
+    traces: bool = False
     services: list[ManagedProcess] = field(default_factory=list)
     apps: list[_Role] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    trace_viewer_url: str | None = None
 
     @property
     def home(self) -> Path:
@@ -118,6 +121,13 @@ class LocalStack:
             planned.append(("CADRE_LLM_PORT", s.llm_port, "the offline model server"))
         if not s.smtp_url:
             planned.append(("CADRE_SMTP_PORT", s.smtp_port, "the mail capture server"))
+        viewer = None
+        if self.traces:
+            viewer = TraceViewer(executable=viewer_executable(s.traces_viewer), port=s.traces_port,
+                                 grpc_port=s.traces_grpc_port, data_dir=self.home / "phoenix",
+                                 log_path=self.home / "logs" / "traces.log")
+            planned += [("CADRE_TRACES_PORT", s.traces_port, "the trace viewer"),
+                        ("CADRE_TRACES_GRPC_PORT", s.traces_grpc_port, "the trace viewer's OTLP/gRPC")]
         for env_name, port, service in planned:
             ensure_free(port, service=service, env_name=env_name)
 
@@ -182,6 +192,14 @@ class LocalStack:
             proc = self._launch_service(capture.process(sys.executable))
             capture.wait_ready(proc)
             env.update(SMTP_URL=capture.url, CADRE_DEV_MAILBOX_DIR=str(capture.directory))
+
+        if viewer is not None:
+            self.echo(f"starting the trace viewer (Arize Phoenix) on {viewer.url} "
+                      f"(data in {viewer.data_dir})")
+            proc = self._launch_service(viewer.process())
+            viewer.wait_ready(proc)
+            env.update(viewer.exporter_env())
+            self.trace_viewer_url = viewer.url
 
         self.echo("applying database migrations")
         migrate.upgrade(env["DATABASE_URL"])
@@ -289,6 +307,8 @@ class LocalStack:
             f"  queue      {self.env['SQS_QUEUE_URL']}",
             f"  model      {self._model_line()}",
             f"  mail       {self._mail_line()}",
+            *([f"  traces     {self.trace_viewer_url}   (Arize Phoenix: every task's spans)"]
+              if self.trace_viewer_url else []),
             f"  workers    {self.workers}",
             f"  logs       {self.home / 'logs'}",
         ]

@@ -94,6 +94,15 @@ def error_text(error: dict[str, Any] | None, status: str) -> str:
     return f"**{titles.get(kind, 'The task failed')}** ({kind}): {message}"
 
 
+def trace_link(viewer: str | None, trace_context: Any) -> str:
+    """A line linking a task to its trace in the trace viewer (CADRE_TRACE_URL), or ""."""
+    parent = (trace_context or {}).get("traceparent", "") if isinstance(trace_context, dict) else ""
+    parts = parent.split("-")
+    if not viewer or len(parts) != 4:
+        return ""
+    return f"\n\n[Trace of this task]({viewer.replace('{trace_id}', parts[1])})"
+
+
 def share_text(url: str) -> str:
     return ("Anyone with this link can read this conversation, with secrets and personal data "
             f"redacted, until you revoke it:\n\n{url}")

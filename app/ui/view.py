@@ -242,7 +242,7 @@ class TaskView:
         self._act_thought = ""
         answer = self._answer or cl.Message(content="", id=render.answer_id(self.task_id),
                                             parent_id=self.parent_id, author=render.CHAT_NAME)
-        answer.content = str(output or "")
+        answer.content = str(output or "") + await self._trace_link()
         answer.actions = [share_action(self.conversation_id, self.task_id)]
         await self._show_files()
         await self._upsert(answer, new=not self._answer_sent)
@@ -252,13 +252,20 @@ class TaskView:
         await self._settle_draft()
         await self._show_files()
         status = "CANCELLED" if data.type == "cancelled" else "FAILED"
-        message = cl.Message(content=render.error_text(data.model_dump(), status),
+        message = cl.Message(content=render.error_text(data.model_dump(), status)
+                             + await self._trace_link(),
                              id=render.answer_id(self.task_id), parent_id=self.parent_id,
                              author=render.CHAT_NAME)
         message.is_error = True
         await message.send()
 
     # -- helpers ---------------------------------------------------------------------------
+
+    async def _trace_link(self) -> str:
+        if not self.ui.settings.trace_url:
+            return ""
+        task = await self.ui.service.owned(self.who, self.task_id)
+        return render.trace_link(self.ui.settings.trace_url, task.get("trace_context"))
 
     async def _settle_draft(self) -> None:
         """Text the model wrote before calling a tool (or before a re-plan, or a failure) was

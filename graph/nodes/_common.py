@@ -15,6 +15,7 @@ from graph.llm import call_model
 from graph.recorder import Steps
 from graph.state import AgentState, Stop, Usage, empty_usage
 from graph.steps import ModelCalled, RunStopped
+from graph.tracing import chat_span, record_answer, record_prompt, span
 from graph.window import Window, build_window, estimate_tokens, mirror_window
 
 
@@ -36,12 +37,17 @@ def deadline_passed(state: AgentState) -> bool:
 def over_budget(state: AgentState, window: Sequence[BaseMessage]) -> str | None:
     """Checked before every model call: would this call's prompt alone exceed the budget?"""
     budget = state.get("token_budget")
-    if budget is None:
-        return None
     usage = state.get("usage") or empty_usage()
     used = usage["tokens_in"] + usage["tokens_out"]
     upcoming = estimate_tokens(window)
-    if used + upcoming > budget:
+    with span("budget_check", attributes={"cadre.budget.used": used,
+                                          "cadre.budget.next_call": upcoming}) as check:
+        if budget is None:
+            return None
+        check.set_attribute("cadre.budget.limit", budget)
+        exceeded = used + upcoming > budget
+        check.set_attribute("cadre.budget.exceeded", exceeded)
+    if exceeded:
         return (f"token budget of {budget} reached: {used} tokens used, the next model call "
                 f"needs about {upcoming} more")
     return None
@@ -128,12 +134,18 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
     window = await window_for(deps, state, system)
     if reason := over_budget(state, window.messages):
         return await stopped(steps, BudgetExceeded(reason))
-    started = time.monotonic()
-    message = await call_model(deps.model, window.messages, tools=tools, tool_choice=tool_choice)
-    latency_ms = int((time.monotonic() - started) * 1000)
-    tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
+    with chat_span(deps.tracing, model=deps.model_name, purpose=purpose) as chat:
+        record_prompt(deps.tracing, chat, window.messages)
+        started = time.monotonic()
+        message = await call_model(deps.model, window.messages, tools=tools,
+                                   tool_choice=tool_choice)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
+        finish_reason = message.response_metadata.get("finish_reason")
+        record_answer(deps.tracing, chat, message, tokens_in=tokens_in, tokens_out=tokens_out,
+                      estimated=estimated, finish_reason=finish_reason)
     await steps.add(ModelCalled, purpose=purpose, model=deps.model_name, tokens_in=tokens_in,
                     tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
-                    finish_reason=message.response_metadata.get("finish_reason"),
+                    finish_reason=finish_reason,
                     text=str(message.content), tool_calls=len(message.tool_calls))
     return Asked(message=message, window=window, latency_ms=latency_ms)

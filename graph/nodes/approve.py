@@ -16,6 +16,7 @@ from graph.nodes._common import last_ai
 from graph.recorder import Steps
 from graph.state import AgentState, Decision
 from graph.steps import NotRunWhy, ToolHeld, ToolNotRun
+from graph.tracing import span
 from guardrails import Allow, Deny, PolicyCall, RequireApproval, Risk, Verdict
 from guardrails.verdict import require_approval
 from tools.contract import describe_validation_error
@@ -62,10 +63,15 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             continue
 
         role = state.get("role", "analyst")
-        verdict = escalate(deps.policy.decide(PolicyCall(
-            role=role, tool=tool.name, risk=tool.risk, arguments=call["args"],
-            user_email=state.get("user_email", ""))), risk=tool.risk,
-            untrusted=state.get("untrusted") or [])
+        with span(f"policy {tool.name}", attributes={
+                "gen_ai.tool.name": tool.name, "gen_ai.tool.call.id": decision["tool_call_id"],
+                "cadre.policy.role": role, "cadre.tool.risk": tool.risk}) as decided:
+            verdict = escalate(deps.policy.decide(PolicyCall(
+                role=role, tool=tool.name, risk=tool.risk, arguments=call["args"],
+                user_email=state.get("user_email", ""))), risk=tool.risk,
+                untrusted=state.get("untrusted") or [])
+            decided.set_attribute("cadre.policy.verdict", _verdict_name(verdict))
+            decided.set_attribute("cadre.policy.rule", verdict.rule)
         if deps.audit is not None:
             await deps.audit.record(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
                                     role=role, tool=tool.name, arguments=call["args"],
@@ -100,6 +106,16 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                             arguments=d["arguments"], why=not_run[d["tool_call_id"]],
                             message=d["message"])
     return {"decisions": decisions, "replan_reason": replan_reason, "step": steps.last}
+
+
+def _verdict_name(verdict: Verdict) -> str:
+    if isinstance(verdict, Allow):
+        return "allow"
+    if isinstance(verdict, Deny):
+        return "deny"
+    if isinstance(verdict, RequireApproval):
+        return "approve"
+    assert_never(verdict)
 
 
 def escalate(verdict: Verdict, *, risk: Risk, untrusted: list[str]) -> Verdict:

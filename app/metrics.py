@@ -1,0 +1,135 @@
+"""Run metrics for Prometheus, counted across every worker of a deployment: workers add each
+step to counters in Redis (`StepMetrics`, a step recorder), and every API process's
+`/metrics` reads them back (`RunMetricsCollector`). One scrape of any API process so shows
+the whole deployment: step latency by node, model tokens by model, tool calls by tool and
+outcome. Counters start again from zero if Redis loses its data, which Prometheus reads as a
+counter reset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, assert_never
+
+import redis.asyncio as aioredis
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from graph.steps import (
+    AnswerChecked,
+    ModelCalled,
+    PlanMade,
+    RunStopped,
+    Step,
+    ToolHeld,
+    ToolNotRun,
+    ToolProposed,
+    ToolRan,
+)
+
+LATENCY = "cadre:metrics:step_latency"
+TOKENS = "cadre:metrics:model_tokens"
+TOOL_CALLS = "cadre:metrics:tool_calls"
+STOPS = "cadre:metrics:runs_stopped"
+# Upper bounds of the latency histogram's buckets, seconds.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def _bucket(seconds: float) -> str:
+    for i, bound in enumerate(BUCKETS):
+        if seconds <= bound:
+            return str(i)
+    return "inf"
+
+
+class StepMetrics:
+    """A step recorder that counts each new step (one pipelined Redis round trip)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def record(self, task_id: str, step: Step) -> bool:
+        pipe = self._redis.pipeline(transaction=False)
+        match step:
+            case ModelCalled():
+                _latency(pipe, step.purpose, step.latency_ms)
+                pipe.hincrby(TOKENS, f"{step.model}|input", step.tokens_in)
+                pipe.hincrby(TOKENS, f"{step.model}|output", step.tokens_out)
+            case ToolRan():
+                _latency(pipe, "execute", step.latency_ms)
+                outcome = "replayed" if step.replayed else "ok" if step.ok else "error"
+                pipe.hincrby(TOOL_CALLS, f"{step.tool}|{outcome}", 1)
+            case ToolNotRun():
+                pipe.hincrby(TOOL_CALLS, f"{step.tool}|{step.why}", 1)
+            case ToolHeld():
+                pipe.hincrby(TOOL_CALLS, f"{step.tool}|held", 1)
+            case RunStopped():
+                pipe.hincrby(STOPS, step.stop, 1)
+            case PlanMade() | ToolProposed() | AnswerChecked():
+                return True  # no metric of their own: their model call is counted
+            case _:
+                assert_never(step)
+        await pipe.execute()
+        return True
+
+
+def _latency(pipe: Any, node: str, latency_ms: int) -> None:
+    pipe.hincrby(LATENCY, f"{node}|{_bucket(latency_ms / 1000)}", 1)
+    pipe.hincrby(LATENCY, f"{node}|sum_ms", latency_ms)
+
+
+class RunMetricsCollector(Collector):
+    """Turns the counters in Redis into metric families at scrape time. `snapshot` is read
+    (async) just before each scrape; `collect` runs in the registry's thread."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, dict[str, int]] = {}
+
+    async def refresh(self, redis: aioredis.Redis) -> None:
+        pipe = redis.pipeline(transaction=False)
+        for key in (LATENCY, TOKENS, TOOL_CALLS, STOPS):
+            pipe.hgetall(key)
+        values = await pipe.execute()
+        self.snapshot = {key: {_text(k): int(v) for k, v in found.items()}
+                         for key, found in zip((LATENCY, TOKENS, TOOL_CALLS, STOPS), values,
+                                               strict=True)}
+
+    def collect(self) -> Iterator[Any]:
+        latency = HistogramMetricFamily(
+            "cadre_step_latency_seconds", "Time of a run's steps by node: model calls (plan, "
+            "act, verify) and tool calls (execute)", labels=["node"])
+        by_node: dict[str, dict[str, int]] = {}
+        for field, count in self.snapshot.get(LATENCY, {}).items():
+            node, _, part = field.partition("|")
+            by_node.setdefault(node, {})[part] = count
+        for node, parts in sorted(by_node.items()):
+            cumulative, buckets = 0, []
+            for i, bound in enumerate(BUCKETS):
+                cumulative += parts.get(str(i), 0)
+                buckets.append((str(bound), cumulative))
+            cumulative += parts.get("inf", 0)
+            buckets.append(("+Inf", cumulative))
+            latency.add_metric([node], buckets, sum_value=parts.get("sum_ms", 0) / 1000)
+        yield latency
+        tokens = CounterMetricFamily("cadre_model_tokens", "Model tokens by model and "
+                                     "direction (input, output)", labels=["model", "direction"])
+        for field, count in sorted(self.snapshot.get(TOKENS, {}).items()):
+            model, _, direction = field.rpartition("|")
+            tokens.add_metric([model, direction], count)
+        yield tokens
+        calls = CounterMetricFamily(
+            "cadre_tool_calls", "Tool calls by tool and outcome: ok, error, replayed (from the "
+            "ledger), held (for approval), denied, rejected, unknown_tool, invalid_arguments, "
+            "malformed", labels=["tool", "outcome"])
+        for field, count in sorted(self.snapshot.get(TOOL_CALLS, {}).items()):
+            tool, _, outcome = field.rpartition("|")
+            calls.add_metric([tool, outcome], count)
+        yield calls
+        stops = CounterMetricFamily("cadre_runs_stopped", "Runs that ended without an accepted "
+                                    "answer, by why", labels=["stop"])
+        for stop, count in sorted(self.snapshot.get(STOPS, {}).items()):
+            stops.add_metric([stop], count)
+        yield stops
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
