@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
+from app.ui import render
 from app.ui.render import approval_text, error_text, model_notice
 
 
