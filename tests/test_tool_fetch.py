@@ -118,13 +118,14 @@ def _fetch_url(**policy: Any) -> Any:
 async def _page_of(fetch: Any, url: str) -> dict[str, Any]:
     outcome = await fetch(url)
     assert outcome.ok, outcome.content
+    assert outcome.untrusted, "a fetched page is untrusted, always"
     return json.loads(outcome.content)  # type: ignore[no-any-return]
 
 
 async def test_an_allowed_site_reads_as_text_marked_untrusted(site: int) -> None:
     fetch = _fetch_url(allow_private=FetchPolicy.parse_hosts(f"127.0.0.1:{site}"))
     page = await _page_of(fetch, f"http://127.0.0.1:{site}/")
-    assert page["untrusted"] is True
+    assert "untrusted" not in page, "the mark is the outcome's, not text the model reads"
     assert page["status"] == 200 and page["content_type"].startswith("text/html")
     assert page["title"] == "Quarterly report"
     assert page["text"] == ("# Revenue grew\n\n"

@@ -89,7 +89,7 @@ async def _search(config: WebSearchConfig | None, arguments: dict[str, Any]) -> 
 
 async def _hits(config: WebSearchConfig, arguments: dict[str, Any]) -> dict[str, Any]:
     outcome = await _search(config, arguments)
-    assert outcome.ok, outcome.content
+    assert outcome.ok and outcome.untrusted, outcome
     return json.loads(outcome.content)  # type: ignore[no-any-return]
 
 
@@ -105,7 +105,7 @@ async def test_searxng_asks_for_json_and_maps_hits(provider: Provider) -> None:
     [asked] = provider.received
     assert (asked.method, asked.path) == ("GET", "/search")
     assert asked.params == {"q": "what is espresso", "format": "json"}
-    assert found == {"untrusted": True, "provider": "searxng", "results": [
+    assert found == {"provider": "searxng", "results": [
         {"title": "Espresso", "source": "https://example.com/espresso", "snippet": "A coffee drink."},
         {"title": "https://example.com/untitled", "source": "https://example.com/untitled",
          "snippet": "x"},
@@ -123,7 +123,7 @@ async def test_tavily_posts_the_query_with_a_bearer_key(provider: Provider) -> N
     assert asked.headers["authorization"] == "Bearer tvly-secret"
     assert asked.body["query"] == "tavily api" and asked.body["max_results"] == 3
     assert "api_key" not in asked.body, "the key travels in the header only"
-    assert found["provider"] == "tavily" and found["untrusted"] is True
+    assert found["provider"] == "tavily"
     assert found["results"] == [{"title": "Tavily docs", "source": "https://docs.tavily.com",
                                  "snippet": "Search API."}]
 

@@ -2,7 +2,8 @@
 Never imports `graph` or `app`."""
 
 from guardrails.policy import Risk
-from tools.contract import Tool, ToolContext, ToolError, ToolOutcome, Toolset
+from tools.contract import Tool, ToolContext, ToolError, ToolOutcome, Toolset, Untrusted
 from tools.ledger import Ledger
 
-__all__ = ["Ledger", "Risk", "Tool", "ToolContext", "ToolError", "ToolOutcome", "Toolset"]
+__all__ = ["Ledger", "Risk", "Tool", "ToolContext", "ToolError", "ToolOutcome", "Toolset",
+           "Untrusted"]

@@ -1,15 +1,25 @@
 """The tool contract: an async function with typed parameters and a docstring, registered on
-a `Toolset` with its risk, timeout and output cap. Its JSON schema comes from the signature.
+a `Toolset` with its risk, timeout and output cap. Its JSON schema comes from the signature:
+each parameter's type, default, and description — from `Annotated[..., Field(description=...)]`
+or from the docstring's `Args:` section, which then leaves the tool's description.
 
     toolset = Toolset()
 
     @toolset.tool(risk="read_only", timeout=10)
-    async def add(ctx: ToolContext, a: int, b: int) -> int:
-        \"\"\"Add two integers.\"\"\"
+    async def add(ctx: ToolContext[MyDeps], a: int, b: Annotated[int, Field(ge=0)]) -> int:
+        \"\"\"Add two integers.
+
+        Args:
+            a: The first one.
+            b: The second one, not negative.
+        \"\"\"
         return a + b
 
-Errors the model should see and correct (bad arguments, a failed lookup) come back to it as
-the tool's result, never as an exception out of the run.
+`ToolContext[DepsT]` types `ctx.deps`, the dependencies object the tool runs with. Output
+that comes from outside (a web page, a search hit, a file a user uploaded) is returned as
+`Untrusted(value)`: the model reads it marked as data, and side effects after it need a
+person's approval. Errors the model should see and correct (bad arguments, a failed lookup)
+come back to it as the tool's result, never as an exception out of the run.
 """
 
 from __future__ import annotations
@@ -17,15 +27,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_type_hints
+from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from guardrails.policy import Risk
 
 RISKS: tuple[Risk, ...] = get_args(Risk)
+DepsT = TypeVar("DepsT")
+T = TypeVar("T")
+log = logging.getLogger("cadre.tools")
 
 
 class ToolError(Exception):
@@ -33,13 +49,14 @@ class ToolError(Exception):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ToolContext:
-    """What a tool knows about the call: whose task, which call, and shared dependencies."""
+class ToolContext(Generic[DepsT]):
+    """What a tool knows about the call: whose task, which call, and the dependencies object
+    it runs with (typed by `DepsT`: `ToolContext[ToolDeps]` for the built-in tools)."""
 
     task_id: str
     tool_call_id: str
     role: str = "analyst"
-    deps: Any = None
+    deps: DepsT = None  # type: ignore[assignment]
 
     @property
     def idempotency_key(self) -> str:
@@ -69,6 +86,14 @@ class ToolOutcome:
                    untrusted=bool(data.get("untrusted", False)))
 
 
+@dataclass(frozen=True)
+class Untrusted(Generic[T]):
+    """A tool's result that comes from outside Cadre's control: the model reads it marked as
+    data, never as instructions, and a side effect after it waits for a person."""
+
+    value: T
+
+
 ToolFunction = Callable[..., Awaitable[Any]]
 
 
@@ -82,7 +107,7 @@ class Tool:
     timeout: float
     max_output_chars: int
     # Everything this tool returns is untrusted (e.g. tools of third-party MCP servers). A
-    # tool can also mark one result by returning a dict with `"untrusted": True`.
+    # tool can also mark one result by returning it as `Untrusted(value)`.
     untrusted_output: bool = False
     _whole_model: bool = False
 
@@ -99,7 +124,7 @@ class Tool:
     def validate(self, arguments: Mapping[str, Any]) -> BaseModel:
         return self.args_model.model_validate(dict(arguments))
 
-    async def invoke(self, ctx: ToolContext, arguments: Mapping[str, Any]) -> ToolOutcome:
+    async def invoke(self, ctx: ToolContext[Any], arguments: Mapping[str, Any]) -> ToolOutcome:
         """Validate, run within the timeout, and cap the output. Never raises for tool errors."""
         try:
             args = self.validate(arguments)
@@ -119,7 +144,14 @@ class Tool:
             return ToolOutcome(ok=False, content=str(exc))
         except Exception as exc:
             return ToolOutcome(ok=False, content=f"{self.name} failed: {type(exc).__name__}: {exc}")
-        untrusted = self.untrusted_output or (isinstance(value, dict) and value.get("untrusted") is True)
+        untrusted = self.untrusted_output
+        if isinstance(value, Untrusted):
+            untrusted, value = True, value.value
+        elif isinstance(value, dict) and value.get("untrusted") is True:
+            # The older way to mark a result: still honoured, and the marker is not shown to
+            # the model.
+            _warn_marker(self.name)
+            untrusted, value = True, {k: v for k, v in value.items() if k != "untrusted"}
         return ToolOutcome(ok=True, content=cap_text(_render(value), self.max_output_chars),
                            untrusted=untrusted)
 
@@ -166,17 +198,31 @@ class Toolset:
         return len(self.tools)
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_marker(tool: str) -> None:
+    if tool not in _WARNED:
+        _WARNED.add(tool)
+        log.warning("tool %s marks untrusted output with an \"untrusted\" key; return "
+                    "tools.Untrusted(value) instead (the key still works, and is not shown to "
+                    "the model)", tool)
+
+
 def _tool_from_function(function: ToolFunction, *, name: str | None, risk: Risk, timeout: float,
                         max_output_chars: int) -> Tool:
     if not inspect.iscoroutinefunction(function):
         raise TypeError(f"tool {function.__name__} must be an async function")
-    description = inspect.getdoc(function)
-    if not description:
+    docstring = inspect.getdoc(function)
+    if not docstring:
         raise TypeError(f"tool {function.__name__} needs a docstring: it is what the model reads")
-    hints = get_type_hints(function)
+    description, documented = parse_docstring(docstring)
+    hints = get_type_hints(function, include_extras=True)
     params = list(inspect.signature(function).parameters.values())
-    if not params or hints.get(params[0].name) is not ToolContext:
-        raise TypeError(f"tool {function.__name__}'s first parameter must be `ctx: ToolContext`")
+    first = hints.get(params[0].name) if params else None
+    if first is not ToolContext and get_origin(first) is not ToolContext:
+        raise TypeError(f"tool {function.__name__}'s first parameter must be "
+                        "`ctx: ToolContext` (or `ToolContext[YourDeps]`)")
     rest = params[1:]
     whole = (len(rest) == 1 and isinstance(hints.get(rest[0].name), type)
              and issubclass(hints[rest[0].name], BaseModel))
@@ -188,11 +234,58 @@ def _tool_from_function(function: ToolFunction, *, name: str | None, risk: Risk,
             if p.name not in hints:
                 raise TypeError(f"tool {function.__name__}: parameter {p.name} needs a type")
             default = ... if p.default is inspect.Parameter.empty else p.default
-            fields[p.name] = (hints[p.name], default)
+            fields[p.name] = (_described(hints[p.name], documented.get(p.name)), default)
+        unknown = set(documented) - {p.name for p in rest}
+        if unknown:
+            raise TypeError(f"tool {function.__name__}: its docstring describes "
+                            f"{', '.join(sorted(unknown))}, which it does not take")
         args_model = create_model(f"{function.__name__}_args", **fields)
     return Tool(name=name or function.__name__, description=description, args_model=args_model,
                 function=function, risk=risk, timeout=timeout, max_output_chars=max_output_chars,
                 _whole_model=whole)
+
+
+def _described(hint: Any, text: str | None) -> Any:
+    """`hint` with the docstring's description, unless its own `Field` already has one."""
+    if text is None:
+        return hint
+    if get_origin(hint) is Annotated and any(isinstance(m, FieldInfo) and m.description
+                                             for m in hint.__metadata__):
+        return hint
+    return Annotated[hint, Field(description=text)]
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Raises|Yields|Examples?|Notes?):\s*$")
+_ARGUMENT = re.compile(r"^(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+
+
+def parse_docstring(docstring: str) -> tuple[str, dict[str, str]]:
+    """A Google-style docstring split into the description (without its `Args:` section)
+    and each argument's description."""
+    described: dict[str, str] = {}
+    kept: list[str] = []
+    lines = docstring.splitlines()
+    i = 0
+    while i < len(lines):
+        header = _SECTION.match(lines[i].strip())
+        if header is None or header.group(1) not in ("Args", "Arguments", "Parameters"):
+            kept.append(lines[i])
+            i += 1
+            continue
+        i += 1
+        current: str | None = None
+        described_indent = 0
+        while i < len(lines) and (not lines[i].strip() or lines[i][:1].isspace()):
+            text = lines[i].strip()
+            found = _ARGUMENT.match(text)
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            if found and (current is None or indent <= described_indent):
+                current, described_indent = found.group(1), indent
+                described[current] = found.group(2)
+            elif current is not None and text:
+                described[current] = f"{described[current]} {text}".strip()
+            i += 1
+    return "\n".join(kept).strip(), described
 
 
 def _render(value: Any) -> str:

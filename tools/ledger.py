@@ -19,7 +19,7 @@ class Ledger:
 
     async def run_once(
         self,
-        ctx: ToolContext,
+        ctx: ToolContext[Any],
         *,
         tool_name: str,
         arguments: Mapping[str, Any],

@@ -305,7 +305,7 @@ def _arguments_model(name: str, schema: dict[str, Any]) -> type[_Arguments]:
 
 
 def _caller(server: str, lc_tool: BaseTool) -> ToolFunction:
-    async def call(ctx: ToolContext, args: BaseModel) -> str:
+    async def call(ctx: ToolContext[Any], args: BaseModel) -> str:
         try:
             content = await lc_tool.ainvoke(args.model_dump())
         except ToolException as exc:  # the tool ran and reported an error (isError)

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import asyncpg
-
-from tools.artifacts import Artifacts
 from tools.builtin import fetch, mail, python, search, sql
+from tools.builtin.deps import Sandbox, ToolDeps
 from tools.builtin.fetch import FetchPolicy
 from tools.builtin.mail import SmtpMailer
 from tools.builtin.sql import SqlAccess
 from tools.builtin.web_search import WebSearchConfig
 from tools.contract import Toolset
-
-
-@dataclass(frozen=True, kw_only=True)
-class ToolDeps:
-    """Handed to every tool as `ctx.deps`; a tool whose part is None says it is not configured."""
-
-    sql: SqlAccess | None = None
-    # Cadre's own database (the knowledge base lives there).
-    db: asyncpg.Pool | None = None
-    # A `tools.sandbox.bwrap.BwrapSandbox` (or any object with its `run`/`close`).
-    sandbox: Any = None
-    # Where the files a task writes are kept (and read back to attach to email).
-    artifacts: Artifacts | None = None
-    # Outgoing mail (SMTP_URL).
-    mail: SmtpMailer | None = None
 
 
 def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
@@ -51,4 +31,5 @@ def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: b
     return toolset
 
 
-__all__ = ["FetchPolicy", "SmtpMailer", "SqlAccess", "ToolDeps", "WebSearchConfig", "builtin_toolset"]
+__all__ = ["FetchPolicy", "Sandbox", "SmtpMailer", "SqlAccess", "ToolDeps", "WebSearchConfig",
+           "builtin_toolset"]

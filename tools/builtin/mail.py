@@ -19,7 +19,8 @@ from email.utils import formatdate, getaddresses, parseaddr
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tools.contract import ToolContext, ToolError, Toolset
+from tools.builtin.deps import Context
+from tools.contract import ToolError, Toolset
 
 MAX_RECIPIENTS = 20
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
@@ -83,13 +84,20 @@ def _addresses(values: list[str]) -> list[str]:
 
 def register(toolset: Toolset) -> None:
     @toolset.tool(risk="side_effect", timeout=90)
-    async def send_email(ctx: ToolContext, to: list[str], subject: str, body: str,
+    async def send_email(ctx: Context, to: list[str], subject: str, body: str,
                          cc: list[str] | None = None,
                          attachments: list[str] | None = None) -> dict[str, Any]:
-        """Send an email. `to` and `cc` are lists of addresses; `body` is plain text;
-        `attachments` are names of files your Python code wrote in /workspace (this task's
-        artifacts, e.g. "chart.png"). A person may need to approve it first."""
-        mailer: SmtpMailer | None = getattr(ctx.deps, "mail", None)
+        """Send an email. A person may need to approve it first.
+
+        Args:
+            to: The recipients' addresses.
+            subject: The subject line.
+            body: The message, as plain text.
+            cc: Addresses to copy.
+            attachments: Names of files your Python code wrote in /workspace (this task's
+                artifacts), e.g. "chart.png".
+        """
+        mailer: SmtpMailer | None = ctx.deps.mail
         if mailer is None:
             raise ToolError("email is not configured here (SMTP_URL is unset)")
         recipients = _addresses(to)
@@ -116,10 +124,10 @@ def register(toolset: Toolset) -> None:
                 "message_id": message["Message-ID"], "attachments": attached}
 
 
-async def _attach(ctx: ToolContext, message: EmailMessage, names: list[str]) -> list[str]:
+async def _attach(ctx: Context, message: EmailMessage, names: list[str]) -> list[str]:
     if not names:
         return []
-    store = getattr(ctx.deps, "artifacts", None)
+    store = ctx.deps.artifacts
     if store is None:
         raise ToolError("attachments are not available here (no artifact store)")
     total, attached = 0, []

@@ -14,7 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from tools.contract import ToolContext, ToolError, Toolset
+from tools.builtin.deps import Context
+from tools.contract import ToolError, Toolset
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,8 +25,8 @@ class SqlAccess:
     max_rows: int = 200
 
 
-def _access(ctx: ToolContext) -> SqlAccess:
-    access = getattr(ctx.deps, "sql", None)
+def _access(ctx: Context) -> SqlAccess:
+    access = ctx.deps.sql
     if not isinstance(access, SqlAccess):
         raise ToolError("no database is configured for the sql tool (AGENT_SQL_URL)")
     return access
@@ -43,9 +44,14 @@ def _cell(value: Any) -> Any:
 
 def register(toolset: Toolset) -> None:
     @toolset.tool(risk="read_only", timeout=30, max_output_chars=40_000)
-    async def sql(ctx: ToolContext, query: str, max_rows: int = 50) -> dict[str, Any]:
+    async def sql(ctx: Context, query: str, max_rows: int = 50) -> dict[str, Any]:
         """Run one read-only SQL query (PostgreSQL) and get its rows. Use describe_schema
-        first to see the tables. Only SELECT-style queries work; results are capped."""
+        first to see the tables. Only SELECT-style queries work; results are capped.
+
+        Args:
+            query: One SELECT (or WITH ... SELECT) statement.
+            max_rows: How many rows to return at most.
+        """
         access = _access(ctx)
         limit = max(1, min(max_rows, access.max_rows))
         try:
@@ -65,7 +71,7 @@ def register(toolset: Toolset) -> None:
                 "truncated": len(rows) > limit}
 
     @toolset.tool(risk="read_only", timeout=30)
-    async def describe_schema(ctx: ToolContext) -> dict[str, Any]:
+    async def describe_schema(ctx: Context) -> dict[str, Any]:
         """List the tables you can query, with their columns, types and descriptions."""
         access = _access(ctx)
         async with access.pool.acquire() as conn:
