@@ -26,8 +26,10 @@ from app.routes import router
 from app.service import TaskService
 from app.settings import Settings, load_settings
 from app.share import router as share_router
+from app.store import TaskStore
 from app.streams import StreamHub
 from app.tooling import artifact_store
+from graph.status import TaskStatus
 from guardrails.limits import RequestRate, UserQuotas
 from tools.artifacts import Artifacts
 
@@ -104,17 +106,16 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         """Prometheus metrics: requests, tasks by status, queue depth, live workers, approvals
         waiting, and, across all workers, step latency by node, model tokens and tool calls."""
         opened: Deps = request.app.state.deps
-        counts = dict(await opened.db.fetch("SELECT status, count(*) FROM tasks GROUP BY status"))
-        for status in ("QUEUED", "RUNNING", "PENDING_APPROVAL", "SUCCEEDED", "FAILED", "CANCELLED"):
+        store = TaskStore(opened.db)
+        counts = await store.counts_by_status()
+        for status in TaskStatus:
             tasks_by_status.labels(status).set(counts.get(status, 0))
         attributes = await opened.queue.attributes()
         queue_depth.labels("visible").set(int(attributes.get("ApproximateNumberOfMessages", 0)))
         queue_depth.labels("in_flight").set(
             int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)))
         workers.set(len([k async for k in opened.redis.scan_iter("cadre:workers:*", count=1000)]))
-        waiting.set(await opened.db.fetchval("SELECT count(*) FROM approvals a JOIN tasks t "
-                                             "ON t.id = a.task_id WHERE a.status = 'PENDING' "
-                                             "AND t.status = 'PENDING_APPROVAL'"))
+        waiting.set(await store.approvals_waiting())
         await runs.refresh(opened.redis)
         payload = await asyncio.to_thread(generate_latest, registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
@@ -203,4 +204,5 @@ def _attach(app: FastAPI, deps: Deps) -> None:
         default_max_iterations=deps.settings.max_iterations,
         default_token_budget=deps.settings.token_budget,
         quotas=UserQuotas(max_concurrent_tasks=deps.settings.max_concurrent_tasks,
-                          daily_tokens=deps.settings.daily_token_quota))
+                          daily_tokens=deps.settings.daily_token_quota,
+                          counts=TaskStore(deps.db)))

@@ -11,6 +11,7 @@ from app.deps import connect_db
 from app.errors import ConfigError
 from app.queue import DLQ_SUFFIX, client_from_settings
 from app.settings import Settings
+from app.store import TaskStore
 
 
 def _dlq_url(client: Any, settings: Settings) -> str:
@@ -62,13 +63,9 @@ async def reopen(settings: Settings, task_ids: list[str]) -> int:
         return 0
     db = await connect_db(settings)
     try:
-        result = await db.execute(
-            "UPDATE tasks SET status = 'QUEUED', error = NULL, finished_at = NULL, "
-            "dispatched_at = now(), updated_at = now() WHERE id = ANY($1::uuid[]) "
-            "AND status = 'FAILED' AND error->>'type' = 'delivery_failed'", task_ids)
+        return await TaskStore(db).reopen_undelivered(task_ids)
     finally:
         await db.close()
-    return int(result.split()[-1])
 
 
 def redrive_and_reopen(settings: Settings) -> tuple[int, int]:

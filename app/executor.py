@@ -28,7 +28,7 @@ from app.files import FileStore
 from app.metrics import StepMetrics
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
-from app.store import StepStore
+from app.store import PolicyAudit, StepStore, TaskStore
 from app.telemetry import attach, detach, record_wait
 from graph import GraphDeps, TaskStatus, task_input
 from graph.builder import AgentGraph
@@ -38,7 +38,6 @@ from graph.state import AgentState
 from graph.status import TERMINAL
 from graph.tracing import Tracing
 from guardrails import Policy
-from guardrails.audit import AuditLog
 from guardrails.limits import DailyAllowance, UserQuotas
 from guardrails.screening import RuleScreen, Screen
 from tools import Ledger, Toolset
@@ -68,6 +67,10 @@ class Executor:
     def lease_seconds(self) -> int:
         return self.deps.settings.lease_seconds
 
+    @property
+    def store(self) -> TaskStore:
+        return TaskStore(self.deps.db)
+
     async def handle(self, message: ReceivedMessage) -> None:
         try:
             body = TaskMessage.model_validate_json(message.body)
@@ -94,15 +97,7 @@ class Executor:
 
     async def _handle(self, body: TaskMessage, message: ReceivedMessage) -> None:
         db = self.deps.db
-        task = await db.fetchrow(
-            """
-            UPDATE tasks SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
-                   attempts = attempts + 1, started_at = coalesce(started_at, now()),
-                   status = 'RUNNING', updated_at = now()
-            WHERE id = $1::uuid AND status IN ('QUEUED', 'RUNNING')
-              AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = $2)
-            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id, usage
-            """, body.task_id, self.worker_id, float(self.lease_seconds))
+        task = await self.store.take_lease(body.task_id, self.worker_id, float(self.lease_seconds))
         if task is None:
             await self._not_taken(body.task_id, message)
             return
@@ -181,7 +176,7 @@ class Executor:
             recorder=Recorders(StepStore(self.deps.db), StepPublisher(self.events),
                                StepMetrics(self.deps.redis)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
-            tool_deps=self.tool_deps, audit=AuditLog(self.deps.db), screen=self.screen,
+            tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
             tracing=self.tracing,
         )
 
@@ -212,9 +207,7 @@ class Executor:
 
     async def _trace_wait(self, approval_id: str) -> None:
         """The time the task waited for a person, as a span of its trace."""
-        row = await self.deps.db.fetchrow(
-            "SELECT tool_name, tool_call_id, status, created_at, decided_at FROM approvals "
-            "WHERE id = $1::uuid", approval_id)
+        row = await self.store.approval(approval_id)
         if row is not None:
             record_wait(f"approval_wait {row['tool_name']}", started=row["created_at"],
                         ended=row["decided_at"], attributes={
@@ -231,25 +224,15 @@ class Executor:
             await store.copy_to(task_id, sandbox.inputs(task_id))
 
     async def _cancel_requested(self, task_id: str) -> bool:
-        return bool(await self.deps.db.fetchval(
-            "SELECT cancel_requested_at IS NOT NULL FROM tasks WHERE id = $1::uuid", task_id))
+        return await self.store.cancel_requested(task_id)
 
     async def _await_approval(self, task_id: str, result: RunResult) -> None:
         approval = result.approval
         assert approval is not None, "a run waiting for a person says what for"
-        async with self.deps.db.acquire() as conn, conn.transaction():
-            approval_id = await conn.fetchval(
-                """
-                INSERT INTO approvals (task_id, tool_call_id, tool_name, tool_input, reason, risk)
-                VALUES ($1::uuid, $2, $3, $4::jsonb, $5, $6)
-                ON CONFLICT (task_id, tool_call_id) DO UPDATE SET reason = EXCLUDED.reason
-                RETURNING id
-                """, task_id, approval.tool_call_id, approval.tool,
-                json.dumps(approval.arguments, default=str), approval.reason, approval.risk)
-            await conn.execute(
-                "UPDATE tasks SET status = 'PENDING_APPROVAL', lease_owner = NULL, "
-                "lease_expires_at = NULL, usage = $2::jsonb, updated_at = now() "
-                "WHERE id = $1::uuid", task_id, json.dumps(result.usage))
+        approval_id = await self.store.hold(
+            task_id, tool_call_id=approval.tool_call_id, tool=approval.tool,
+            arguments=approval.arguments, reason=approval.reason, risk=approval.risk,
+            usage=dict(result.usage))
         await self.events.publish(task_id, ApprovalRequiredData(
             approval_id=str(approval_id), tool=approval.tool, arguments=approval.arguments,
             risk=approval.risk, reason=approval.reason, rule=approval.rule))
@@ -258,15 +241,8 @@ class Executor:
     async def _finish(self, task_id: str, status: TaskStatus, *, output: str | None,
                       error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None) -> None:
         async with self.deps.db.acquire() as conn, conn.transaction():
-            updated = await conn.fetchval(
-                """
-                UPDATE tasks SET status = $2, final_output = $3, error = $4::jsonb,
-                       usage = coalesce($5::jsonb, usage), finished_at = now(), updated_at = now(),
-                       lease_owner = NULL, lease_expires_at = NULL
-                WHERE id = $1::uuid AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
-                RETURNING id
-                """, task_id, status, output, json.dumps(error) if error else None,
-                json.dumps(dict(usage)) if usage else None)
+            updated = await self.store.finish(conn, task_id, status, output=output, error=error,
+                                              usage=dict(usage) if usage else None)
             following = await self.service.finish(conn, task_id) if updated else None
         if not updated:
             return
@@ -290,31 +266,23 @@ class Executor:
     async def _repair_end(self, task_id: str) -> None:
         """A worker that died between recording a task's end and announcing it (or sending
         the conversation's next task) left the message behind: finish that work now."""
-        row = await self.deps.db.fetchrow(
-            "SELECT status, final_output, error, usage, conversation_id FROM tasks "
-            "WHERE id = $1::uuid", task_id)
+        row = await self.store.ended(task_id)
+        assert row is not None
         history = await self.events.history(task_id)
         if not history or not history[-1].ends_stream:
             error, usage = (json.loads(v) if isinstance(v, str) else v
                             for v in (row["error"], row["usage"]))
             await self._announce_end(task_id, TaskStatus(row["status"]), output=row["final_output"],
                                      error=error, usage=usage)
-        stranded = await self.deps.db.fetch(
-            "SELECT id FROM tasks WHERE conversation_id = $1 AND status = 'QUEUED' "
-            "AND dispatched_at IS NOT NULL AND lease_owner IS NULL", row["conversation_id"])
-        for other in stranded:
-            await self.service.dispatch(str(other["id"]))
+        for other in await self.store.stranded(row["conversation_id"]):
+            await self.service.dispatch(other)
 
     async def _release(self, task_id: str) -> None:
         with contextlib.suppress(Exception):
-            await self.deps.db.execute(
-                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL "
-                "WHERE id = $1::uuid AND lease_owner = $2", task_id, self.worker_id)
+            await self.store.release_lease(task_id, self.worker_id)
 
     async def _not_taken(self, task_id: str, message: ReceivedMessage) -> None:
-        row = await self.deps.db.fetchrow(
-            "SELECT status, extract(epoch FROM lease_expires_at - now()) AS left_s FROM tasks "
-            "WHERE id = $1::uuid", task_id)
+        row = await self.store.lease_state(task_id)
         if row is None or row["status"] in TERMINAL | {TaskStatus.PENDING_APPROVAL}:
             # A duplicate or stale delivery: nothing left to run for it.
             if row is not None and row["status"] != TaskStatus.PENDING_APPROVAL:
@@ -331,10 +299,7 @@ class Executor:
         while True:
             await asyncio.sleep(every)
             await self.deps.queue.change_visibility(message, self.lease_seconds)
-            await self.deps.db.execute(
-                "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3) "
-                "WHERE id = $1::uuid AND lease_owner = $2", task_id, self.worker_id,
-                float(self.lease_seconds))
+            await self.store.renew_lease(task_id, self.worker_id, float(self.lease_seconds))
 
 
 def _options(task: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from app.store import task_steps
+from app.store import TaskStore, task_steps
 from graph.steps import Step
 
 
@@ -86,14 +86,11 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
         "JOIN users u ON u.id = c.user_id WHERE c.id = $1", key)
     if conv is None:
         return None
-    tasks = await db.fetch(
-        "SELECT id, status, input, final_output, error, created_at, finished_at FROM tasks "
-        "WHERE conversation_id = $1 ORDER BY created_at, id", key)
+    store = TaskStore(db)
+    tasks = await store.conversation_tasks(key)
     ids = [t["id"] for t in tasks]
     steps = await task_steps(db, ids)
-    approvals = await db.fetch(
-        "SELECT id, task_id, tool_name, tool_input, reason, status, comment, created_at, "
-        "decided_at FROM approvals WHERE task_id = ANY($1::uuid[]) ORDER BY created_at", ids)
+    approvals = await store.approvals_in(ids)
     artifacts = await db.fetch(
         "SELECT task_id, name, content_type, size_bytes, sha256, created_at FROM artifacts "
         "WHERE task_id = ANY($1::uuid[]) ORDER BY created_at, name", ids)

@@ -12,16 +12,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-import asyncpg
-
 from app.deps import connect_db, redis_client, require_database_url, require_redis_url
 from app.errors import ConfigError
 from app.events import EventLog, StepPublisher
 from app.metrics import StepMetrics
 from app.models import model_config
 from app.settings import Settings
-from app.store import StepStore
-from app.telemetry import graph_tracing
+from app.store import PolicyAudit, StepStore, TaskStore
+from app.telemetry import carrier, graph_tracing
 from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
 from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
 from graph.approvals import ApprovalDecision, ApprovalRequest
@@ -39,7 +37,6 @@ from graph.steps import (
     ToolProposed,
     ToolRan,
 )
-from guardrails.audit import AuditLog
 from tools import Ledger, Toolset
 
 Decide = Callable[[ApprovalRequest], Awaitable[ApprovalDecision]]
@@ -124,10 +121,11 @@ async def run_local(
         if user is None:
             raise ConfigError(f"no user {email!r}; create one with "
                               f"`cadre keys create --email {email}`")
-        conv = await _conversation(db, user["id"], conversation_id, text)
-        task_id = str(await db.fetchval(
-            "INSERT INTO tasks (user_id, conversation_id, input, status, started_at) "
-            "VALUES ($1, $2, $3, 'RUNNING', now()) RETURNING id", user["id"], conv, text))
+        store = TaskStore(db)
+        conv = await _conversation(store, user["id"], conversation_id, text)
+        task_id = (await store.insert(db, user_id=user["id"], conversation=conv, text=text,
+                                      options={}, trace=carrier(),
+                                      status=TaskStatus.RUNNING))["id"]
         echo(f"task {task_id} in conversation {conv}")
         events = EventLog(rds)
         async with open_tool_deps(settings, db=db) as tool_deps, postgres_checkpointer(
@@ -137,7 +135,7 @@ async def run_local(
                 recorder=Recorders(StepStore(db), StepPublisher(events), StepMetrics(rds),
                                    EchoRecorder(echo)),
                 redis=rds, context_tokens=settings.context_tokens, tool_deps=tool_deps,
-                audit=AuditLog(db), screen=worker_screen(settings),
+                audit=PolicyAudit(db), screen=worker_screen(settings),
                 tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"))
             graph = compile_graph(saver)
 
@@ -154,38 +152,30 @@ async def run_local(
                 if result.status is not TaskStatus.PENDING_APPROVAL:
                     break
                 assert result.approval is not None
-                await _set_status(db, task_id, TaskStatus.PENDING_APPROVAL)
+                await store.set_status(task_id, TaskStatus.PENDING_APPROVAL)
                 decision = await decide(result.approval)
-                await _set_status(db, task_id, TaskStatus.RUNNING)
+                await store.set_status(task_id, TaskStatus.RUNNING)
         succeeded = result.status is TaskStatus.SUCCEEDED
-        await db.execute(
-            "UPDATE tasks SET status = $2, final_output = $3, error = $4::jsonb, usage = $5::jsonb, "
-            "finished_at = now(), updated_at = now() WHERE id = $1::uuid",
-            task_id, result.status, result.final_answer if succeeded else (result.partial or None),
-            json.dumps({"type": result.stop["kind"], "message": result.stop["message"]})
-            if result.stop else None, json.dumps(result.usage))
+        await store.record_end(
+            task_id, result.status,
+            output=result.final_answer if succeeded else (result.partial or None),
+            error={"type": result.stop["kind"], "message": result.stop["message"]}
+            if result.stop else None, usage=dict(result.usage))
         return LocalRun(task_id=task_id, conversation_id=str(conv), result=result)
     finally:
         await rds.aclose()
         await db.close()
 
 
-async def _set_status(db: asyncpg.Pool, task_id: str, status: TaskStatus) -> None:
-    await db.execute("UPDATE tasks SET status = $2, updated_at = now() WHERE id = $1::uuid",
-                     task_id, status)
-
-
-async def _conversation(db: asyncpg.Pool, user_id: Any, conversation_id: str | None,
+async def _conversation(store: TaskStore, user_id: Any, conversation_id: str | None,
                         text: str) -> Any:
     if conversation_id is None:
-        return await db.fetchval("INSERT INTO conversations (user_id, title) VALUES ($1, $2) "
-                                 "RETURNING id", user_id, text[:80])
+        return await store.new_conversation(store.db, user_id, text[:80])
     try:
         wanted = uuid.UUID(conversation_id)
     except ValueError:
         raise ConfigError(f"--conversation {conversation_id!r} is not a conversation id") from None
-    found = await db.fetchval("SELECT id FROM conversations WHERE id = $1 AND user_id = $2",
-                              wanted, user_id)
+    found = await store.owned_conversation(wanted, user_id)
     if found is None:
         raise ConfigError(f"conversation {conversation_id} not found for this user")
     return found

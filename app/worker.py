@@ -22,6 +22,7 @@ from app.executor import Executor
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
+from app.store import TaskStore
 from app.telemetry import configure_tracing, graph_tracing, shutdown_tracing
 from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
 from graph import compile_graph, make_chat_model, postgres_checkpointer
@@ -73,7 +74,8 @@ async def run_worker(
             toolset=toolset, policy=policy, worker_id=me, tool_deps=tool_deps,
             screen=worker_screen(settings),
             quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
-                              daily_tokens=settings.daily_token_quota),
+                              daily_tokens=settings.daily_token_quota,
+                              counts=TaskStore(deps.db)),
             tracing=graph_tracing(settings, model_url),
         )
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "

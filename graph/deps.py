@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from graph.recorder import StepRecorder
 from graph.tracing import Tracing
 from guardrails import Policy
-from guardrails.audit import AuditLog
+from guardrails.audit import AuditSink
 from guardrails.screening import RuleScreen, Screen
 from tools import Ledger, Toolset
 
@@ -30,7 +30,7 @@ class GraphDeps:
     # Handed to tools as `ToolContext.deps` (sandbox, database pools, ...).
     tool_deps: Any = None
     # Where every policy decision is written; None in tests that do not look.
-    audit: AuditLog | None = None
+    audit: AuditSink | None = None
     # Screens untrusted tool output for instructions.
     screen: Screen = field(default_factory=RuleScreen)
     # What the run's spans carry (content only when opted in).

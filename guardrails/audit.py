@@ -1,15 +1,14 @@
-"""The policy audit log: one row per decided tool call -- who, which task, which tool, a
+"""The policy audit log: one entry per decided tool call -- who, which task, which tool, a
 digest of the arguments (not the arguments: they may hold personal data), the verdict, and
-the rule that gave it. A person's answer to an approval is in `approvals`."""
+the rule that gave it. A person's answer to an approval is in `approvals`. Where entries are
+written is the task store's business (`AuditSink`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, assert_never
-
-import asyncpg
+from typing import Any, Protocol, assert_never
 
 from guardrails.verdict import Allow, Deny, RequireApproval, Verdict
 
@@ -30,20 +29,10 @@ def verdict_fields(verdict: Verdict) -> tuple[str, str]:
     assert_never(verdict)
 
 
-class AuditLog:
-    def __init__(self, db: asyncpg.Pool) -> None:
-        self._db = db
+class AuditSink(Protocol):
+    """Where each policy decision is written (the task store's `PolicyAudit` in Cadre)."""
 
     async def record(self, *, task_id: str, tool_call_id: str, role: str, tool: str,
                      arguments: Mapping[str, Any], verdict: Verdict) -> None:
         """Write the decision once: the approve step runs again when a run resumes."""
-        name, reason = verdict_fields(verdict)
-        await self._db.execute(
-            """
-            INSERT INTO policy_decisions
-                (task_id, user_id, tool_call_id, role, tool, arguments_digest, verdict, rule, reason)
-            SELECT $1::uuid, t.user_id, $2, $3, $4, $5, $6, $7, $8 FROM tasks t WHERE t.id = $1::uuid
-            ON CONFLICT (task_id, tool_call_id) DO NOTHING
-            """,
-            task_id, tool_call_id, role, tool, arguments_digest(arguments), name, verdict.rule,
-            reason)
+        ...

@@ -34,15 +34,14 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
-import asyncpg
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 CONCURRENCY_RETRY_SECONDS = 5
-_ACTIVE = ["QUEUED", "RUNNING", "PENDING_APPROVAL"]
 
 
 class LimitExceeded(Exception):
@@ -112,19 +111,38 @@ class DailyAllowance:
                 f"{_duration(seconds_to_midnight())}")
 
 
+class QuotaCounts(Protocol):
+    """What the quotas count, from the task store (`app.store.TaskStore` in Cadre). `conn` is
+    the caller's connection (a transaction, for `admit`) or a pool."""
+
+    async def lock_user(self, conn: Any, user_id: str) -> None:
+        """Hold the user's row until the transaction ends."""
+        ...
+
+    async def active_tasks(self, conn: Any, user_id: str) -> int:
+        """The user's tasks queued, running or waiting for approval."""
+        ...
+
+    async def tokens_since(self, conn: Any, user_id: str, since: datetime, *,
+                           excluding: str | None = None) -> int:
+        """Tokens the user's tasks recorded since `since`, leaving out `excluding`."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class UserQuotas:
-    """Concurrent tasks and daily tokens per user, counted in Postgres (see the module
+    """Concurrent tasks and daily tokens per user, counted by the task store (see the module
     docstring)."""
 
     max_concurrent_tasks: int
     daily_tokens: int
+    counts: QuotaCounts
 
-    async def admit(self, conn: asyncpg.Connection, user_id: str) -> None:
+    async def admit(self, conn: Any, user_id: str) -> None:
         """Called in the transaction that inserts a task, before the insert: raise
         `LimitExceeded` when the user is at a limit. Locks the user's row until the
         transaction ends, so two submissions cannot both take the last slot."""
-        await conn.execute("SELECT 1 FROM users WHERE id = $1::uuid FOR NO KEY UPDATE", user_id)
+        await self.counts.lock_user(conn, user_id)
         spent = await self.tokens_spent(conn, user_id)
         if spent >= self.daily_tokens:
             wait = seconds_to_midnight()
@@ -132,9 +150,7 @@ class UserQuotas:
                 f"daily token quota spent: {spent} of {self.daily_tokens} tokens per user per "
                 f"day used today (CADRE_DAILY_TOKEN_QUOTA); it resets at 00:00 UTC, in "
                 f"{_duration(wait)}", limit="daily_tokens", retry_after=wait)
-        active = await conn.fetchval(
-            "SELECT count(*) FROM tasks WHERE user_id = $1::uuid AND status = ANY($2::text[])",
-            user_id, _ACTIVE)
+        active = await self.counts.active_tasks(conn, user_id)
         if active >= self.max_concurrent_tasks:
             raise LimitExceeded(
                 f"you have {active} tasks queued, running or waiting for approval, the most one "
@@ -142,23 +158,15 @@ class UserQuotas:
                 f"a slot frees when one of them ends: wait, or cancel one, and retry",
                 limit="concurrent_tasks", retry_after=CONCURRENCY_RETRY_SECONDS)
 
-    async def allowance(self, db: asyncpg.Pool | asyncpg.Connection, user_id: str, *,
-                        task_id: str) -> DailyAllowance:
+    async def allowance(self, db: Any, user_id: str, *, task_id: str) -> DailyAllowance:
         """What the quota leaves the task `task_id` as it starts or resumes."""
         spent = await self.tokens_spent(db, user_id, excluding=task_id)
         return DailyAllowance(quota=self.daily_tokens, spent_elsewhere=spent)
 
-    async def tokens_spent(self, db: asyncpg.Pool | asyncpg.Connection, user_id: str, *,
+    async def tokens_spent(self, db: Any, user_id: str, *,
                            excluding: str | None = None) -> int:
         """Tokens the user's tasks recorded today (UTC), leaving out `excluding`."""
-        return int(await db.fetchval(
-            """
-            SELECT coalesce(sum(coalesce((usage->>'tokens_in')::bigint, 0)
-                                + coalesce((usage->>'tokens_out')::bigint, 0)), 0)
-            FROM tasks
-            WHERE user_id = $1::uuid AND coalesce(finished_at, updated_at) >= $2
-              AND ($3::uuid IS NULL OR id <> $3::uuid)
-            """, user_id, _midnight(), excluding))
+        return await self.counts.tokens_since(db, user_id, _midnight(), excluding=excluding)
 
 
 def seconds_to_midnight(now: datetime | None = None) -> int:

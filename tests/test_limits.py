@@ -16,6 +16,7 @@ import httpx
 import websockets
 
 from app.settings import Settings
+from app.store import TaskStore
 from graph.testing import call, plan, reply, verdict
 from guardrails.limits import UserQuotas, seconds_to_midnight
 from tests.service import Service, running_service
@@ -142,7 +143,8 @@ async def test_a_submission_racing_for_the_last_slot_waits_then_is_refused(
             "SELECT id FROM users WHERE email = 'ana@example.com'"))
         async with service.deps.db.acquire() as conn, conn.transaction():
             # Another submission is between its check and its commit.
-            await UserQuotas(max_concurrent_tasks=1, daily_tokens=10**9).admit(conn, user_id)
+            await UserQuotas(max_concurrent_tasks=1, daily_tokens=10**9,
+                             counts=TaskStore(service.deps.db)).admit(conn, user_id)
             await conn.execute(
                 "WITH c AS (INSERT INTO conversations (user_id, title) VALUES ($1::uuid, 'x') "
                 "RETURNING id) INSERT INTO tasks (user_id, conversation_id, input) "

@@ -31,6 +31,7 @@ from chainlit.user import PersistedUser, User
 from fastapi import HTTPException
 
 from app.history import ConversationLog, TaskLog, conversation_owner, load_conversation
+from app.store import TaskStore
 from app.ui import render
 from graph.steps import (
     AnswerChecked,
@@ -43,8 +44,6 @@ from graph.steps import (
     ToolProposed,
     ToolRan,
 )
-
-_ACTIVE = ("QUEUED", "RUNNING", "PENDING_APPROVAL")
 
 
 class CadreDataLayer(BaseDataLayer):
@@ -81,18 +80,9 @@ class CadreDataLayer(BaseDataLayer):
                 hasNextPage=False, startCursor=None, endCursor=None))
         search = f"%{filters.search.strip()}%" if filters.search and filters.search.strip() \
             else None
-        rows = await self._pool().fetch(
-            """
-            SELECT c.id, c.title, c.created_at, c.updated_at, c.user_id, u.email
-            FROM conversations c JOIN users u ON u.id = c.user_id
-            WHERE c.user_id = $1::uuid
-              AND ($2::text IS NULL OR c.title ILIKE $2 OR EXISTS (
-                   SELECT 1 FROM tasks t WHERE t.conversation_id = c.id AND t.input ILIKE $2))
-              AND ($3::uuid IS NULL OR (c.updated_at, c.id) < (
-                   SELECT updated_at, id FROM conversations WHERE id = $3::uuid))
-            ORDER BY c.updated_at DESC, c.id DESC LIMIT $4
-            """, _uuid_or_none(filters.userId), search, _uuid_or_none(pagination.cursor),
-            pagination.first + 1)
+        rows = await TaskStore(self._pool()).conversations(
+            _uuid_or_none(filters.userId), search=search, after=_uuid_or_none(pagination.cursor),
+            limit=pagination.first + 1)
         more = len(rows) > pagination.first
         rows = rows[:pagination.first]
         data: list[ThreadDict] = [{
@@ -137,10 +127,7 @@ class CadreDataLayer(BaseDataLayer):
         if key is None:
             return
         async with self._pool().acquire() as conn, conn.transaction():
-            busy = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM tasks WHERE conversation_id = $1 "
-                "AND status = ANY($2::text[]))", key, list(_ACTIVE))
-            if busy:
+            if await TaskStore(self._pool()).conversation_busy(conn, key):
                 raise HTTPException(409, "this conversation has a task in progress; stop it first")
             await conn.execute("DELETE FROM conversations WHERE id = $1", key)
 
