@@ -42,6 +42,7 @@ from app.schemas import (
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from app.telemetry import trace_id
+from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
 from guardrails.limits import LimitExceeded, RequestRate
 from guardrails.screening import control_characters
@@ -76,11 +77,10 @@ def _plain(value: str | None) -> str | None:
 PlainText = Annotated[str | None, AfterValidator(_plain)]
 
 
-class Decision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DecisionBody(ApprovalDecision):
+    """`ApprovalDecision` as a request body: nothing else in it."""
 
-    decision: Literal["approve", "reject"]
-    comment: PlainText = Field(None, max_length=2_000)
+    model_config = ConfigDict(extra="forbid")
 
 
 
@@ -178,12 +178,11 @@ async def get_task(task_id: str, request: Request, who: Who, service: Service) -
 
 @router.post("/tasks/{task_id}/approvals/{approval_id}", response_model=Approval,
              dependencies=[JsonBody], responses=problem_responses(404, 409, 413, 415))
-async def decide(task_id: str, approval_id: str, body: Decision, who: Who,
+async def decide(task_id: str, approval_id: str, body: DecisionBody, who: Who,
                  service: Service) -> dict[str, Any]:
     """Approve or reject a held tool call. Repeating the same decision is harmless; a
     different one is a 409."""
-    return await service.decide(who, task_id, approval_id, decision=body.decision,
-                                comment=body.comment)
+    return await service.decide(who, task_id, approval_id, body)
 
 
 @router.get("/tasks/{task_id}/artifacts", response_model=ArtifactList,
@@ -347,8 +346,9 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
                 elif command.approval_id is None:
                     raise Problem("invalid-request", 422, "approve/reject need approval_id")
                 else:
-                    await service.decide(who, task_id, command.approval_id,
-                                         decision=command.type, comment=command.comment)
+                    await service.decide(who, task_id, command.approval_id, ApprovalDecision(
+                        decision=command.type, comment=command.comment or "",
+                        approval_id=command.approval_id))
                 await ws.send_json({"type": "ack", "command": command.type})
             except ValidationError as exc:
                 await ws.send_json({"type": "problem", "detail": str(exc.errors()[0]["msg"])})

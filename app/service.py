@@ -199,12 +199,12 @@ class TaskService:
 
     # -- approvals -----------------------------------------------------------------------------
 
-    async def decide(self, who: Principal, task_id: str, approval_id: str, *,
-                     decision: Literal["approve", "reject"], comment: str | None) -> dict[str, Any]:
+    async def decide(self, who: Principal, task_id: str, approval_id: str,
+                     answer: ApprovalDecision) -> dict[str, Any]:
         """Record a human's decision (idempotent) and enqueue the resume."""
         await self.owned(who, task_id)
-        status: Literal["APPROVED", "REJECTED"] = "APPROVED" if decision == "approve" \
-            else "REJECTED"
+        status: Literal["APPROVED", "REJECTED"] = "APPROVED" if answer.approved else "REJECTED"
+        comment = answer.comment or None
         store = self.store
         async with self.db.acquire() as conn, conn.transaction():
             row = await store.approval_for_update(conn, _uuid(approval_id, "approval"), task_id)
@@ -215,14 +215,14 @@ class TaskService:
                     return approval_row(row)
                 raise Problem("conflict", 409,
                               f"approval {approval_id} was already {row['status'].lower()}")
-            if row["task_status"] != "PENDING_APPROVAL":
+            if row["task_status"] != TaskStatus.PENDING_APPROVAL:
                 raise Problem("conflict", 409, f"task {task_id} is {row['task_status']}, "
                                                "not waiting for this approval")
             decided = await store.decide(conn, row["id"], task_id, status=status,
                                          user_id=who.user_id, comment=comment)
         await self.events.publish(task_id, StatusData(status=TaskStatus.QUEUED, approval=status))
-        await self._send(task_id, resume=ApprovalDecision(
-            decision=decision, comment=comment or "", approval_id=str(decided["id"])))
+        await self._send(task_id, resume=answer.model_copy(update={
+            "approval_id": str(decided["id"])}))
         return approval_row(decided)
 
 

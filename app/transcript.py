@@ -11,6 +11,7 @@ from html import escape
 from typing import Any, assert_never
 
 from app.history import ConversationLog, TaskLog
+from graph.status import TERMINAL, TaskStatus
 from graph.steps import (
     AnswerChecked,
     ModelCalled,
@@ -76,7 +77,8 @@ def _task(task: TaskLog) -> dict[str, Any]:
         "artifacts": [{"name": a.name, "type": a.content_type, "size": _size(a.size_bytes)}
                       for a in task.artifacts],
         "answer": task.final_output or "",
-        "error": (task.error or {}).get("message", "") if task.status != "SUCCEEDED" else "",
+        "error": (task.error or {}).get("message", "")
+        if task.status != TaskStatus.SUCCEEDED else "",
     }
 
 
@@ -129,7 +131,7 @@ def _page(doc: dict[str, Any]) -> str:
         if task["error"]:
             body.append(f"<div class='answer error'>{escape(task['status'].lower())}: "
                         f"{escape(task['error'])}</div>")
-        elif task["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+        elif task["status"] not in TERMINAL:
             body.append(f"<div class='answer when'>{escape(task['status'].lower())}</div>")
         body.append("</section>")
     body.append("<footer>Shared from Cadre</footer>")

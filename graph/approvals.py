@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from guardrails import Risk
+from guardrails.screening import control_characters
 
 
 class ApprovalRequest(BaseModel):
@@ -31,9 +32,20 @@ class ApprovalDecision(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     decision: Literal["approve", "reject"]
-    comment: str = ""
+    comment: str = Field(default="", max_length=2_000)
     # The `approvals` row decided, when the decision came through the task service.
-    approval_id: str | None = None
+    approval_id: str | None = Field(default=None, max_length=100)
+
+    @field_validator("comment", mode="before")
+    @classmethod
+    def _plain(cls, value: object) -> object:
+        # What a person types: no NUL, control characters or lone surrogates (PostgreSQL
+        # cannot store some of them, and the others hide text from whoever reads it).
+        if value is None:
+            return ""
+        if isinstance(value, str) and (found := control_characters(value)):
+            raise ValueError(f"contains control or invisible characters ({', '.join(found[:5])})")
+        return value
 
     @property
     def approved(self) -> bool:

@@ -203,7 +203,7 @@ class TaskStore:
             "RETURNING status, dispatched_at", task_id, sorted(ACTIVE))
         if row is None:
             return False
-        if row["status"] == "PENDING_APPROVAL" or (row["status"] == "QUEUED"
+        if row["status"] == TaskStatus.PENDING_APPROVAL or (row["status"] == TaskStatus.QUEUED
                                                    and row["dispatched_at"] is None):
             await conn.execute(
                 "UPDATE tasks SET status = 'CANCELLED', finished_at = now(), updated_at = now(), "

@@ -33,6 +33,7 @@ from fastapi import HTTPException
 from app.history import ConversationLog, TaskLog, conversation_owner, load_conversation
 from app.store import TaskStore
 from app.ui import render
+from graph.status import TaskStatus
 from graph.steps import (
     AnswerChecked,
     ModelCalled,
@@ -226,10 +227,10 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
                         "assistant_message", render.CHAT_NAME,
                         render.files_text([a.name for a in task.artifacts])))
     ended = task.finished_at or task.created_at
-    if task.status == "SUCCEEDED" and task.final_output:
+    if task.status == TaskStatus.SUCCEEDED and task.final_output:
         out.append(step(ended, render.answer_id(task.id), "assistant_message", render.CHAT_NAME,
                         task.final_output))
-    elif task.status in ("FAILED", "CANCELLED"):
+    elif task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         out.append(step(ended, render.answer_id(task.id), "assistant_message", render.CHAT_NAME,
                         render.error_text(task.error, task.status), is_error=True))
     out.sort(key=lambda pair: pair[0])

@@ -23,6 +23,8 @@ from app.ui import render
 from app.ui.data_layer import CadreDataLayer
 from app.ui.runtime import services
 from app.ui.view import TaskView, share_action
+from graph.approvals import ApprovalDecision
+from graph.status import TaskStatus
 
 log = logging.getLogger("cadre.ui")
 # Chainlit replaces a resumed chat's messages once `on_chat_resume` returns, dropping anything
@@ -112,7 +114,7 @@ async def on_chat_resume(thread: ThreadDict) -> None:
             view = TaskView(ui=ui, who=who, task_id=task["id"], conversation_id=thread["id"],
                             parent_id=task["id"])
             await view.offer_pending(task["approvals"])
-            await view.set_working(task["status"] != "PENDING_APPROVAL")
+            await view.set_working(task["status"] != TaskStatus.PENDING_APPROVAL)
             _background(view.follow(ends[task["id"]]))
 
     _background(reattach())
@@ -206,8 +208,8 @@ async def _decide(action: cl.Action, decision: Any) -> None:
         return
     try:
         await services().service.decide(who, str(action.payload["task_id"]),
-                                        str(action.payload["approval_id"]), decision=decision,
-                                        comment=None)
+                                        str(action.payload["approval_id"]),
+                                        ApprovalDecision(decision=decision))
     except Problem as problem:
         await _say_problem(problem)
 

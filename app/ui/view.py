@@ -251,7 +251,7 @@ class TaskView:
     async def _error(self, data: ErrorData) -> None:
         await self._settle_draft()
         await self._show_files()
-        status = "CANCELLED" if data.type == "cancelled" else "FAILED"
+        status = TaskStatus.CANCELLED if data.type == "cancelled" else TaskStatus.FAILED
         message = cl.Message(content=render.error_text(data.model_dump(), status)
                              + await self._trace_link(),
                              id=render.answer_id(self.task_id), parent_id=self.parent_id,
