@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,6 +35,26 @@ SERVICE_ENV = (
     "DATABASE_URL", "REDIS_URL", "SQS_QUEUE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL",
     "CADRE_HOME",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A private temporary root per session, not pytest's shared /tmp/pytest-of-<user>: a
+    # second pytest session starting on the machine makes that root private again (0700),
+    # and the servers and sandboxes the tests run as other users (when run as root) would
+    # lose their directories mid-run. Removed after a passing session, kept after a failure.
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="cadre-pytest-")
+        config._cadre_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    made = getattr(session.config, "_cadre_basetemp", None)
+    if made is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(made, ignore_errors=True)
+    else:
+        session.config.get_terminal_writer().line(f"temporary files kept in {made}")
 
 
 @dataclass(frozen=True, kw_only=True)
