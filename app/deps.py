@@ -43,12 +43,21 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL):
+    Cadre's own queries leave no session state behind (no session SET, LISTEN, cursor or
+    session advisory lock; locks and settings are transaction-scoped), and the reset was a
+    second round trip on every query a pool connection ran. An open transaction is still
+    rolled back by asyncpg before this is called."""
+
+
 async def connect_db(settings: Settings) -> asyncpg.Pool:
     """An asyncpg pool, or a `StackError` naming DATABASE_URL when the server cannot be reached."""
     url = require_database_url(settings)
     try:
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=settings.db_pool_size, timeout=10, command_timeout=60
+            url, min_size=1, max_size=settings.db_pool_size, timeout=10, command_timeout=60,
+            reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise StackError(
