@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, assert_never
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from redis.asyncio import Redis
 
+from graph.fence import LeaseLost
 from graph.status import TERMINAL, TaskStatus
 from graph.steps import (
     AnswerChecked,
@@ -243,18 +244,76 @@ def stream_key(task_id: str) -> str:
     return f"cadre:events:{task_id}"
 
 
+def epoch_key(task_id: str) -> str:
+    return f"cadre:events:{task_id}:epoch"
+
+
+# Append a task's events at once, unless a newer lease epoch than the caller's has claimed the
+# task (a run another worker took over publishes nothing more). KEYS: stream, epoch key.
+# ARGV: the caller's epoch ('' when unfenced), MAXLEN, seconds to keep after the end ('0'
+# while running), then type and data of each event. Returns the new ids, or nil when fenced.
+_PUBLISH = """
+if ARGV[1] ~= '' then
+  local held = redis.call('GET', KEYS[2])
+  if held and tonumber(held) > tonumber(ARGV[1]) then return false end
+end
+local ids = {}
+for i = 4, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+                             'type', ARGV[i], 'data', ARGV[i + 1])
+end
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return ids
+"""
+
+# Claim the task's events for a lease epoch: from now on an older epoch's publish is refused.
+# Returns the epoch that holds the events (higher than ARGV[1] when a newer run already has).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and tonumber(held) >= tonumber(ARGV[1]) then return tonumber(held) end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return tonumber(ARGV[1])
+"""
+# How long a claim outlives its last write (a task may wait days for an approval; a run
+# stalled longer than this has long lost its lease in Postgres too).
+CLAIM_SECONDS = 7 * 24 * 3600
+
+
 class EventLog:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._publish = redis.register_script(_PUBLISH)
+        self._claim = redis.register_script(_CLAIM)
 
-    async def publish(self, task_id: str, data: AnyEventData) -> str:
-        event_id = await self._redis.xadd(
-            stream_key(task_id), {"type": data.event_type, "data": data.model_dump_json()},
-            maxlen=MAXLEN, approximate=True,
-        )
-        if isinstance(data, StatusData) and data.status in TERMINAL:
-            await self._redis.expire(stream_key(task_id), TTL_AFTER_END_SECONDS)
-        return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
+    async def publish(self, task_id: str, data: AnyEventData, *, epoch: int | None = None) -> str:
+        """Append one event; with `epoch` (the run's lease) refused once a newer run claimed
+        the task (`LeaseLost`)."""
+        return (await self.publish_all(task_id, [data], epoch=epoch))[0]
+
+    async def publish_all(self, task_id: str, events: list[AnyEventData], *,
+                          epoch: int | None = None) -> list[str]:
+        """Append these events together (all or none), as `publish`."""
+        if not events:
+            return []
+        ends = any(isinstance(d, StatusData) and d.status in TERMINAL for d in events)
+        args: list[Any] = ["" if epoch is None else epoch, MAXLEN,
+                           TTL_AFTER_END_SECONDS if ends else 0]
+        for data in events:
+            args += [data.event_type, data.model_dump_json()]
+        ids = await self._publish(keys=[stream_key(task_id), epoch_key(task_id)], args=args)
+        if ids is None:
+            raise LeaseLost(f"task {task_id}: a newer run than epoch {epoch} publishes its events")
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def claim(self, task_id: str, epoch: int) -> None:
+        """Make `epoch` the only run whose fenced events are taken (`LeaseLost` if a newer
+        one already is)."""
+        held = int(await self._claim(keys=[epoch_key(task_id)], args=[epoch, CLAIM_SECONDS]))
+        if held > epoch:
+            raise LeaseLost(f"task {task_id}: a newer run (epoch {held}) publishes its events")
 
     async def history(self, task_id: str, after: str | None = None, *,
                       count: int | None = None) -> list[Event]:
@@ -304,10 +363,11 @@ def event_schemas() -> tuple[list[type[BaseModel]], list[str]]:
 class StepPublisher:
     """A step recorder that shows each new step to the task's followers."""
 
-    def __init__(self, events: EventLog) -> None:
+    def __init__(self, events: EventLog, *, epoch: int | None = None) -> None:
         self._events = events
+        self._epoch = epoch
 
     async def record(self, task_id: str, step: Step) -> bool:
-        for data in step_events(step):
-            await self._events.publish(task_id, data)
+        # A step's events go together: a crash leaves none of them or all.
+        await self._events.publish_all(task_id, step_events(step), epoch=self._epoch)
         return True

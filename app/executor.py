@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from app.deps import Deps
 from app.events import (
+    AnyEventData,
     ApprovalRequiredData,
     ErrorData,
     EventLog,
@@ -23,15 +25,19 @@ from app.events import (
     StatusData,
     StepPublisher,
     TokenData,
+    step_events,
 )
 from app.files import FileStore
+from app.lease import Lease, Leases
 from app.metrics import StepMetrics
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from app.store import PolicyAudit, StepStore, TaskStore
+from app.store.steps import task_steps
 from app.telemetry import attach, detach, record_wait
-from graph import GraphDeps, TaskStatus, task_input
+from graph import ApprovalDecision, GraphDeps, TaskStatus, task_input
 from graph.builder import AgentGraph
+from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config
 from graph.state import AgentState
@@ -62,9 +68,16 @@ class Executor:
     quotas: UserQuotas | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tracing: Tracing = field(default_factory=Tracing)
+    # The leases this worker holds, renewed together by the worker's heartbeat.
+    leases: Leases | None = None
+
+    def __post_init__(self) -> None:
+        if self.leases is None:
+            self.leases = Leases(store=self.store, worker=self.worker_id,
+                                 seconds=self.lease_seconds)
 
     @property
-    def lease_seconds(self) -> int:
+    def lease_seconds(self) -> float:
         return self.deps.settings.lease_seconds
 
     @property
@@ -84,33 +97,69 @@ class Executor:
         token = attach(message.attributes)
         try:
             await self._handle(body, message)
+        except LeaseLost:
+            # Another worker continues the task from its last checkpoint; this message is
+            # stale (that worker has its own).
+            await self.deps.queue.delete(message)
         except Exception as exc:
             log.exception("task %s failed on delivery %d", body.task_id, message.receive_count)
             await self._release(body.task_id)
-            if message.receive_count >= self.deps.settings.max_receive_count:
+            last = message.receive_count >= self.deps.settings.max_receive_count
+            if last:
                 await self._finish(body.task_id, TaskStatus.FAILED, output=None, error={
                     "type": "delivery_failed",
                     "message": f"the task failed {message.receive_count} deliveries; last error: "
                                f"{type(exc).__name__}: {exc}"})
+            # Back soon: delivered again, or after the last one moved to the dead-letter queue.
+            await self._retry_soon(message, 0 if last else retry_after(message.receive_count))
         finally:
             detach(token)
 
+    async def _retry_soon(self, message: ReceivedMessage, seconds: int) -> None:
+        """The next receive after `seconds`, not the whole visibility timeout."""
+        try:
+            await self.deps.queue.change_visibility(message, seconds)
+        except Exception as exc:  # then it comes back when the visibility timeout ends
+            log.warning("message %s: could not shorten its visibility for a retry: %s",
+                        message.message_id, exc)
+
     async def _handle(self, body: TaskMessage, message: ReceivedMessage) -> None:
-        db = self.deps.db
-        task = await self.store.take_lease(body.task_id, self.worker_id, float(self.lease_seconds))
+        asked = time.monotonic()
+        task = await self.store.take_lease(body.task_id, self.worker_id, self.lease_seconds,
+                                           body.delivery)
         if task is None:
-            await self._not_taken(body.task_id, message)
+            await self._not_taken(body, message)
             return
         task_id = str(task["id"])
+        lease = Lease(store=self.store, task_id=task_id, worker=self.worker_id,
+                      epoch=int(task["epoch"]), seconds=self.lease_seconds)
+        lease.renewed(asked)
+        assert self.leases is not None
+        self.leases.add(lease)
+        try:
+            await self._run_leased(task, lease, body, message)
+        except LeaseLost as lost:
+            lease.lose(str(lost))  # says once, in the worker's log, why the run stopped
+            raise
+        finally:
+            self.leases.remove(lease)
+
+    async def _run_leased(self, task: Any, lease: Lease, body: TaskMessage,
+                          message: ReceivedMessage) -> None:
+        db = self.deps.db
+        task_id = lease.task_id
         if task["cancel_requested_at"] is not None:
-            await self._finish(task_id, TaskStatus.CANCELLED, output=None,
+            await self._finish(task_id, TaskStatus.CANCELLED, lease=lease, output=None,
                                error={"type": "cancelled", "message": "the task was cancelled"})
             await self.deps.queue.delete(message)
             return
+        await self.events.claim(task_id, lease.epoch)  # older runs publish nothing more
+        if lease.epoch > 1:
+            await self._show_unshown_steps(task_id, lease.epoch)
         await self.events.publish(task_id, StatusData(status=TaskStatus.RUNNING,
-                                                      worker=self.worker_id))
+                                                      worker=self.worker_id), epoch=lease.epoch)
         if self.model is None:
-            await self._finish(task_id, TaskStatus.FAILED, output=None,
+            await self._finish(task_id, TaskStatus.FAILED, lease=lease, output=None,
                                error={"type": "model_unavailable", "message": self.model_problem})
             await self.deps.queue.delete(message)
             return
@@ -119,25 +168,25 @@ class Executor:
             allowance = await self.quotas.allowance(db, str(task["user_id"]), task_id=task_id)
             used = _tokens(task["usage"])
             if allowance.left <= used:
-                await self._finish(task_id, TaskStatus.FAILED, output=None, error={
+                await self._finish(task_id, TaskStatus.FAILED, lease=lease, output=None, error={
                     "type": "budget_exceeded", "message": allowance.exhausted(used)})
                 await self.deps.queue.delete(message)
                 return
 
         if body.resume is not None and body.resume.approval_id:
             await self._trace_wait(body.resume.approval_id)
-        heartbeat = asyncio.create_task(self._heartbeat(task_id, message))
+        heartbeat = asyncio.create_task(self._keep_hidden(message))
         try:
-            result = await self._run_graph(task, body, allowance)
+            result = await self._run_graph(task, body, lease, allowance)
         except RunInterrupted as stop:
             if stop.why == "cancelled":
-                await self._finish(task_id, TaskStatus.CANCELLED, output=None,
+                await self._finish(task_id, TaskStatus.CANCELLED, lease=lease, output=None,
                                    error={"type": "cancelled", "message": "the task was cancelled"})
                 await self.deps.queue.delete(message)
             else:
                 # Shutting down: the step in flight is done and checkpointed; another worker
                 # picks the task up from there as soon as the message is visible again.
-                await self._release(task_id)
+                await self._release(task_id, lease)
                 await self.deps.queue.change_visibility(message, 0)
             return
         finally:
@@ -145,18 +194,18 @@ class Executor:
             await asyncio.gather(heartbeat, return_exceptions=True)
 
         if result.status is TaskStatus.PENDING_APPROVAL:
-            await self._await_approval(task_id, result)
+            await self._await_approval(task_id, result, lease)
         elif result.status is TaskStatus.SUCCEEDED:
-            await self._finish(task_id, TaskStatus.SUCCEEDED, output=result.final_answer, error=None,
-                               usage=result.usage)
+            await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease,
+                               output=result.final_answer, error=None, usage=result.usage)
         else:
             assert result.stop is not None
             error = {"type": result.stop["kind"], "message": result.stop["message"]}
             if allowance is not None and result.stop["kind"] == "budget_exceeded" and \
                     await self._quota_was_the_budget(task):
                 error["message"] = allowance.exhausted(_tokens(result.usage))
-            await self._finish(task_id, TaskStatus.FAILED, output=result.partial or None, error=error,
-                               usage=result.usage)
+            await self._finish(task_id, TaskStatus.FAILED, lease=lease,
+                               output=result.partial or None, error=error, usage=result.usage)
         await self.deps.queue.delete(message)
 
     async def _quota_was_the_budget(self, task: Any) -> bool:
@@ -166,18 +215,19 @@ class Executor:
         own = _options(task).get("token_budget")
         return budget is not None and (own is None or budget < own)
 
-    async def _run_graph(self, task: Any, body: TaskMessage,
+    async def _run_graph(self, task: Any, body: TaskMessage, lease: Lease,
                          allowance: DailyAllowance | None = None) -> RunResult:
         task_id = str(task["id"])
         assert self.model is not None
         deps = GraphDeps(
             model=self.model, toolset=self.toolset, policy=self.policy,
-            ledger=Ledger(self.deps.db),
-            recorder=Recorders(StepStore(self.deps.db), StepPublisher(self.events),
+            ledger=Ledger(self.deps.db, lease=(lease.worker, lease.epoch)),
+            recorder=Recorders(StepStore(self.deps.db, lease=(lease.worker, lease.epoch)),
+                               StepPublisher(self.events, epoch=lease.epoch),
                                StepMetrics(self.deps.redis)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
-            tracing=self.tracing,
+            tracing=self.tracing, fence=lease,
         )
 
         async def fresh() -> AgentState:
@@ -192,18 +242,33 @@ class Executor:
                               input_flags=options.get("input_flags"))
 
         async def on_token(text: str) -> None:
-            await self.events.publish(task_id, TokenData(text=text))
+            await self.events.publish(task_id, TokenData(text=text), epoch=lease.epoch)
 
         async def at_boundary() -> Literal["cancelled", "shutdown"] | None:
             if await self._cancel_requested(task_id):
                 return "cancelled"
             return "shutdown" if self.stopping.is_set() else None
 
+        thread_id = str(task["conversation_id"])
+        decision = body.resume
+        if decision is None and lease.epoch > 1:
+            decision = await self._decision_on_record(task_id, thread_id)
         # The quota may have been spent while the task waited: its budget is set anew.
-        return await run_task(self.graph, deps, thread_id=str(task["conversation_id"]),
-                              task_id=task_id, fresh=fresh, decision=body.resume,
+        return await run_task(self.graph, deps, thread_id=thread_id,
+                              task_id=task_id, fresh=fresh, decision=decision,
                               token_budget=_budget(task, allowance), on_token=on_token,
                               at_boundary=at_boundary)
+
+    async def _decision_on_record(self, task_id: str, thread_id: str) -> ApprovalDecision | None:
+        """A message without the person's decision (the sweeper's, or one sent again after the
+        queue lost the one that carried it) resumes a run waiting on a call with the decision
+        recorded for that call, instead of asking again."""
+        snapshot = await self.graph.aget_state(thread_config(thread_id))
+        if snapshot.values.get("task_id") != task_id or not snapshot.interrupts:
+            return None
+        waiting = snapshot.interrupts[0].value
+        call_id = waiting.get("tool_call_id") if isinstance(waiting, dict) else None
+        return await self.store.decision_for(task_id, call_id) if call_id else None
 
     async def _trace_wait(self, approval_id: str) -> None:
         """The time the task waited for a person, as a span of its trace."""
@@ -226,42 +291,56 @@ class Executor:
     async def _cancel_requested(self, task_id: str) -> bool:
         return await self.store.cancel_requested(task_id)
 
-    async def _await_approval(self, task_id: str, result: RunResult) -> None:
+    async def _await_approval(self, task_id: str, result: RunResult, lease: Lease) -> None:
         approval = result.approval
         assert approval is not None, "a run waiting for a person says what for"
         approval_id = await self.store.hold(
             task_id, tool_call_id=approval.tool_call_id, tool=approval.tool,
             arguments=approval.arguments, reason=approval.reason, risk=approval.risk,
-            usage=dict(result.usage))
-        await self.events.publish(task_id, ApprovalRequiredData(
+            usage=dict(result.usage), lease=(lease.worker, lease.epoch))
+        if approval_id is None:
+            lease.lose(f"task {task_id}: another worker took it over before its approval was "
+                       "recorded")
+            raise LeaseLost(f"task {task_id} is no longer leased to {lease.worker}")
+        await self.events.publish_all(task_id, [ApprovalRequiredData(
             approval_id=str(approval_id), tool=approval.tool, arguments=approval.arguments,
-            risk=approval.risk, reason=approval.reason, rule=approval.rule))
-        await self.events.publish(task_id, StatusData(status=TaskStatus.PENDING_APPROVAL))
+            risk=approval.risk, reason=approval.reason, rule=approval.rule),
+            StatusData(status=TaskStatus.PENDING_APPROVAL)])
 
     async def _finish(self, task_id: str, status: TaskStatus, *, output: str | None,
-                      error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None) -> None:
+                      error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None,
+                      lease: Lease | None = None) -> None:
         async with self.deps.db.acquire() as conn, conn.transaction():
-            updated = await self.store.finish(conn, task_id, status, output=output, error=error,
-                                              usage=dict(usage) if usage else None)
+            await conn.execute(BOUNDED_SQL)  # a paused worker must not hold the locks
+            updated = await self.store.finish(
+                conn, task_id, status, output=output, error=error,
+                usage=dict(usage) if usage else None,
+                lease=(lease.worker, lease.epoch) if lease is not None else None)
             following = await self.service.finish(conn, task_id) if updated else None
         if not updated:
+            if lease is not None and await self.store.lease_left(
+                    task_id, lease.worker, lease.epoch) is None:
+                lease.lose(f"task {task_id}: another worker took it over before its end was "
+                           "recorded")
+                raise LeaseLost(f"task {task_id} is no longer leased to {lease.worker}")
             return
         sandbox = getattr(self.tool_deps, "sandbox", None)
         if sandbox is not None:
             await sandbox.close(task_id)  # the task's interpreter ends with the task
+        # The end is recorded: announcing it is no longer fenced (a run that lost its lease
+        # cannot have got here).
         await self._announce_end(task_id, status, output=output, error=error, usage=usage)
         await self.service.dispatch(following)
 
     async def _announce_end(self, task_id: str, status: TaskStatus, *, output: str | None,
                             error: dict[str, Any] | None, usage: Mapping[str, Any] | None) -> None:
+        end: AnyEventData
         if status == TaskStatus.SUCCEEDED:
-            await self.events.publish(task_id, FinalData(
-                output=output, usage={k: int(v) for k, v in (usage or {}).items()}))
+            end = FinalData(output=output, usage={k: int(v) for k, v in (usage or {}).items()})
         else:
-            await self.events.publish(task_id, ErrorData(
-                type=str((error or {}).get("type", "failed")),
-                message=str((error or {}).get("message", "")), partial=output))
-        await self.events.publish(task_id, StatusData(status=TaskStatus(status)))
+            end = ErrorData(type=str((error or {}).get("type", "failed")),
+                            message=str((error or {}).get("message", "")), partial=output)
+        await self.events.publish_all(task_id, [end, StatusData(status=TaskStatus(status))])
 
     async def _repair_end(self, task_id: str) -> None:
         """A worker that died between recording a task's end and announcing it (or sending
@@ -277,16 +356,41 @@ class Executor:
         for other in await self.store.stranded(row["conversation_id"]):
             await self.service.dispatch(other)
 
-    async def _release(self, task_id: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.store.release_lease(task_id, self.worker_id)
+    async def _show_unshown_steps(self, task_id: str, epoch: int) -> None:
+        """Publish the events of steps an earlier run recorded but did not live to show (it
+        died between the two writes). The claim came first, so that run can add none now:
+        every step is shown once."""
+        shown = {getattr(e.data, "step", None) for e in await self.events.history(task_id)}
+        for step in (await task_steps(self.deps.db, [task_id])).get(task_id, []):
+            if step.number not in shown and (events := step_events(step)):
+                log.info("task %s: showing step %d, recorded by a run that did not show it",
+                         task_id, step.number)
+                await self.events.publish_all(task_id, events, epoch=epoch)
 
-    async def _not_taken(self, task_id: str, message: ReceivedMessage) -> None:
+    async def _release(self, task_id: str, lease: Lease | None = None) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.release_lease(task_id, self.worker_id,
+                                           lease.epoch if lease is not None else None)
+
+    async def _not_taken(self, body: TaskMessage, message: ReceivedMessage) -> None:
+        task_id = body.task_id
         row = await self.store.lease_state(task_id)
         if row is None or row["status"] in TERMINAL | {TaskStatus.PENDING_APPROVAL}:
             # A duplicate or stale delivery: nothing left to run for it.
             if row is not None and row["status"] != TaskStatus.PENDING_APPROVAL:
                 await self._repair_end(task_id)
+            log.info("task %s: message %s (delivery %s) came for a task that is %s; dropped",
+                     task_id, message.message_id, body.delivery,
+                     row["status"] if row is not None else "gone")
+            await self.deps.queue.delete(message)
+            return
+        if body.delivery is not None:
+            # A message sent before the task's newest (a dead worker's, back after its
+            # visibility timeout), or a second copy of the one another worker is running:
+            # that worker, or the sweeper if it dies, sees the task through.
+            why = "stale" if body.delivery < row["delivery"] else "a duplicate"
+            log.info("task %s: message %s is %s (delivery %d, the task's %d); dropped",
+                     task_id, message.message_id, why, body.delivery, row["delivery"])
             await self.deps.queue.delete(message)
             return
         # Another live worker holds the lease: come back when it would have expired.
@@ -294,12 +398,18 @@ class Executor:
         log.info("task %s is leased by another worker; retry in %ds", task_id, wait)
         await self.deps.queue.change_visibility(message, wait)
 
-    async def _heartbeat(self, task_id: str, message: ReceivedMessage) -> None:
-        every = self.lease_seconds / 3
-        while True:
-            await asyncio.sleep(every)
-            await self.deps.queue.change_visibility(message, self.lease_seconds)
-            await self.store.renew_lease(task_id, self.worker_id, float(self.lease_seconds))
+    async def _keep_hidden(self, message: ReceivedMessage) -> None:
+        """Keep the task's message from other workers while it runs (the lease itself is
+        renewed with the worker's other leases)."""
+        seconds = self.deps.settings.visibility_seconds
+        while True:  # the receive hid it for a few seconds only (HANDOFF_SECONDS)
+            await self.deps.queue.change_visibility(message, seconds)
+            await asyncio.sleep(seconds / 3)
+
+
+def retry_after(deliveries: int) -> int:
+    """Seconds before a failed task's next delivery: 1, 2, 4, ... up to a minute."""
+    return int(min(2 ** (deliveries - 1), 60))
 
 
 def _options(task: Any) -> dict[str, Any]:

@@ -90,6 +90,9 @@ class TaskMessage(BaseModel):
 
     task_id: str
     resume: ApprovalDecision | None = None
+    # The task's delivery count when this message was sent: a message older than the task's
+    # newest is a stale duplicate and is dropped. None: from before deliveries were counted.
+    delivery: int | None = None
     trace: dict[str, str] = Field(default_factory=dict, exclude=True)
 
 
@@ -130,7 +133,11 @@ class TaskQueue:
             MessageAttributes=attributes)
         return str(response["MessageId"])
 
-    async def receive(self, *, wait_seconds: int, max_messages: int = 1) -> list[ReceivedMessage]:
+    async def receive(self, *, wait_seconds: int, max_messages: int = 1,
+                      hide_seconds: int | None = None) -> list[ReceivedMessage]:
+        """Long-poll for messages; each is hidden from other receivers for `hide_seconds`
+        (default: the queue's visibility timeout)."""
+        hide = {} if hide_seconds is None else {"VisibilityTimeout": hide_seconds}
         response = await _in_daemon_thread(
             self._client.receive_message,
             QueueUrl=self.url,
@@ -138,6 +145,7 @@ class TaskQueue:
             MaxNumberOfMessages=max_messages,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
             MessageAttributeNames=list(TRACE_ATTRIBUTES),
+            **hide,
         )
         return [
             ReceivedMessage(

@@ -12,7 +12,9 @@ makes `reject` / `interrupt` simple to answer at submit time.
 from __future__ import annotations
 
 import base64
+import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -33,6 +35,15 @@ from guardrails.screening import plain_line, screen_task
 Strategy = Literal["enqueue", "reject", "interrupt"]
 _Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resent:
+    """A task the sweeper sent to the queue again, under which delivery, and why."""
+
+    task_id: str
+    delivery: int
+    why: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,8 +119,9 @@ class TaskService:
         return conv
 
     async def _send(self, task_id: str, resume: ApprovalDecision | None = None) -> None:
-        await self.queue.send(TaskMessage(task_id=task_id, resume=resume,
-                                          trace=await self.store.trace_context(task_id)))
+        delivery, trace = await self.store.delivery_of(task_id)
+        await self.queue.send(TaskMessage(task_id=task_id, resume=resume, delivery=delivery,
+                                          trace=trace))
 
     async def finish(self, conn: asyncpg.Connection, task_id: str) -> str | None:
         """Called in the transaction that ends a task: lock its conversation and pick the
@@ -121,6 +133,29 @@ class TaskService:
     async def dispatch(self, task_id: str | None) -> None:
         if task_id is not None:
             await self._send(task_id)
+
+    async def resend_lapsed(self, resend_after: float = 30, *,
+                            gone: Callable[[list[str]], Awaitable[list[str]]] | None = None,
+                            ) -> list[Resent]:
+        """Send every running task whose lease lapsed, or whose worker `gone` says is gone,
+        to the queue again, each once (the store's claim skips tasks another sweeper holds),
+        and again after `resend_after` seconds if no worker took it. One statement when
+        nothing needs sending."""
+        owners = await self.store.running_owners()
+        workers = [owner for owner, _ in owners if owner is not None]
+        dead = await gone(workers) if gone is not None and workers else []
+        if not dead and not any(lapsed for _, lapsed in owners):
+            return []
+        sent = []
+        for row in await self.store.claim_lapsed(resend_after, gone=dead):
+            trace = json.loads(row["trace_context"]) if row["trace_context"] else {}
+            await self.queue.send(TaskMessage(task_id=str(row["id"]), delivery=row["delivery"],
+                                              trace=trace or {}))
+            why = ("no worker took it since it was last sent" if row["owner"] is None
+                   else f"worker {row['owner']}'s lease lapsed" if row["lapsed"]
+                   else f"worker {row['owner']}'s liveness key is gone")
+            sent.append(Resent(task_id=str(row["id"]), delivery=int(row["delivery"]), why=why))
+        return sent
 
     async def requeue_orphans(self) -> int:
         """Send again every dispatched task that no live worker holds: after the queue lost

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -98,7 +105,16 @@ class Settings(BaseSettings):
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
     worker_concurrency: int = Field(4, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
-    lease_seconds: int = Field(60, ge=10, validation_alias=_env("CADRE_LEASE_SECONDS"))
+    # A running task's lease: a worker renews all of its leases every heartbeat; a lease
+    # that lapses (the worker died, stalled or lost the database) is taken over by the next
+    # sweep. Shorter is faster takeover for more renewals (see docs/performance.md).
+    lease_seconds: float = Field(4.0, ge=2, le=600, validation_alias=_env("CADRE_LEASE_SECONDS"))
+    heartbeat_seconds: float = Field(1.0, gt=0, le=60,
+                                     validation_alias=_env("CADRE_HEARTBEAT_SECONDS"))
+    # How long a task's queue message stays hidden from other workers, extended every third
+    # of it while the task runs. Takeover does not wait for it (the sweeper sends anew).
+    visibility_seconds: int = Field(30, ge=10, le=43_200,
+                                    validation_alias=_env("CADRE_VISIBILITY_SECONDS"))
     e2b_api_key: SecretStr | None = Field(None, validation_alias=_env("E2B_API_KEY"))
     smtp_url: str | None = Field(None, validation_alias=_env("SMTP_URL"))
     mail_from: str = Field("Cadre <cadre@localhost>", validation_alias=_env("CADRE_MAIL_FROM"))
@@ -160,6 +176,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=_env("CADRE_LOG_LEVEL")
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError(f"CADRE_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be at most "
+                             f"half of CADRE_LEASE_SECONDS ({self.lease_seconds:g}), or a lease can "
+                             "lapse between two renewals")
+        return self
 
     @field_validator("database_url", "agent_sql_url")
     @classmethod
@@ -293,8 +317,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            loc = error["loc"][0] if error["loc"] else "?"
-            name = _env_name(str(loc))
+            if not error["loc"]:  # a rule between settings: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
+            name = _env_name(str(error["loc"][0]))
             problems.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 

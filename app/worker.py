@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import socket
+from functools import partial
 
 from langchain_core.language_models import BaseChatModel
 
@@ -19,6 +18,7 @@ from app.deps import Deps, open_deps, require_database_url
 from app.errors import ConfigError
 from app.events import EventLog
 from app.executor import Executor
+from app.liveness import forget, gone, mark_alive, worker_id
 from app.models import model_config
 from app.service import TaskService
 from app.settings import Settings
@@ -31,12 +31,13 @@ from tools import Toolset
 
 log = logging.getLogger("cadre.worker")
 
-HEARTBEAT_TTL_SECONDS = 60
 SHUTDOWN_GRACE_SECONDS = 60
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+# Taken by one worker per heartbeat: that one sweeps for lapsed leases.
+SWEEPER_KEY = "cadre:sweeper"
+# A received message is hidden this long, until the worker that took the task's lease hides
+# it for CADRE_VISIBILITY_SECONDS. A message a dead worker's long poll still received (the
+# server answers a poll whose client is gone) is back this soon instead.
+HANDOFF_SECONDS = 5
 
 
 async def run_worker(
@@ -81,7 +82,9 @@ async def run_worker(
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "
                  "injection screening: %s", me, deps.queue.url, len(toolset),
                  settings.worker_concurrency, policy.source, executor.screen.name)
-        heartbeat = asyncio.create_task(_heartbeat(deps, me, stop))
+        # Alive before the first lease: a sweeper frees the tasks of a worker with no key.
+        await mark_alive(deps.redis, me, _alive_for(settings))
+        heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))
         running: set[asyncio.Task[None]] = set()
         try:
             await _serve(deps, executor, running, stop)
@@ -93,7 +96,7 @@ async def run_worker(
                 await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
             stop.set()
             await heartbeat
-            await deps.redis.delete(f"cadre:workers:{me}")
+            await forget(deps.redis, me)
         log.info("worker %s stopped", me)
 
 
@@ -108,7 +111,8 @@ async def _serve(deps: Deps, executor: Executor, running: set[asyncio.Task[None]
                 continue
             poll = asyncio.create_task(deps.queue.receive(
                 wait_seconds=deps.settings.sqs_wait_seconds,
-                max_messages=min(10, limit - len(running))))
+                max_messages=min(10, limit - len(running)),
+                hide_seconds=HANDOFF_SECONDS))
             done, _ = await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if poll not in done:
                 # The long poll runs in a daemon thread; a message it may still receive stays
@@ -123,14 +127,39 @@ async def _serve(deps: Deps, executor: Executor, running: set[asyncio.Task[None]
         stopped.cancel()
 
 
-async def _heartbeat(deps: Deps, me: str, stop: asyncio.Event) -> None:
-    # A key per live worker, so `cadre doctor` and `/healthz` can count workers.
+async def _heartbeat(deps: Deps, executor: Executor, stop: asyncio.Event) -> None:
+    """Every CADRE_HEARTBEAT_SECONDS: renew this worker's leases (one statement for all its
+    tasks), mark it alive (the key the sweeper checks, and `cadre doctor` and `/metrics`
+    count), and, if this worker is the one that sweeps this time, send every task whose
+    lease lapsed or whose worker's key is gone to the queue again."""
+    settings = deps.settings
+    every = settings.heartbeat_seconds
+    alive_for = _alive_for(settings)
+    sweeper = TaskService(db=deps.db, queue=deps.queue, events=executor.events)
     while not stop.is_set():
-        await deps.redis.set(f"cadre:workers:{me}", "1", ex=HEARTBEAT_TTL_SECONDS)
         try:
-            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_TTL_SECONDS / 3)
+            assert executor.leases is not None
+            await executor.leases.renew()
+            await mark_alive(deps.redis, executor.worker_id, alive_for)
+            if await deps.redis.set(SWEEPER_KEY, executor.worker_id, nx=True,
+                                    px=int(every * 1000)):
+                for resent in await sweeper.resend_lapsed(
+                        resend_after=settings.visibility_seconds,
+                        gone=partial(gone, deps.redis, ttl_seconds=alive_for)):
+                    log.warning("task %s: %s; sent to the queue again (delivery %d)",
+                                resent.task_id, resent.why, resent.delivery)
+        except Exception:  # a database or Redis hiccup must not stop the heartbeat
+            log.exception("worker %s: heartbeat failed; retrying", executor.worker_id)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
         except TimeoutError:
             pass
+
+
+def _alive_for(settings: Settings) -> float:
+    """The liveness key's time to live: three beats. Shorter than the lease by default, so
+    a dead worker's key is gone before its leases lapse."""
+    return 3 * settings.heartbeat_seconds
 
 
 def serve(settings: Settings) -> None:

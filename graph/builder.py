@@ -3,16 +3,25 @@ act -> verify -> (finish | plan). Any node can end the run with a `stop`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+)
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from psycopg.rows import dict_row
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from graph import fence
 from graph.deps import GraphDeps
 from graph.nodes._common import last_ai
 from graph.nodes.act import act
@@ -73,6 +82,47 @@ def compile_graph(checkpointer: BaseCheckpointSaver[str]) -> AgentGraph:
     return build_graph().compile(checkpointer=checkpointer, name="cadre")
 
 
+class FencedPostgresSaver(AsyncPostgresSaver):
+    """LangGraph's Postgres checkpointer, writing only for a run that still holds its task's
+    lease (`graph.fence.CURRENT`): a run another worker took over cannot add checkpoints the
+    new owner would continue from.
+
+    Every write of the saver (`aput`, `aput_writes`, `adelete_thread`) goes through
+    `_cursor(pipeline=True)`; under a lease that becomes one transaction whose first
+    statement locks the task's row if the lease still holds it (`HELD_SQL`). A takeover waits
+    for that transaction, and a write after it is refused. Reads are not fenced. (`_cursor` is
+    the saver's own seam; langgraph-checkpoint-postgres is pinned in constraints.txt.)"""
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        await fence.CURRENT.get().check()
+        return await super().aput(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        await fence.CURRENT.get().check()
+        await super().aput_writes(config, writes, task_id, task_path)
+
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        holder = fence.CURRENT.get().holder
+        if not pipeline or holder is None:
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        async with super()._cursor() as cur, cur.connection.transaction():
+            # The lock on the task's row must not outlive a process paused mid-transaction.
+            await cur.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+                + fence.HELD_SQL.format(task="%s", worker="%s", epoch="%s") + " AS held",
+                (str(fence.STALLED_WRITE_MS), *holder))
+            row = await cur.fetchone()
+            if not row or not row["held"]:
+                raise fence.LeaseLost(f"task {holder[0]} is no longer leased to {holder[1]} "
+                                      f"(epoch {holder[2]}): checkpoint not written")
+            yield cur
+
+
 @asynccontextmanager
 async def postgres_checkpointer(database_url: str, *, pool_size: int = 5
                                 ) -> AsyncIterator[AsyncPostgresSaver]:
@@ -85,4 +135,4 @@ async def postgres_checkpointer(database_url: str, *, pool_size: int = 5
         # The saver needs autocommit and dict rows; prepared statements break behind PgBouncer.
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     ) as pool:
-        yield AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        yield FencedPostgresSaver(pool)  # type: ignore[arg-type]

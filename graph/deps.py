@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 
+from graph.fence import Fence, Unfenced
 from graph.recorder import StepRecorder
 from graph.tracing import Tracing
 from guardrails import Policy
@@ -35,6 +36,8 @@ class GraphDeps:
     screen: Screen = field(default_factory=RuleScreen)
     # What the run's spans carry (content only when opted in).
     tracing: Tracing = field(default_factory=Tracing)
+    # The run writes only while its worker holds the task's lease (graph/fence.py).
+    fence: Fence = field(default_factory=Unfenced)
 
     @property
     def model_name(self) -> str:

@@ -17,6 +17,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 from opentelemetry.trace import Status, StatusCode
 
+from graph import fence
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.builder import AgentGraph
 from graph.deps import GraphDeps
@@ -153,6 +154,16 @@ async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: 
     stream = cast(AsyncGenerator[Any, None], graph.astream(
         payload, thread_config(thread_id), context=deps, stream_mode=["updates", "messages"],
         durability="sync"))
+    token = fence.CURRENT.set(deps.fence)  # the checkpointer writes only under the lease
+    try:
+        await _consume(stream, graph, deps, thread_id, on_token, at_boundary)
+    finally:
+        fence.CURRENT.reset(token)
+
+
+async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: GraphDeps,
+                   thread_id: str, on_token: OnToken | None,
+                   at_boundary: AtBoundary | None) -> None:
     async with contextlib.aclosing(stream):
         async for mode, chunk in stream:
             if mode == "messages":

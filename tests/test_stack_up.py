@@ -14,7 +14,9 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+import redis
 
+from app import liveness
 from app.stack.ports import free_port
 from graph.testing import FakeOpenAIServer
 from tests.cli import CADRE, run_cadre
@@ -103,10 +105,16 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert any(("worker-" in line and created["id"] in line) or "RUNNING" in line
                for line in up.lines) or task["started_at"]
 
-    # A crashed worker is restarted by the supervisor.
+    # A crashed worker is restarted by the supervisor, which first deletes its liveness key
+    # (the next sweep frees its tasks without waiting for their leases to lapse).
     old_worker = processes["worker-1"]  # type: ignore[index]
+    alive = redis.Redis.from_url(stack["env"]["REDIS_URL"])  # type: ignore[index]
+    key = liveness.alive_key(liveness.worker_id(old_worker))  # type: ignore[arg-type]
+    assert alive.exists(key)
     os.kill(old_worker, signal.SIGKILL)
     await up.wait_for_line("worker-1 exited", timeout=30)
+    assert not alive.exists(key)
+    alive.close()
     for _ in range(100):
         new_worker = _stack_file(tmp_path)["processes"]["worker-1"]  # type: ignore[index]
         if new_worker != old_worker and psutil.pid_exists(new_worker):

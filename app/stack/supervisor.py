@@ -28,6 +28,7 @@ from app.deps import connect_db
 from app.errors import StackError
 from app.events import EventLog
 from app.keys import IssuedKey, bootstrap_admin
+from app.liveness import alive_key, worker_id
 from app.queue import TaskQueue
 from app.service import TaskService
 from app.settings import Settings, process_started, read_running_stack, redact_url
@@ -356,11 +357,27 @@ class LocalStack:
                     self.echo(f"cadre up: {role.proc.name} keeps crashing "
                               f"({_MAX_RESTARTS} restarts in {_RESTART_WINDOW_S:.0f}s); stopping")
                     return 1
+                if role.proc.name.startswith("worker-"):
+                    self._forget_worker(role.proc)
                 self.echo(f"cadre up: {role.proc.name} exited ({role.proc.exit_code()}), restarting")
                 role.restarts.append(now)
                 role.proc.stop()
                 role.proc.start()
                 self._publish()
+
+    def _forget_worker(self, proc: ManagedProcess) -> None:
+        """A dead worker's leases hold until they lapse; with its liveness key deleted the
+        next sweep (within a heartbeat) frees its tasks for the other workers."""
+        pid = proc.pid
+        if pid is None:
+            return
+        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            client.delete(alive_key(worker_id(pid)))
+        except redis.RedisError as exc:  # the leases still lapse; only slower
+            self.echo(f"cadre up: could not clear {proc.name}'s liveness key: {exc}")
+        finally:
+            client.close()
 
     def _stop(self) -> None:
         for role in reversed(self.apps):

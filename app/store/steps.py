@@ -12,6 +12,7 @@ from typing import Any, assert_never
 
 import asyncpg
 
+from graph.fence import HELD_SQL, LeaseLost
 from graph.steps import (
     AnswerChecked,
     ModelCalled,
@@ -74,27 +75,38 @@ def columns(step: Step) -> Columns:
 
 class StepStore:
     """Writes steps to `agent_logs`. A step number already recorded for the task (a node run
-    again after a crash or a resume) is kept as first written."""
+    again after a crash or a resume) is kept as first written. With `lease` (the run's worker
+    and epoch), a step of a run whose task another worker has taken over is refused:
+    `LeaseLost`."""
 
-    def __init__(self, db: asyncpg.Pool) -> None:
+    def __init__(self, db: asyncpg.Pool, *, lease: tuple[str, int] | None = None) -> None:
         self._db = db
+        self._lease = lease
 
     async def record(self, task_id: str, step: Step) -> bool:
         c = columns(step)
+        worker, epoch = self._lease or (None, None)
         inserted = await self._db.fetchval(
-            """
+            f"""
             INSERT INTO agent_logs (task_id, step_number, node, thought, tool_name, tool_input,
                                     tool_output, tokens_in, tokens_out, latency_ms, kind, agent,
                                     record, created_at)
-            VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
-                    $13::jsonb, $14)
+            SELECT $1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
+                   $13::jsonb, $14
+            WHERE $15::text IS NULL OR {HELD_SQL.format(task="$1", worker="$15", epoch="$16")}
             ON CONFLICT (task_id, step_number) DO NOTHING
             RETURNING true
             """,
             task_id, step.number, c.node, c.thought, c.tool_name, _json(c.tool_input),
             _json(c.tool_output), c.tokens_in, c.tokens_out, c.latency_ms, step.kind, step.agent,
-            step.model_dump_json(), step.at)
-        return bool(inserted)
+            step.model_dump_json(), step.at, worker, epoch)
+        if inserted:
+            return True
+        if worker is not None and not await self._db.fetchval(
+                "SELECT true FROM tasks WHERE id = $1::uuid AND lease_owner = $2 AND epoch = $3",
+                task_id, worker, epoch):
+            raise LeaseLost(f"task {task_id} is no longer leased to {worker} (epoch {epoch})")
+        return False
 
 
 async def task_steps(db: asyncpg.Pool | asyncpg.Connection, task_ids: list[Any]

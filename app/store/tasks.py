@@ -11,6 +11,8 @@ from typing import Any, Literal, TypeAlias
 
 import asyncpg
 
+from graph.approvals import ApprovalDecision
+from graph.fence import BOUNDED_SQL
 from graph.status import ACTIVE, TaskStatus
 
 Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
@@ -148,10 +150,14 @@ class TaskStore:
             "ORDER BY created_at LIMIT 1) RETURNING id", conversation)
         return str(task_id) if task_id else None
 
-    async def trace_context(self, task_id: str) -> dict[str, str]:
-        trace = await self.db.fetchval("SELECT trace_context FROM tasks WHERE id = $1::uuid",
-                                       task_id)
-        return (json.loads(trace) if trace else None) or {}
+    async def delivery_of(self, task_id: str) -> tuple[int, dict[str, str]]:
+        """What a new message for the task carries: its delivery count and trace context."""
+        row = await self.db.fetchrow(
+            "SELECT delivery, trace_context FROM tasks WHERE id = $1::uuid", task_id)
+        if row is None:
+            return 0, {}
+        trace = row["trace_context"]
+        return int(row["delivery"]), (json.loads(trace) if trace else None) or {}
 
     async def conversation_of(self, conn: Db, task_id: str) -> Any:
         return await conn.fetchval("SELECT conversation_id FROM tasks WHERE id = $1::uuid",
@@ -244,45 +250,100 @@ class TaskStore:
 
     # -- a worker's lease ------------------------------------------------------------------
 
-    async def take_lease(self, task_id: str, worker: str, seconds: float) -> asyncpg.Record | None:
-        """Start or continue the task on `worker` for `seconds`, unless another live worker
-        holds it or it is not runnable."""
+    async def take_lease(self, task_id: str, worker: str, seconds: float,
+                         delivery: int | None) -> asyncpg.Record | None:
+        """Start or continue the task on `worker` for `seconds` under a new epoch, unless
+        another worker's lease still runs, the task is not runnable, or the message
+        (`delivery`) is older than the task's newest."""
         return await self.db.fetchrow(
             """
             UPDATE tasks SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
-                   attempts = attempts + 1, started_at = coalesce(started_at, now()),
-                   status = 'RUNNING', updated_at = now()
+                   epoch = epoch + 1, attempts = attempts + 1,
+                   started_at = coalesce(started_at, now()), status = 'RUNNING', updated_at = now()
             WHERE id = $1::uuid AND status IN ('QUEUED', 'RUNNING')
               AND (lease_owner IS NULL OR lease_expires_at < now() OR lease_owner = $2)
-            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id, usage
-            """, task_id, worker, seconds)
+              AND ($4::bigint IS NULL OR delivery <= $4)
+            RETURNING id, conversation_id, input, options, cancel_requested_at, user_id, usage,
+                      epoch
+            """, task_id, worker, seconds, delivery)
 
-    async def renew_lease(self, task_id: str, worker: str, seconds: float) -> None:
-        await self.db.execute(
-            "UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3) "
-            "WHERE id = $1::uuid AND lease_owner = $2", task_id, worker, seconds)
+    async def renew_leases(self, worker: str, held: list[tuple[str, int]],
+                           seconds: float) -> set[str]:
+        """Renew the worker's leases on these (task, epoch) pairs in one statement; returns
+        the tasks whose lease it still held."""
+        rows = await self.db.fetch(
+            """
+            UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $3)
+            FROM unnest($2::uuid[], $4::bigint[]) AS h(id, epoch)
+            WHERE t.id = h.id AND t.epoch = h.epoch AND t.lease_owner = $1
+              AND t.status = 'RUNNING'
+            RETURNING t.id
+            """, worker, [t for t, _ in held], seconds, [e for _, e in held])
+        return {str(r["id"]) for r in rows}
 
-    async def release_lease(self, task_id: str, worker: str) -> None:
+    async def lease_left(self, task_id: str, worker: str, epoch: int) -> float | None:
+        """Seconds left on this worker's lease of the task at this epoch; None when it is not
+        the worker's (any more)."""
+        left = await self.db.fetchval(
+            "SELECT extract(epoch FROM lease_expires_at - now()) FROM tasks WHERE id = $1::uuid "
+            "AND lease_owner = $2 AND epoch = $3 AND status = 'RUNNING'", task_id, worker, epoch)
+        return float(left) if left is not None else None
+
+    async def release_lease(self, task_id: str, worker: str, epoch: int | None = None) -> None:
         await self.db.execute(
             "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL "
-            "WHERE id = $1::uuid AND lease_owner = $2", task_id, worker)
+            "WHERE id = $1::uuid AND lease_owner = $2 AND ($3::bigint IS NULL OR epoch = $3)",
+            task_id, worker, epoch)
 
     async def lease_state(self, task_id: str) -> asyncpg.Record | None:
         return await self.db.fetchrow(
-            "SELECT status, extract(epoch FROM lease_expires_at - now()) AS left_s FROM tasks "
-            "WHERE id = $1::uuid", task_id)
+            "SELECT status, delivery, extract(epoch FROM lease_expires_at - now()) AS left_s "
+            "FROM tasks WHERE id = $1::uuid", task_id)
+
+    async def running_owners(self) -> list[tuple[str | None, bool]]:
+        """Each worker holding running tasks (None: tasks a sweep freed and no worker took
+        yet), and whether one of those leases lapsed."""
+        rows = await self.db.fetch(
+            "SELECT lease_owner, bool_or(lease_expires_at < now()) AS lapsed FROM tasks "
+            "WHERE status = 'RUNNING' GROUP BY lease_owner")
+        return [(r["lease_owner"], bool(r["lapsed"])) for r in rows]
+
+    async def claim_lapsed(self, resend_after: float, *, gone: list[str] | None = None,
+                           limit: int = 100) -> list[asyncpg.Record]:
+        """Running tasks whose lease lapsed or whose worker is `gone` (it died or stalled):
+        each is freed for a new message, with its delivery counted up so that the old
+        message, should it come back, is known as stale. A claimed task is claimed again
+        after `resend_after` seconds if no worker has taken it by then (the new message was
+        lost). `SKIP LOCKED`: sweepers running at once never claim the same task twice."""
+        return list(await self.db.fetch(
+            """
+            UPDATE tasks t SET lease_owner = NULL,
+                   lease_expires_at = now() + make_interval(secs => $2),
+                   delivery = delivery + 1, updated_at = now()
+            FROM (SELECT id, lease_owner, lease_expires_at < now() AS lapsed FROM tasks
+                  WHERE status = 'RUNNING'
+                    AND (lease_expires_at < now() OR lease_owner = ANY($3::text[]))
+                  ORDER BY lease_expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) AS claimed
+            WHERE t.id = claimed.id
+            RETURNING t.id, t.delivery, t.trace_context, claimed.lease_owner AS owner,
+                      claimed.lapsed
+            """, limit, resend_after, gone or []))
 
     async def finish(self, conn: Db, task_id: str, status: TaskStatus, *, output: str | None,
-                     error: dict[str, Any] | None, usage: dict[str, Any] | None) -> bool:
-        """Record the task's end (once: False when it had already ended)."""
+                     error: dict[str, Any] | None, usage: dict[str, Any] | None,
+                     lease: tuple[str, int] | None = None) -> bool:
+        """Record the task's end (once: False when it had already ended, or when `lease`,
+        the (worker, epoch) of the run, is no longer the task's)."""
+        worker, epoch = lease or (None, None)
         return bool(await conn.fetchval(
             """
             UPDATE tasks SET status = $2, final_output = $3, error = $4::jsonb,
                    usage = coalesce($5::jsonb, usage), finished_at = now(), updated_at = now(),
                    lease_owner = NULL, lease_expires_at = NULL
             WHERE id = $1::uuid AND status NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')
+              AND ($6::text IS NULL OR (lease_owner = $6 AND epoch = $7))
             RETURNING id
-            """, task_id, status, output, _json(error), _json(usage)))
+            """, task_id, status, output, _json(error), _json(usage), worker, epoch))
 
     async def ended(self, task_id: str) -> asyncpg.Record | None:
         return await self.db.fetchrow(
@@ -300,10 +361,16 @@ class TaskStore:
 
     async def hold(self, task_id: str, *, tool_call_id: str, tool: str,
                    arguments: dict[str, Any], reason: str, risk: str,
-                   usage: dict[str, Any]) -> str:
+                   usage: dict[str, Any], lease: tuple[str, int] | None = None) -> str | None:
         """The task waits for a person to decide a tool call: its approval, its status, its
-        lease released. Returns the approval's id."""
+        lease released. Returns the approval's id; None when `lease` (the run's worker and
+        epoch) no longer holds the task."""
         async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute(BOUNDED_SQL)
+            if lease is not None and not await conn.fetchval(
+                    "SELECT true FROM tasks WHERE id = $1::uuid AND lease_owner = $2 "
+                    "AND epoch = $3 FOR UPDATE", task_id, *lease):
+                return None
             approval_id = await conn.fetchval(
                 """
                 INSERT INTO approvals (task_id, tool_call_id, tool_name, tool_input, reason, risk)
@@ -354,6 +421,16 @@ class TaskStore:
         return await self.db.fetchrow(
             "SELECT tool_name, tool_call_id, status, created_at, decided_at FROM approvals "
             "WHERE id = $1::uuid", approval_id)
+
+    async def decision_for(self, task_id: str, tool_call_id: str) -> ApprovalDecision | None:
+        """The decision a person recorded on this call of the task, if any."""
+        row = await self.db.fetchrow(
+            "SELECT id, status, comment FROM approvals WHERE task_id = $1::uuid "
+            "AND tool_call_id = $2 AND status <> 'PENDING'", task_id, tool_call_id)
+        if row is None:
+            return None
+        return ApprovalDecision(decision="approve" if row["status"] == "APPROVED" else "reject",
+                                comment=row["comment"] or "", approval_id=str(row["id"]))
 
     async def approvals_waiting(self) -> int:
         return int(await self.db.fetchval(

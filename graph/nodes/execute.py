@@ -29,6 +29,8 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
         replayed = False
         tool = deps.toolset.get(decision["name"])
         if decision["run"] and tool is not None:
+            # A run another worker took over starts no call: that worker will.
+            await deps.fence.check()
             ctx = ToolContext(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
                               role=state.get("role", "analyst"), deps=deps.tool_deps)
             with tool_span(deps.tracing, tool=tool.name, call_id=decision["tool_call_id"],
