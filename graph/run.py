@@ -164,6 +164,8 @@ async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: 
 async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: GraphDeps,
                    thread_id: str, on_token: OnToken | None,
                    at_boundary: AtBoundary | None) -> None:
+    why: Literal["cancelled", "shutdown"] | None = None
+    last_step = 0  # the newest step number a node reported
     async with contextlib.aclosing(stream):
         async for mode, chunk in stream:
             if mode == "messages":
@@ -172,13 +174,20 @@ async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: G
                         and token.content and meta.get("langgraph_node") == "act"):
                     await on_token(str(token.content))
                 continue
-            # A step just finished; its writes are saved (or about to be, and an aclose
+            for update in (chunk or {}).values():
+                if isinstance(update, dict) and isinstance(update.get("step"), int):
+                    last_step = max(last_step, update["step"])
+            # A step just finished; its writes are saved (or about to be, and the aclose
             # keeps them): the boundary where the run may stop.
             if at_boundary is not None and (why := await at_boundary()) is not None:
-                if why == "cancelled":
-                    await _record_stop(graph, deps, thread_id, "cancelled",
-                                       "the task was cancelled")
-                raise RunInterrupted(why)
+                break
+    if why is not None:
+        if why == "cancelled":
+            # After the stream closed: the state read for the stop's number may still have
+            # lagged the step just reported, whose number it must follow.
+            await _record_stop(graph, deps, thread_id, "cancelled", "the task was cancelled",
+                               after=last_step)
+        raise RunInterrupted(why)
 
 
 async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
@@ -208,10 +217,11 @@ async def failed(graph: AgentGraph, deps: GraphDeps, thread_id: str,
 
 
 async def _record_stop(graph: AgentGraph, deps: GraphDeps, thread_id: str, kind: str,
-                       message: str) -> None:
+                       message: str, *, after: int = 0) -> None:
     state = cast(AgentState, (await graph.aget_state(thread_config(thread_id))).values)
     if state.get("task_id"):
-        await Steps(deps.recorder, state).add(RunStopped, stop=kind, message=message)
+        numbered = cast(AgentState, {**state, "step": max(state.get("step", 0), after)})
+        await Steps(deps.recorder, numbered).add(RunStopped, stop=kind, message=message)
 
 
 async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
