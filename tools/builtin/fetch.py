@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,8 +18,7 @@ from bs4.element import NavigableString, PreformattedString, Tag
 
 from tools.builtin.deps import Context
 from tools.contract import ToolError, Toolset, Untrusted
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from tools.net import checked_addresses, checked_url, normal_host, send_checked
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,14 +47,14 @@ _ALLOW_ENTRY = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?")
 def _allow_entry(entry: str) -> str:
     entry = entry.strip()
     try:
-        return _normal_host(str(ipaddress.ip_address(entry)))  # a bare IPv6 address has colons
+        return normal_host(str(ipaddress.ip_address(entry)))  # a bare IPv6 address has colons
     except ValueError:
         pass
     match = _ALLOW_ENTRY.fullmatch(entry)
     try:
         if match is None or (match[2] and not 0 < int(match[2]) < 65536):
             raise ValueError
-        host = _normal_host(httpx.URL(f"http://{match[1]}/").raw_host.decode("ascii"))
+        host = normal_host(httpx.URL(f"http://{match[1]}/").raw_host.decode("ascii"))
     except (ValueError, httpx.InvalidURL):
         raise ValueError(f"{entry!r} is not a host or host:port") from None
     return f"{host}:{int(match[2])}" if match[2] else host
@@ -81,18 +79,18 @@ async def _fetch(url: str, policy: FetchPolicy) -> dict[str, Any]:
     """GET `url` within the policy's limits, following redirects hop by hop, each one checked,
     and return the page as readable text. Raises ToolError with the reason
     when the URL, an address, a status or a limit stops it."""
-    target = _checked_url(url)
+    target = checked_url(url)
     context = await asyncio.to_thread(_ssl_context, policy.ca_file)
     try:
         async with asyncio.timeout(policy.timeout):
             for _ in range(policy.max_redirects + 1):
-                addresses = await _checked_addresses(target, policy)
+                addresses = await checked_addresses(target, policy.allow_private)
                 # A client per hop: a kept-alive connection must never carry a request for
                 # another host name than the one its TLS session was verified for.
                 async with httpx.AsyncClient(verify=context, trust_env=False,
                                              follow_redirects=False,
                                              timeout=policy.timeout) as client:
-                    response = await _send(client, target, addresses)
+                    response = await send_checked(client, target, addresses, headers=_HEADERS)
                     try:
                         location = response.headers.get("location")
                         if response.is_redirect and location:
@@ -110,104 +108,9 @@ async def _fetch(url: str, policy: FetchPolicy) -> dict[str, Any]:
 
 def _redirected(url: httpx.URL, location: str) -> httpx.URL:
     try:
-        return _checked_url(url.join(location))
+        return checked_url(url.join(location))
     except httpx.InvalidURL:
         raise ToolError(f"{url} redirected to an invalid URL: {location[:200]}") from None
-
-
-# -- where a request may go ------------------------------------------------------------------
-
-_METADATA = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean
-    "169.254.170.2",  # AWS ECS task credentials
-    "fd00:ec2::254",  # AWS over IPv6
-    "100.100.100.200",  # Alibaba Cloud
-    "168.63.129.16",  # Azure WireServer (a public address inside Azure)
-    "192.0.0.192",  # Oracle Cloud
-))
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _refusal(ip: IPAddress, *, private_allowed: bool = False) -> str | None:
-    """Why `ip` must not be reached, or None for an ordinary public address."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        # An IPv4 address carried inside IPv6 reaches that IPv4 address: judge it instead.
-        embedded = ip.ipv4_mapped or ip.sixtofour or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF) if ip in _NAT64 else None)
-        if embedded is not None:
-            return _refusal(embedded, private_allowed=private_allowed)
-    if ip in _METADATA:
-        return "a cloud metadata address"
-    if private_allowed:
-        return None
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_unspecified:
-        return "an unspecified address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_private or ip in _CGNAT or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local):
-        return "a private address"
-    if ip.is_reserved or not ip.is_global:
-        return "a reserved address"
-    return None
-
-
-def _checked_url(raw: str | httpx.URL) -> httpx.URL:
-    try:
-        url = httpx.URL(raw)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ToolError(f"{raw!s} is not a valid URL: {exc}") from None
-    if not url.scheme:
-        raise ToolError(f"{raw!s} is not a full URL: start it with https://")
-    if url.scheme not in ("http", "https"):
-        raise ToolError(f"only http:// and https:// URLs can be fetched, not {url.scheme}://")
-    if not url.raw_host:
-        raise ToolError(f"{raw!s} has no host")
-    if url.userinfo:
-        raise ToolError(f"{url.copy_with(userinfo=b'')} was given with a user name or password; "
-                        "those are not sent")
-    return url
-
-
-def _normal_host(host: str) -> str:
-    """`host` as allow-list entries spell it: lower case, no trailing dot, IPv6 bracketed."""
-    host = host.strip("[]").lower().rstrip(".")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return f"[{address}]" if address.version == 6 else str(address)
-
-
-def _port(url: httpx.URL) -> int:
-    return url.port or (443 if url.scheme == "https" else 80)
-
-
-async def _checked_addresses(url: httpx.URL, policy: FetchPolicy) -> list[IPAddress]:
-    """Every address `url`'s host resolves to, refusing the host if any one is off limits
-    (a name that resolves to a public and a private address is refused)."""
-    host, port = url.raw_host.decode("ascii"), _port(url)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise ToolError(f"could not resolve {host}: {getattr(exc, 'strerror', None) or exc}") \
-            from None
-    addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                                   for info in infos))
-    key = _normal_host(url.raw_host.decode("ascii"))
-    allowed = key in policy.allow_private or f"{key}:{port}" in policy.allow_private
-    for address in addresses:
-        reason = _refusal(address, private_allowed=allowed)
-        if reason is not None:
-            shown = host if host == str(address) else f"{host} ({address})"
-            raise ToolError(f"refused to fetch {url}: {shown} is {reason}")
-    if not addresses:
-        raise ToolError(f"could not resolve {host}")
-    return addresses
 
 
 # -- the request -----------------------------------------------------------------------------
@@ -226,26 +129,6 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     if ca_file:
         context.load_verify_locations(cafile=ca_file)
     return context
-
-
-async def _send(client: httpx.AsyncClient, url: httpx.URL,
-                addresses: list[IPAddress]) -> httpx.Response:
-    """The response (streaming) from the first checked address that accepts a connection. The
-    request goes to that address, not to the name, so a DNS answer changed since the check
-    cannot redirect it; the name still goes in the Host header and TLS SNI, and the server's
-    certificate is verified against it."""
-    host = url.raw_host.decode("ascii")
-    failure: httpx.ConnectError | None = None
-    for address in addresses:
-        request = client.build_request(
-            "GET", url.copy_with(host=str(address)),
-            headers={**_HEADERS, "Host": url.netloc.decode("ascii")},
-            extensions={"sni_hostname": host})
-        try:
-            return await client.send(request, stream=True)
-        except httpx.ConnectError as exc:
-            failure = exc
-    raise ToolError(f"could not connect to {host}: {failure}")
 
 
 # -- the response ----------------------------------------------------------------------------
