@@ -32,6 +32,7 @@ from app.tooling import artifact_store
 from graph.status import TaskStatus
 from guardrails.limits import RequestRate, UserQuotas
 from tools.artifacts import Artifacts
+from tools.builtin.fetch import FetchPolicy
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -205,4 +206,5 @@ def _attach(app: FastAPI, deps: Deps) -> None:
         default_token_budget=deps.settings.token_budget,
         quotas=UserQuotas(max_concurrent_tasks=deps.settings.max_concurrent_tasks,
                           daily_tokens=deps.settings.daily_token_quota,
-                          counts=TaskStore(deps.db)))
+                          counts=TaskStore(deps.db)),
+        webhook_allow_private=FetchPolicy.parse_hosts(deps.settings.webhook_allow_private))

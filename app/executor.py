@@ -34,6 +34,7 @@ from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from app.store import PolicyAudit, StepStore, TaskStore
 from app.store.steps import task_steps
+from app.store.webhooks import WebhookStore
 from app.telemetry import attach, detach, record_wait
 from graph import ApprovalDecision, GraphDeps, TaskStatus, task_input
 from graph.builder import AgentGraph
@@ -317,6 +318,10 @@ class Executor:
                 usage=dict(usage) if usage else None,
                 lease=(lease.worker, lease.epoch) if lease is not None else None)
             following = await self.service.finish(conn, task_id) if updated else None
+            if updated:  # with the end, atomically: a recorded end is never without its webhook
+                await WebhookStore(conn).enqueue(conn, task_id, f"task.{status.lower()}", {
+                    "status": status, "final_output": output, "error": error,
+                    "usage": dict(usage) if usage else None})
         if not updated:
             if lease is not None and await self.store.lease_left(
                     task_id, lease.worker, lease.epoch) is None:

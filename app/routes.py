@@ -37,11 +37,16 @@ from app.schemas import (
     TaskDetail,
     TaskPage,
     UploadedFile,
+    WebhookDeliveries,
+    WebhookSecret,
+    WebhookSettings,
     problem_responses,
 )
 from app.service import TaskService
+from app.store.webhooks import WebhookStore
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from app.telemetry import trace_id
+from app.webhooks import check_url, new_secret
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
 from guardrails.limits import LimitExceeded, RequestRate
@@ -65,6 +70,10 @@ class TaskCreate(BaseModel):
     multitask_strategy: Literal["enqueue", "reject", "interrupt"] = Field(
         "enqueue", description="When the conversation is busy: wait behind it (enqueue), "
                                "refuse with 409 (reject), or cancel it and start (interrupt).")
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="POST the task's end and its approval requests "
+        "here, signed (Standard Webhooks); overrides your default (PUT /v1/webhooks). Needs "
+        "your signing secret (POST /v1/webhooks/secret).")
 
 
 def _plain(value: str | None) -> str | None:
@@ -143,11 +152,61 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
     task = await service.submit(
         who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
         max_iterations=body.max_iterations, token_budget=body.token_budget,
-        strategy=body.multitask_strategy, files=[str(f) for f in body.files])
+        strategy=body.multitask_strategy, files=[str(f) for f in body.files],
+        webhook_url=body.webhook_url)
     return JSONResponse(
         {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
          "links": _links(request, task)},
         status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+
+
+class WebhookDefault(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(max_length=2000, description="Your default webhook URL; null "
+                                                         "stops webhooks for tasks without one")
+
+
+@router.get("/webhooks", response_model=WebhookSettings, responses=problem_responses())
+async def webhook_settings(who: Who, request: Request) -> dict[str, Any]:
+    """Your default webhook URL and whether you have a signing secret."""
+    row = await WebhookStore(request.app.state.deps.db).settings_of(who.user_id)
+    return {"url": row["webhook_url"], "has_secret": row["has_secret"],
+            "secret_created_at": row["webhook_secret_created_at"]}
+
+
+@router.put("/webhooks", response_model=WebhookSettings, dependencies=[JsonBody],
+            responses=problem_responses(409, 413, 415))
+async def set_webhook_default(body: WebhookDefault, who: Who, request: Request,
+                              service: Service) -> dict[str, Any]:
+    """Set (or, with null, clear) the URL your tasks' events go to."""
+    store = WebhookStore(request.app.state.deps.db)
+    if body.url is not None:
+        if not (await store.settings_of(who.user_id))["has_secret"]:
+            raise Problem("conflict", 409, "create your signing secret first: "
+                          "POST /v1/webhooks/secret")
+        await check_url(body.url, service.webhook_allow_private)
+    await store.set_default_url(who.user_id, body.url)
+    return await webhook_settings(who, request)
+
+
+@router.post("/webhooks/secret", status_code=201, response_model=WebhookSecret,
+             responses=problem_responses())
+async def rotate_webhook_secret(who: Who, request: Request) -> dict[str, Any]:
+    """A new signing secret, shown once; deliveries from now on are signed with it."""
+    secret = new_secret()
+    created = await WebhookStore(request.app.state.deps.db).set_secret(who.user_id, secret)
+    return {"secret": secret, "created_at": created}
+
+
+@router.get("/webhooks/deliveries", response_model=WebhookDeliveries,
+            responses=problem_responses())
+async def webhook_deliveries(who: Who, request: Request,
+                             task_id: Annotated[uuid.UUID | None, Query()] = None,
+                             limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    """Your webhook deliveries, newest first: each event's attempts, last answer and state."""
+    store = WebhookStore(request.app.state.deps.db)
+    return {"items": await store.deliveries(who.user_id, task_id=task_id, limit=limit)}
 
 
 @router.post("/files", status_code=201, response_model=UploadedFile,

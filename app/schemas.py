@@ -159,3 +159,36 @@ class ShareCreated(BaseModel):
     token: str = Field(description="Shown once; only its digest is stored")
     url: str
     created_at: datetime
+
+
+class WebhookSettings(BaseModel):
+    url: str | None = Field(description="Where your tasks' events go when a task names no "
+                                        "webhook_url of its own")
+    has_secret: bool = Field(description="Whether you have a signing secret (without one no "
+                                         "webhook is sent)")
+    secret_created_at: datetime | None
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description="The signing secret (`whsec_` and base64), shown only "
+                                    "this once; the previous one stops signing at once")
+    created_at: datetime
+
+
+class WebhookDelivery(BaseModel):
+    id: str = Field(description="The `webhook-id` header every attempt repeats")
+    task_id: uuid.UUID | None
+    event: Literal["task.succeeded", "task.failed", "task.cancelled", "approval.required"]
+    url: str
+    status: Literal["PENDING", "DELIVERED", "FAILED"] = Field(
+        description="FAILED: every attempt failed; it is not tried again")
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status: int | None = Field(description="The receiver's last HTTP status")
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveries(BaseModel):
+    items: list[WebhookDelivery]

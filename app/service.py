@@ -26,7 +26,9 @@ from app.events import ErrorData, EventLog, StatusData
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
 from app.store import TaskStore, approval_row, task_steps
+from app.store.webhooks import WebhookStore
 from app.telemetry import carrier
+from app.webhooks import check_url
 from graph.approvals import ApprovalDecision
 from graph.status import TaskStatus
 from guardrails.limits import LimitExceeded, UserQuotas
@@ -55,6 +57,8 @@ class TaskService:
     default_token_budget: int = 200_000
     # Concurrent tasks and daily tokens per user; None (tests, maintenance) checks neither.
     quotas: UserQuotas | None = None
+    # Hosts on a private network webhooks may go to (CADRE_WEBHOOK_ALLOW_PRIVATE, parsed).
+    webhook_allow_private: frozenset[str] = frozenset()
 
     @property
     def store(self) -> TaskStore:
@@ -64,11 +68,16 @@ class TaskService:
 
     async def submit(self, who: Principal, text: str, *, conversation_id: str | None = None,
                      max_iterations: int | None = None, token_budget: int | None = None,
-                     strategy: Strategy = "enqueue", files: list[str] | None = None
-                     ) -> dict[str, Any]:
+                     strategy: Strategy = "enqueue", files: list[str] | None = None,
+                     webhook_url: str | None = None) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
+        if webhook_url is not None:
+            if not (await WebhookStore(self.db).settings_of(who.user_id))["has_secret"]:
+                raise Problem("conflict", 409, "webhook_url needs your signing secret first: "
+                              "POST /v1/webhooks/secret")
+            options["webhook_url"] = await check_url(webhook_url, self.webhook_allow_private)
         screened = screen_task(text)
         if screened.problem:
             raise Problem("invalid-request", 422, screened.problem)

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     fetch_max_chars: int = Field(20_000, ge=500, validation_alias=_env("CADRE_FETCH_MAX_CHARS"))
     fetch_allow_private: str = Field("", validation_alias=_env("CADRE_FETCH_ALLOW_PRIVATE"))
     fetch_ca_file: Path | None = Field(None, validation_alias=_env("CADRE_FETCH_CA_FILE"))
+    # Webhooks: hosts on a private network they may go to (as CADRE_FETCH_ALLOW_PRIVATE),
+    # tries per event, and how long one try waits for the receiver.
+    webhook_allow_private: str = Field("", validation_alias=_env("CADRE_WEBHOOK_ALLOW_PRIVATE"))
+    webhook_max_attempts: int = Field(8, ge=1, le=20,
+                                      validation_alias=_env("CADRE_WEBHOOK_MAX_ATTEMPTS"))
+    webhook_timeout: float = Field(10.0, gt=0, le=120,
+                                   validation_alias=_env("CADRE_WEBHOOK_TIMEOUT"))
     mcp_config: Path | None = Field(None, validation_alias=_env("CADRE_MCP_CONFIG"))
     search_provider: Literal["kb", "searxng", "tavily", "brave"] = Field(
         "kb", validation_alias=_env("CADRE_SEARCH_PROVIDER"))
@@ -210,7 +217,7 @@ class Settings(BaseSettings):
             raise ValueError("must look like 120/minute, 10/second or 1000/hour") from None
         return value
 
-    @field_validator("fetch_allow_private")
+    @field_validator("fetch_allow_private", "webhook_allow_private")
     @classmethod
     def _allow_list(cls, value: str) -> str:
         from tools.builtin.fetch import FetchPolicy

@@ -25,6 +25,7 @@ from app.settings import Settings
 from app.store import TaskStore
 from app.telemetry import configure_tracing, graph_tracing, shutdown_tracing
 from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
+from app.webhooks import Deliverer
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails.limits import UserQuotas
 from tools import Toolset
@@ -85,6 +86,7 @@ async def run_worker(
         # Alive before the first lease: a sweeper frees the tasks of a worker with no key.
         await mark_alive(deps.redis, me, _alive_for(settings))
         heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))
+        webhooks = asyncio.create_task(_deliver_webhooks(deps, stop))
         running: set[asyncio.Task[None]] = set()
         try:
             await _serve(deps, executor, running, stop)
@@ -96,6 +98,7 @@ async def run_worker(
                 await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
             stop.set()
             await heartbeat
+            await webhooks
             await forget(deps.redis, me)
         log.info("worker %s stopped", me)
 
@@ -152,6 +155,24 @@ async def _heartbeat(deps: Deps, executor: Executor, stop: asyncio.Event) -> Non
             log.exception("worker %s: heartbeat failed; retrying", executor.worker_id)
         try:
             await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
+
+
+async def _deliver_webhooks(deps: Deps, stop: asyncio.Event) -> None:
+    """Every second, send the webhook deliveries that are due (`app/webhooks.py`)."""
+    settings = deps.settings
+    deliverer = Deliverer(deps.db, allow_private=settings.webhook_allow_private,
+                          timeout=settings.webhook_timeout,
+                          max_attempts=settings.webhook_max_attempts)
+    while not stop.is_set():
+        try:
+            while await deliverer.deliver_due() and not stop.is_set():
+                pass  # a full batch: there may be more
+        except Exception:  # a database hiccup must not stop deliveries for good
+            log.exception("webhook deliveries failed; retrying")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
         except TimeoutError:
             pass
 

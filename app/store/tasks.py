@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import asyncpg
 
+from app.store.webhooks import Db, WebhookStore
 from graph.approvals import ApprovalDecision
 from graph.fence import BOUNDED_SQL
 from graph.status import ACTIVE, TaskStatus
-
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 TASK_COLUMNS = """id, user_id, conversation_id, status, input, final_output, error, usage, options,
                   created_at, updated_at, started_at, finished_at, cancel_requested_at,
@@ -218,6 +217,9 @@ class TaskStore:
             await conn.execute(
                 "UPDATE approvals SET status = 'REJECTED', comment = $2, decided_at = now() "
                 "WHERE task_id = $1::uuid AND status = 'PENDING'", task_id, reason)
+            await WebhookStore(conn).enqueue(conn, task_id, "task.cancelled", {
+                "status": TaskStatus.CANCELLED, "final_output": None,
+                "error": {"type": "cancelled", "message": reason}})
             return True
         return False
 
@@ -383,6 +385,10 @@ class TaskStore:
                 "UPDATE tasks SET status = 'PENDING_APPROVAL', lease_owner = NULL, "
                 "lease_expires_at = NULL, usage = $2::jsonb, updated_at = now() "
                 "WHERE id = $1::uuid", task_id, json.dumps(usage))
+            await WebhookStore(conn).enqueue(conn, task_id, "approval.required", {
+                "status": TaskStatus.PENDING_APPROVAL, "approval_id": str(approval_id),
+                "tool": tool, "arguments": arguments, "risk": risk, "reason": reason},
+                key=str(approval_id))
         return str(approval_id)
 
     async def approvals_of(self, task_id: str, *, pending_only: bool = False
