@@ -1,5 +1,6 @@
 """The task store: every SQL statement on Cadre's run tables — `tasks`, `approvals` (with the
-conversations they lock), `agent_logs` and `policy_decisions` — lives in this package. The
+conversations they lock), `agent_logs`, `policy_decisions` and `webhook_deliveries` — lives
+in this package. The
 graph and the guardrails reach it only through protocols (`graph.recorder.StepRecorder`,
 `guardrails.audit.AuditSink`, `guardrails.limits.QuotaCounts`)."""
 
