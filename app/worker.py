@@ -35,6 +35,8 @@ log = logging.getLogger("cadre.worker")
 SHUTDOWN_GRACE_SECONDS = 60
 # Taken by one worker per heartbeat: that one sweeps for lapsed leases.
 SWEEPER_KEY = "cadre:sweeper"
+# Taken by one worker per second: that one looks for webhook deliveries that are due.
+WEBHOOKS_KEY = "cadre:webhooks"
 # A received message is hidden this long, until the worker that took the task's lease hides
 # it for CADRE_VISIBILITY_SECONDS. A message a dead worker's long poll still received (the
 # server answers a poll whose client is gone) is back this soon instead.
@@ -86,7 +88,7 @@ async def run_worker(
         # Alive before the first lease: a sweeper frees the tasks of a worker with no key.
         await mark_alive(deps.redis, me, _alive_for(settings))
         heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))
-        webhooks = asyncio.create_task(_deliver_webhooks(deps, stop))
+        webhooks = asyncio.create_task(_deliver_webhooks(deps, me, stop))
         running: set[asyncio.Task[None]] = set()
         try:
             await _serve(deps, executor, running, stop)
@@ -159,16 +161,19 @@ async def _heartbeat(deps: Deps, executor: Executor, stop: asyncio.Event) -> Non
             pass
 
 
-async def _deliver_webhooks(deps: Deps, stop: asyncio.Event) -> None:
-    """Every second, send the webhook deliveries that are due (`app/webhooks.py`)."""
+async def _deliver_webhooks(deps: Deps, me: str, stop: asyncio.Event) -> None:
+    """Every second, one worker (whoever takes `cadre:webhooks` first) sends the webhook
+    deliveries that are due (`app/webhooks.py`): one query a second across all workers. A
+    worker still sending a slow batch does not stop the next one from claiming others."""
     settings = deps.settings
     deliverer = Deliverer(deps.db, allow_private=settings.webhook_allow_private,
                           timeout=settings.webhook_timeout,
                           max_attempts=settings.webhook_max_attempts)
     while not stop.is_set():
         try:
-            while await deliverer.deliver_due() and not stop.is_set():
-                pass  # a full batch: there may be more
+            if await deps.redis.set(WEBHOOKS_KEY, me, nx=True, px=1000):
+                while await deliverer.deliver_due() and not stop.is_set():
+                    pass  # some were due: look again at once
         except Exception:  # a database hiccup must not stop deliveries for good
             log.exception("webhook deliveries failed; retrying")
         try:

@@ -213,6 +213,8 @@ def _kind(sql: str) -> str:
         return "renew"
     if "delivery = delivery + 1" in sql or "bool_or(lease_expires_at < now())" in sql:
         return "sweep"
+    if "webhook_deliveries" in sql:
+        return "webhooks"
     return "other"
 
 
@@ -243,7 +245,7 @@ async def heartbeat_cost(http: httpx.AsyncClient, model: Model, database_url: st
         await db.execute("SELECT pg_stat_clear_snapshot()")
         u1 = await db.fetchval("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'tasks'")
         logged = await asyncio.to_thread(_read_from, pg_log, start)
-        counts: dict[str, float] = {"renew": 0, "sweep": 0, "other": 0}
+        counts: dict[str, float] = {"renew": 0, "sweep": 0, "webhooks": 0, "other": 0}
         for entry in LOG_LINE.split(logged):
             found = STATEMENT.search(entry)
             if found and found.group(1) != me:
@@ -368,7 +370,8 @@ def main() -> None:
           f"busy: {args.idle_tasks} tasks waiting on the model, nothing else touching the "
           "database):")
     rows = [("PostgreSQL statements/s", "statements"), ("  lease renewals/s", "renew"),
-            ("  sweeps/s", "sweep"), ("  anything else/s", "other"),
+            ("  sweeps/s", "sweep"), ("  webhook polls/s", "webhooks"),
+            ("  anything else/s", "other"),
             ("tasks rows updated/s", "rows"), ("Redis commands/s", "redis")]
     for title, key in rows:
         per_task = (busy[key] - quiet[key]) / args.idle_tasks
