@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.settings import Settings
-from graph.testing import call, plan, reply, verdict, serving
+from graph.testing import call, plan, reply, serving, verdict
 from tests.service import Service, running_service
 
 
