@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
+from uuid import UUID
 
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.callbacks import AsyncCallbackHandler
+from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 from opentelemetry.trace import Status, StatusCode
@@ -32,6 +34,7 @@ from graph.tracing import agent_span
 DEFAULT_MAX_ITERATIONS = 15
 
 OnToken = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
 # Asked after every step: "cancelled" or "shutdown" to stop there, None to go on.
 AtBoundary = Callable[[], Awaitable[Literal["cancelled", "shutdown"] | None]]
 
@@ -149,31 +152,70 @@ async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any
         return result
 
 
+class _AnswerTokens(AsyncCallbackHandler):
+    """Hands the act node's answer tokens to `on_token` as the model streams them, inside
+    the node: each is published before the node records its step, so a stream never shows
+    a token after the step that holds the whole answer (as LangGraph's `messages` stream
+    mode, drained by the consumer later, could)."""
+
+    def __init__(self, on_token: OnToken | None) -> None:
+        self.on_token = on_token
+        self.answering: set[UUID] = set()
+
+    # These two make it a streaming handler to LangChain (a runtime-checked protocol), as
+    # LangGraph's own `messages` handler is: with one present a chat model streams its
+    # answer (each chunk a callback) instead of returning it whole.
+    def tap_output_aiter(self, run_id: UUID, output: AsyncIterator[T]) -> AsyncIterator[T]:
+        return output
+
+    def tap_output_iter(self, run_id: UUID, output: Iterator[T]) -> Iterator[T]:
+        return output
+
+    async def on_chat_model_start(self, serialized: dict[str, Any],
+                                  messages: list[list[BaseMessage]], *, run_id: UUID,
+                                  metadata: dict[str, Any] | None = None,
+                                  **kwargs: Any) -> None:
+        if (metadata or {}).get("langgraph_node") == "act":
+            self.answering.add(run_id)
+
+    async def on_llm_new_token(self, token: str | list[str | dict[str, Any]], *,
+                               chunk: Any = None, run_id: UUID,
+                               parent_run_id: UUID | None = None,
+                               tags: list[str] | None = None, **kwargs: Any) -> None:
+        if self.on_token is None or run_id not in self.answering:
+            return
+        text = token if isinstance(token, str) else "".join(
+            part if isinstance(part, str) else str(part.get("text", "")) for part in token)
+        if text:
+            await self.on_token(text)
+
+    async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self.answering.discard(run_id)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID,
+                           **kwargs: Any) -> None:
+        self.answering.discard(run_id)
+
+
 async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any,
                    on_token: OnToken | None, at_boundary: AtBoundary | None) -> None:
+    config = thread_config(thread_id)
+    config["callbacks"] = [_AnswerTokens(on_token)]
     stream = cast(AsyncGenerator[Any, None], graph.astream(
-        payload, thread_config(thread_id), context=deps, stream_mode=["updates", "messages"],
-        durability="sync"))
+        payload, config, context=deps, stream_mode="updates", durability="sync"))
     token = fence.CURRENT.set(deps.fence)  # the checkpointer writes only under the lease
     try:
-        await _consume(stream, graph, deps, thread_id, on_token, at_boundary)
+        await _consume(stream, graph, deps, thread_id, at_boundary)
     finally:
         fence.CURRENT.reset(token)
 
 
 async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: GraphDeps,
-                   thread_id: str, on_token: OnToken | None,
-                   at_boundary: AtBoundary | None) -> None:
+                   thread_id: str, at_boundary: AtBoundary | None) -> None:
     why: Literal["cancelled", "shutdown"] | None = None
     last_step = 0  # the newest step number a node reported
     async with contextlib.aclosing(stream):
-        async for mode, chunk in stream:
-            if mode == "messages":
-                token, meta = cast(tuple[Any, dict[str, Any]], chunk)
-                if (on_token is not None and isinstance(token, AIMessageChunk)
-                        and token.content and meta.get("langgraph_node") == "act"):
-                    await on_token(str(token.content))
-                continue
+        async for chunk in stream:
             for update in (chunk or {}).values():
                 if isinstance(update, dict) and isinstance(update.get("step"), int):
                     last_step = max(last_step, update["step"])
