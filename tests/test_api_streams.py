@@ -132,10 +132,13 @@ async def test_150_followers_of_one_task_all_complete_and_the_api_keeps_answerin
         running = [asyncio.create_task(follow(http)) for _ in range(followers)]
         await asyncio.wait_for(opened.wait(), timeout=60)
         # Every follower is now waiting live. Redis holds no connection per follower: at
-        # most the commands pool (their replays ran at once) and the readers. The other
-        # endpoints answer as usual.
+        # most the commands pool (their replays ran at once), the rate limiter's pool (each
+        # follower's request was counted), the readers, and a few for the in-process
+        # worker's loops. The other endpoints answer as usual.
         clients = (await service.deps.redis.info("clients"))["connected_clients"]
-        bound = service.deps.settings.redis_pool_size + service.deps.settings.stream_readers + 5
+        settings = service.deps.settings
+        bound = (settings.redis_pool_size + settings.limiter_pool_size + settings.stream_readers
+                 + 5)
         assert clients - before <= bound < followers, \
             f"{clients - before} more Redis connections for {followers} followers"
         readers = [c for c in await service.deps.redis.client_list()
