@@ -46,7 +46,7 @@ from app.service import TaskService
 from app.store.webhooks import WebhookStore
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from app.telemetry import trace_id
-from app.webhooks import check_url, new_secret
+from app.webhooks import new_secret
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
 from guardrails.limits import LimitExceeded, RequestRate
@@ -180,13 +180,8 @@ async def webhook_settings(who: Who, request: Request) -> dict[str, Any]:
 async def set_webhook_default(body: WebhookDefault, who: Who, request: Request,
                               service: Service) -> dict[str, Any]:
     """Set (or, with null, clear) the URL your tasks' events go to."""
-    store = WebhookStore(request.app.state.deps.db)
-    if body.url is not None:
-        if not (await store.settings_of(who.user_id))["has_secret"]:
-            raise Problem("conflict", 409, "create your signing secret first: "
-                          "POST /v1/webhooks/secret")
-        await check_url(body.url, service.webhook_allow_private)
-    await store.set_default_url(who.user_id, body.url)
+    url = await service.webhook_url(who, body.url) if body.url is not None else None
+    await WebhookStore(request.app.state.deps.db).set_default_url(who.user_id, url)
     return await webhook_settings(who, request)
 
 

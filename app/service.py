@@ -74,10 +74,7 @@ class TaskService:
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
         if webhook_url is not None:
-            if not (await WebhookStore(self.db).settings_of(who.user_id))["has_secret"]:
-                raise Problem("conflict", 409, "webhook_url needs your signing secret first: "
-                              "POST /v1/webhooks/secret")
-            options["webhook_url"] = await check_url(webhook_url, self.webhook_allow_private)
+            options["webhook_url"] = await self.webhook_url(who, webhook_url)
         screened = screen_task(text)
         if screened.problem:
             raise Problem("invalid-request", 422, screened.problem)
@@ -173,6 +170,14 @@ class TaskService:
         for task_id in orphans:
             await self._send(task_id)
         return len(orphans)
+
+    async def webhook_url(self, who: Principal, url: str) -> str:
+        """`url` if `who` may have webhooks sent there: they have a signing secret (409
+        otherwise) and it is an address webhooks may go to (422 otherwise)."""
+        if not (await WebhookStore(self.db).settings_of(who.user_id))["has_secret"]:
+            raise Problem("conflict", 409, "a webhook URL needs your signing secret first: "
+                          "POST /v1/webhooks/secret")
+        return await check_url(url, self.webhook_allow_private)
 
     # -- read ----------------------------------------------------------------------------------
 
