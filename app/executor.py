@@ -319,9 +319,8 @@ class Executor:
                 lease=(lease.worker, lease.epoch) if lease is not None else None)
             following = await self.service.finish(conn, task_id) if updated else None
             if updated:  # with the end, atomically: a recorded end is never without its webhook
-                await WebhookStore(conn).enqueue(conn, task_id, f"task.{status.lower()}", {
-                    "status": status, "final_output": output, "error": error,
-                    "usage": dict(usage) if usage else None})
+                await WebhookStore(conn).task_ended(task_id, status, output=output, error=error,
+                                                    usage=dict(usage) if usage else None)
         if not updated:
             if lease is not None and await self.store.lease_left(
                     task_id, lease.worker, lease.epoch) is None:

@@ -217,9 +217,8 @@ class TaskStore:
             await conn.execute(
                 "UPDATE approvals SET status = 'REJECTED', comment = $2, decided_at = now() "
                 "WHERE task_id = $1::uuid AND status = 'PENDING'", task_id, reason)
-            await WebhookStore(conn).enqueue(conn, task_id, "task.cancelled", {
-                "status": TaskStatus.CANCELLED, "final_output": None,
-                "error": {"type": "cancelled", "message": reason}})
+            await WebhookStore(conn).task_ended(task_id, TaskStatus.CANCELLED, output=None,
+                                                error={"type": "cancelled", "message": reason})
             return True
         return False
 
@@ -385,7 +384,7 @@ class TaskStore:
                 "UPDATE tasks SET status = 'PENDING_APPROVAL', lease_owner = NULL, "
                 "lease_expires_at = NULL, usage = $2::jsonb, updated_at = now() "
                 "WHERE id = $1::uuid", task_id, json.dumps(usage))
-            await WebhookStore(conn).enqueue(conn, task_id, "approval.required", {
+            await WebhookStore(conn).enqueue(task_id, "approval.required", {
                 "status": TaskStatus.PENDING_APPROVAL, "approval_id": str(approval_id),
                 "tool": tool, "arguments": arguments, "risk": risk, "reason": reason},
                 key=str(approval_id))

@@ -44,16 +44,23 @@ class WebhookStore:
 
     # -- deliveries ----------------------------------------------------------------------------
 
-    async def enqueue(self, conn: Db, task_id: Any, event: str, data: dict[str, Any], *,
+    async def task_ended(self, task_id: Any, status: str, *, output: str | None,
+                         error: dict[str, Any] | None, usage: dict[str, Any] | None = None
+                         ) -> bool:
+        """`task.succeeded`, `task.failed` or `task.cancelled`, with the task's end."""
+        return await self.enqueue(task_id, f"task.{status.lower()}", {
+            "status": status, "final_output": output, "error": error, "usage": usage})
+
+    async def enqueue(self, task_id: Any, event: str, data: dict[str, Any], *,
                       key: str = "") -> bool:
         """Record `event` of the task for delivery to its webhook URL (its own, else its
-        owner's default), in the caller's transaction; once per (task, event, key). False
-        when the task has no webhook or its owner no secret."""
+        owner's default); once per (task, event, key). Made with the caller's connection, in
+        its transaction. False when the task has no webhook or its owner no secret."""
         msg_id = delivery_id(str(task_id), event, key)
         payload = json.dumps({
             "type": event, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "data": {"task_id": str(task_id), **data}}, default=str, separators=(",", ":"))
-        return bool(await conn.fetchval(
+        return bool(await self.db.fetchval(
             """
             INSERT INTO webhook_deliveries (id, user_id, task_id, event, url, payload)
             SELECT $1, t.user_id, t.id, $3, coalesce(t.options->>'webhook_url', u.webhook_url), $4
