@@ -155,10 +155,7 @@ async def _heartbeat(deps: Deps, executor: Executor, stop: asyncio.Event) -> Non
                                 resent.task_id, resent.why, resent.delivery)
         except Exception:  # a database or Redis hiccup must not stop the heartbeat
             log.exception("worker %s: heartbeat failed; retrying", executor.worker_id)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
-        except TimeoutError:
-            pass
+        await _pause(stop, every)
 
 
 async def _deliver_webhooks(deps: Deps, me: str, stop: asyncio.Event) -> None:
@@ -176,10 +173,15 @@ async def _deliver_webhooks(deps: Deps, me: str, stop: asyncio.Event) -> None:
                     pass  # some were due: look again at once
         except Exception:  # a database hiccup must not stop deliveries for good
             log.exception("webhook deliveries failed; retrying")
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except TimeoutError:
-            pass
+        await _pause(stop, 1.0)
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
 
 
 def _alive_for(settings: Settings) -> float:
