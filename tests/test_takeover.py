@@ -24,8 +24,6 @@ import httpx
 import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app import liveness
@@ -44,6 +42,7 @@ from graph.builder import postgres_checkpointer
 from graph.status import TaskStatus
 from graph.steps import MAIN_AGENT, PlanItem, PlanMade
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving
+from tests.test_crash_resume import Receiver
 from tools import Ledger, ToolContext
 from tools.contract import ToolOutcome
 
@@ -259,19 +258,6 @@ async def test_the_tasks_of_a_worker_whose_liveness_key_is_gone_are_sent_before_
 
 
 # -- real worker processes -----------------------------------------------------------------
-
-class Receiver:
-    """The receiving end of the side effect: counts requests, applies each key once."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.applied: Counter[str] = Counter()
-
-    async def effect(self, request: Request) -> JSONResponse:
-        self.requests += 1
-        self.applied[request.headers["idempotency-key"]] += 1
-        return JSONResponse({"ok": True})
-
 
 @dataclass
 class Model:
