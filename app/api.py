@@ -21,6 +21,7 @@ from app.events import EventLog, event_schemas
 from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
 from app.mailbox import mailbox_router
+from app.mcp_server import mount_mcp
 from app.metrics import RunMetricsCollector
 from app.routes import router
 from app.service import TaskService
@@ -59,12 +60,15 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         async with AsyncExitStack() as stack:
             if deps is None:
                 _attach(app, await stack.enter_async_context(open_deps(resolved)))
+            for lifetime in app.state.lifetimes:  # the protocol servers' session managers
+                await stack.enter_async_context(lifetime())
             try:
                 yield
             finally:
                 await app.state.streams.aclose()
 
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
+    app.state.lifetimes = []
     # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
     app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES,
                        larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024,
@@ -122,6 +126,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    mount_mcp(app)
     if ui:
         from app.ui import mount_ui
 

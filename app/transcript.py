@@ -48,6 +48,16 @@ async def render_transcript(conversation: ConversationLog) -> str:
     return _page(redacted)
 
 
+async def render_markdown(conversation: ConversationLog, task_id: str | None = None) -> str:
+    """The same redacted transcript as Markdown text (what an MCP client reads), of the whole
+    conversation or of one of its tasks."""
+    redacted = await asyncio.to_thread(redact_json, _document(conversation))
+    if task_id is not None:
+        redacted["tasks"] = [t for t, log in zip(redacted["tasks"], conversation.tasks,
+                                                 strict=True) if log.id == task_id]
+    return _markdown(redacted)
+
+
 def not_found_page() -> str:
     return _html("Not found", "<h1>Not found</h1><p class='meta'>This link does not exist or "
                               "has been revoked.</p>")
@@ -158,6 +168,48 @@ def _step(step: dict[str, Any]) -> str:
     return (f"<div class='step approval'><div class='label'>Approval asked for "
             f"{escape(step['tool'])}: {escape(step['status'])}{comment}</div>"
             f"<pre>{escape(_pretty(step['input']))}</pre><div>{escape(step['text'])}</div></div>")
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# {doc['title']}", ""]
+    for task in doc["tasks"]:
+        lines += [f"## {task['input']}", "", f"_{task['when']} · {task['status'].lower()}_", ""]
+        if task["files"]:
+            lines += ["Attached: " + ", ".join(task["files"]), ""]
+        for step in task["steps"]:
+            lines += _markdown_step(step)
+        if task["artifacts"]:
+            lines += ["**Files written**", ""] + [
+                f"- {a['name']} ({a['type']}, {a['size']})" for a in task["artifacts"]] + [""]
+        if task["answer"]:
+            lines += ["**Answer**", "", task["answer"], ""]
+        if task["error"]:
+            lines += [f"**{task['status'].lower()}**: {task['error']}", ""]
+    return "\n".join(lines)
+
+
+def _markdown_step(step: dict[str, Any]) -> list[str]:
+    kind = step["kind"]
+    if kind in ("plan", "thought", "check"):
+        label = {"plan": "Plan", "thought": "Reasoning", "check": "Check"}[kind]
+        return [f"**{label}**", "", _fenced(step["text"]), ""]
+    if kind == "tool":
+        failed = "" if step["ok"] else " (failed)"
+        return [f"**Tool {step['tool']}{failed}**", "", "input:", _fenced(_pretty(step["input"])),
+                "output:", _fenced(_pretty(step["output"])), ""]
+    if kind == "not_run":
+        return [f"**Tool {step['tool']} did not run**: {step['text']}", "",
+                _fenced(_pretty(step["input"])), ""]
+    comment = f" ({step['comment']})" if step["comment"] else ""
+    return [f"**Approval asked for {step['tool']}: {step['status']}{comment}** — {step['text']}",
+            "", _fenced(_pretty(step["input"])), ""]
+
+
+def _fenced(text: str) -> str:
+    fence = "```"
+    while fence in text:  # a fence longer than any run of backticks in the text
+        fence += "`"
+    return f"{fence}\n{text}\n{fence}"
 
 
 def _html(title: str, body: str) -> str:

@@ -188,10 +188,11 @@ def verdict(goal_met: bool, reason: str = "", *, tokens: tuple[int, int] = (30, 
 
 
 @asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[int]:
-    """Serve an ASGI app with uvicorn on a free loopback port for the block; yields the port."""
+async def serving(app: Any, *, lifespan: bool = False) -> AsyncIterator[int]:
+    """Serve an ASGI app with uvicorn on a free loopback port for the block; yields the port.
+    `lifespan` runs the app's start-up and shut-down (Cadre's: the MCP and A2A servers)."""
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
+                                           lifespan="on" if lifespan else "off"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

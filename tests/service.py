@@ -91,8 +91,8 @@ async def running_service(settings: Settings, *,
         key = (await create_key(deps.db, email="ana@example.com", role="analyst")).secret
         other = (await create_key(deps.db, email="eve@example.com", role="analyst")).secret
         app = create_app(deps=deps)
-        stack.push_async_callback(app.state.streams.aclose)  # `serving` runs no lifespan
-        port = await stack.enter_async_context(serving(app))
+        # The lifespan runs the MCP and A2A servers and closes the streams at the end.
+        port = await stack.enter_async_context(serving(app, lifespan=True))
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,
                                                 toolset=toolset or make_toolset(outbox)))
         async with asyncio.timeout(30):  # a worker that fails to start fails the test now
