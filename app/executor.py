@@ -228,7 +228,7 @@ class Executor:
                                StepMetrics(self.deps.redis)),
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
-            tracing=self.tracing, fence=lease,
+            tracing=self.tracing, fence=lease, parallel_tools=self.deps.settings.parallel_tools,
         )
 
         async def fresh() -> AgentState:

@@ -136,7 +136,8 @@ async def run_local(
                                    EchoRecorder(echo)),
                 redis=rds, context_tokens=settings.context_tokens, tool_deps=tool_deps,
                 audit=PolicyAudit(db), screen=worker_screen(settings),
-                tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"))
+                tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"),
+                parallel_tools=settings.parallel_tools)
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
     worker_concurrency: int = Field(4, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
+    # How many read-only tool calls of one model turn run at once (1: one after another).
+    parallel_tools: int = Field(4, ge=1, le=32, validation_alias=_env("CADRE_PARALLEL_TOOLS"))
     # A running task's lease: a worker renews all of its leases every heartbeat; a lease
     # that lapses (the worker died, stalled or lost the database) is taken over by the next
     # sweep. Shorter is faster takeover for more renewals (see docs/performance.md).

@@ -38,6 +38,8 @@ class GraphDeps:
     tracing: Tracing = field(default_factory=Tracing)
     # The run writes only while its worker holds the task's lease (graph/fence.py).
     fence: Fence = field(default_factory=Unfenced)
+    # How many read-only calls of one model turn run at once (CADRE_PARALLEL_TOOLS).
+    parallel_tools: int = 4
 
     @property
     def model_name(self) -> str:
