@@ -108,6 +108,8 @@ class ToolResultData(_StepData):
     untrusted: bool = False
     flags: list[str] = Field(default_factory=list)
     not_run: NotRunWhy | None = None
+    speculative: bool = Field(default=False, description="Started before the model asked for it")
+    saved_ms: int = Field(default=0, description="How much of a speculative call had run by then")
 
 
 class ModelCallData(_StepData):
@@ -189,7 +191,9 @@ def step_events(step: Step) -> list[AnyEventData]:
         case ToolRan():
             return [ToolResultData(id=step.call_id, name=step.tool, ok=step.ok,
                                    content=step.content, replayed=step.replayed,
-                                   untrusted=step.untrusted, flags=step.flags, step=n, agent=agent)]
+                                   untrusted=step.untrusted, flags=step.flags,
+                                   speculative=step.speculative, saved_ms=step.saved_ms,
+                                   step=n, agent=agent)]
         case AnswerChecked():
             return [ThoughtData(node="verify", text=f"goal met: {step.met}. {step.reason}",
                                 met=step.met, step=n, agent=agent)]

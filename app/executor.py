@@ -41,6 +41,7 @@ from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config
+from graph.speculation import Speculator
 from graph.state import AgentState
 from graph.status import TERMINAL
 from graph.tracing import Tracing
@@ -216,6 +217,14 @@ class Executor:
         own = _options(task).get("token_budget")
         return budget is not None and (own is None or budget < own)
 
+    def _speculator(self, task: Any) -> Speculator | None:
+        """The run's speculative calls, unless the deployment or the task turned them off."""
+        settings = self.deps.settings
+        if not settings.speculation or _options(task).get("speculation") is False:
+            return None
+        return Speculator(toolset=self.toolset, policy=self.policy, tool_deps=self.tool_deps,
+                          db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max)
+
     async def _run_graph(self, task: Any, body: TaskMessage, lease: Lease,
                          allowance: DailyAllowance | None = None) -> RunResult:
         task_id = str(task["id"])
@@ -229,6 +238,7 @@ class Executor:
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
             tracing=self.tracing, fence=lease, parallel_tools=self.deps.settings.parallel_tools,
+            speculator=self._speculator(task),
         )
 
         async def fresh() -> AgentState:

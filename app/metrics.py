@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from graph.speculation import METRICS
 from graph.steps import (
     AnswerChecked,
     ModelCalled,
@@ -30,6 +31,7 @@ LATENCY = "cadre:metrics:step_latency"
 TOKENS = "cadre:metrics:model_tokens"
 TOOL_CALLS = "cadre:metrics:tool_calls"
 STOPS = "cadre:metrics:runs_stopped"
+SPECULATION = METRICS  # counted by the runs' speculators (graph/speculation.py)
 # Upper bounds of the latency histogram's buckets, seconds.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -86,12 +88,12 @@ class RunMetricsCollector(Collector):
 
     async def refresh(self, redis: aioredis.Redis) -> None:
         pipe = redis.pipeline(transaction=False)
-        for key in (LATENCY, TOKENS, TOOL_CALLS, STOPS):
+        keys = (LATENCY, TOKENS, TOOL_CALLS, STOPS, SPECULATION)
+        for key in keys:
             pipe.hgetall(key)
         values = await pipe.execute()
         self.snapshot = {key: {_text(k): int(v) for k, v in found.items()}
-                         for key, found in zip((LATENCY, TOKENS, TOOL_CALLS, STOPS), values,
-                                               strict=True)}
+                         for key, found in zip(keys, values, strict=True)}
 
     def collect(self) -> Iterator[Any]:
         latency = HistogramMetricFamily(
@@ -129,6 +131,22 @@ class RunMetricsCollector(Collector):
         for stop, count in sorted(self.snapshot.get(STOPS, {}).items()):
             stops.add_metric([stop], count)
         yield stops
+        speculative = CounterMetricFamily(
+            "cadre_speculative_calls", "Speculative tool calls by where the prediction came "
+            "from (stream, plan, results, history) and outcome: started, hit (the model asked "
+            "for it), wasted (it did not), refused (not safe to run ahead)",
+            labels=["source", "outcome"])
+        saved = 0
+        for field, count in sorted(self.snapshot.get(SPECULATION, {}).items()):
+            if field == "saved_ms":
+                saved = count
+                continue
+            source, _, outcome = field.rpartition("|")
+            speculative.add_metric([source, outcome], count)
+        yield speculative
+        yield CounterMetricFamily(
+            "cadre_speculation_saved_seconds", "Tool time already done when the model asked "
+            "for a call that was speculated", value=saved / 1000)
 
 
 def _text(value: Any) -> str:

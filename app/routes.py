@@ -70,6 +70,9 @@ class TaskCreate(BaseModel):
     multitask_strategy: Literal["enqueue", "reject", "interrupt"] = Field(
         "enqueue", description="When the conversation is busy: wait behind it (enqueue), "
                                "refuse with 409 (reject), or cancel it and start (interrupt).")
+    speculation: bool | None = Field(
+        None, description="false: no speculative tool calls for this task (they are on unless "
+                          "the deployment turned them off with CADRE_SPECULATION=false)")
     webhook_url: str | None = Field(
         None, max_length=2000, description="POST the task's end and its approval requests "
         "here, signed (Standard Webhooks); overrides your default (PUT /v1/webhooks). Needs "
@@ -153,7 +156,7 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
         max_iterations=body.max_iterations, token_budget=body.token_budget,
         strategy=body.multitask_strategy, files=[str(f) for f in body.files],
-        webhook_url=body.webhook_url)
+        webhook_url=body.webhook_url, speculation=body.speculation)
     return JSONResponse(
         {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
          "links": _links(request, task)},

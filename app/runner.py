@@ -25,6 +25,7 @@ from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgre
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.recorder import Recorders
 from graph.run import RunResult, run_task, task_input
+from graph.speculation import Speculator
 from graph.state import AgentState
 from graph.steps import (
     AnswerChecked,
@@ -137,7 +138,10 @@ async def run_local(
                 redis=rds, context_tokens=settings.context_tokens, tool_deps=tool_deps,
                 audit=PolicyAudit(db), screen=worker_screen(settings),
                 tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"),
-                parallel_tools=settings.parallel_tools)
+                parallel_tools=settings.parallel_tools,
+                speculator=Speculator(toolset=toolset, policy=policy, tool_deps=tool_deps, db=db,
+                                      redis=rds, limit=settings.speculation_max)
+                if settings.speculation else None)
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:

@@ -69,10 +69,13 @@ class TaskService:
     async def submit(self, who: Principal, text: str, *, conversation_id: str | None = None,
                      max_iterations: int | None = None, token_budget: int | None = None,
                      strategy: Strategy = "enqueue", files: list[str] | None = None,
-                     webhook_url: str | None = None) -> dict[str, Any]:
+                     webhook_url: str | None = None,
+                     speculation: bool | None = None) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
+        if speculation is not None:
+            options["speculation"] = speculation
         if webhook_url is not None:
             options["webhook_url"] = await self.webhook_url(who, webhook_url)
         screened = screen_task(text)

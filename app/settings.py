@@ -107,6 +107,10 @@ class Settings(BaseSettings):
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
     # How many read-only tool calls of one model turn run at once (1: one after another).
     parallel_tools: int = Field(4, ge=1, le=32, validation_alias=_env("CADRE_PARALLEL_TOOLS"))
+    # Speculative tool calls (graph/speculation.py): on or off for the deployment, and how
+    # many predicted calls one model turn may start.
+    speculation: bool = Field(True, validation_alias=_env("CADRE_SPECULATION"))
+    speculation_max: int = Field(3, ge=1, le=10, validation_alias=_env("CADRE_SPECULATION_MAX"))
     # A running task's lease: a worker renews all of its leases every heartbeat; a lease
     # that lapses (the worker died, stalled or lost the database) is taken over by the next
     # sweep. Shorter is faster takeover for more renewals (see docs/performance.md).

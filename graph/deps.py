@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from graph.fence import Fence, Unfenced
 from graph.recorder import StepRecorder
+from graph.speculation import Speculator
 from graph.tracing import Tracing
 from guardrails import Policy
 from guardrails.audit import AuditSink
@@ -40,6 +41,8 @@ class GraphDeps:
     fence: Fence = field(default_factory=Unfenced)
     # How many read-only calls of one model turn run at once (CADRE_PARALLEL_TOOLS).
     parallel_tools: int = 4
+    # The run's speculative calls (graph/speculation.py); None: no speculation.
+    speculator: Speculator | None = None
 
     @property
     def model_name(self) -> str:

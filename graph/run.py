@@ -26,6 +26,7 @@ from graph.deps import GraphDeps
 from graph.errors import RunFailure
 from graph.nodes._common import partial_result
 from graph.recorder import Steps
+from graph.speculation import Speculator
 from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
 from graph.status import TaskStatus
 from graph.steps import RunStopped
@@ -134,7 +135,11 @@ async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any
     with agent_span(deps.tracing, task_id=task_id, conversation_id=thread_id,
                     model=deps.model_name) as traced:
         try:
-            await _astream(graph, deps, thread_id, payload, on_token, at_boundary)
+            try:
+                await _astream(graph, deps, thread_id, payload, on_token, at_boundary)
+            finally:
+                if deps.speculator is not None:
+                    await deps.speculator.aclose()  # no speculative call outlives its run
         except RunFailure as failure:
             result = await failed(graph, deps, thread_id, failure)
         except RunInterrupted as stopped:
@@ -158,8 +163,9 @@ class _AnswerTokens(AsyncCallbackHandler):
     a token after the step that holds the whole answer (as LangGraph's `messages` stream
     mode, drained by the consumer later, could)."""
 
-    def __init__(self, on_token: OnToken | None) -> None:
+    def __init__(self, on_token: OnToken | None, speculator: Speculator | None = None) -> None:
         self.on_token = on_token
+        self.speculator = speculator
         self.answering: set[UUID] = set()
 
     # These two make it a streaming handler to LangChain (a runtime-checked protocol), as
@@ -182,7 +188,13 @@ class _AnswerTokens(AsyncCallbackHandler):
                                chunk: Any = None, run_id: UUID,
                                parent_run_id: UUID | None = None,
                                tags: list[str] | None = None, **kwargs: Any) -> None:
-        if self.on_token is None or run_id not in self.answering:
+        if run_id not in self.answering:
+            return
+        message = getattr(chunk, "message", None)
+        if self.speculator is not None and getattr(message, "tool_call_chunks", None):
+            # A read-only call whose arguments are complete starts before the message ends.
+            self.speculator.offer_chunks(run_id, message.tool_call_chunks)  # type: ignore[union-attr]
+        if self.on_token is None:
             return
         text = token if isinstance(token, str) else "".join(
             part if isinstance(part, str) else str(part.get("text", "")) for part in token)
@@ -200,7 +212,7 @@ class _AnswerTokens(AsyncCallbackHandler):
 async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any,
                    on_token: OnToken | None, at_boundary: AtBoundary | None) -> None:
     config = thread_config(thread_id)
-    config["callbacks"] = [_AnswerTokens(on_token)]
+    config["callbacks"] = [_AnswerTokens(on_token, deps.speculator)]
     stream = cast(AsyncGenerator[Any, None], graph.astream(
         payload, config, context=deps, stream_mode="updates", durability="sync"))
     token = fence.CURRENT.set(deps.fence)  # the checkpointer writes only under the lease

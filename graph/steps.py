@@ -116,6 +116,10 @@ class ToolRan(StepBase):
     untrusted: bool = False
     flags: list[str] = Field(default_factory=list)
     latency_ms: int = 0
+    # Started ahead of the model's asking (graph/speculation.py), and how much of it had run
+    # by then.
+    speculative: bool = False
+    saved_ms: int = 0
 
 
 class AnswerChecked(StepBase):

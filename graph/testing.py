@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +51,11 @@ class ScriptedModel(BaseChatModel):
     script: list[AIMessage | Exception] = Field(default_factory=list)
     calls: list[RecordedCall] = Field(default_factory=list)
     model_name: str = "scripted"
+    # Seconds before a streamed answer starts: a model's thinking time (benchmarks).
+    latency: float = 0.0
+    # Awaited after each streamed chunk with its index, before the next: a test holds the
+    # stream mid-message with it.
+    between_chunks: Callable[[int], Awaitable[None]] | None = None
 
     @property
     def _llm_type(self) -> str:
@@ -101,29 +106,35 @@ class ScriptedModel(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         message = self._next(messages, kwargs)
-        for chunk in _chunks(message):
-            if run_manager and chunk.content:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        for i, chunk in enumerate(_chunks(message)):
+            if run_manager:
+                # Every chunk, as OpenAI-compatible clients report them (tool-call chunks
+                # with empty text).
                 await run_manager.on_llm_new_token(str(chunk.content), chunk=ChatGenerationChunk(
                     message=chunk))
             yield ChatGenerationChunk(message=chunk)
+            if self.between_chunks is not None:
+                await self.between_chunks(i)
 
 
 def _chunks(message: AIMessage) -> Iterator[AIMessageChunk]:
     words = str(message.content).split(" ") if message.content else []
     for i, word in enumerate(words):
         yield AIMessageChunk(content=word if i == 0 else " " + word, id=message.id)
+    # One chunk per call, each with its whole arguments; malformed calls stream as their raw
+    # text, as a real server sends them.
+    calls = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
+             for i, c in enumerate(message.tool_calls)] + [
+        tool_call_chunk(name=c["name"], args=c["args"], id=c["id"],
+                        index=len(message.tool_calls) + i)
+        for i, c in enumerate(message.invalid_tool_calls)]
+    for call in calls:
+        yield AIMessageChunk(content="", id=message.id, tool_call_chunks=[call])
     yield AIMessageChunk(
         content="",
         id=message.id,
-        tool_call_chunks=[
-            tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
-            for i, c in enumerate(message.tool_calls)
-        ] + [
-            # Malformed calls stream as their raw text, as a real server sends them.
-            tool_call_chunk(name=c["name"], args=c["args"], id=c["id"],
-                            index=len(message.tool_calls) + i)
-            for i, c in enumerate(message.invalid_tool_calls)
-        ],
         usage_metadata=message.usage_metadata,
         # As OpenAI-compatible servers report it on the last chunk.
         response_metadata={"finish_reason": "tool_calls" if message.tool_calls else "stop",

@@ -92,7 +92,8 @@ async def test_reject_flow_replans(service: Service) -> None:
 
 async def test_cancel_a_running_task_at_the_next_step(service: Service) -> None:
     service.model.add(plan("Wait"), call("wait_a_while", {"seconds": 1.5}))
-    created = await service.submit("Wait a bit.")
+    # Not started ahead while the model streams: the cancel must find it in `execute`.
+    created = await service.submit("Wait a bit.", speculation=False)
     await asyncio.wait_for(service.outbox.slow.wait(), timeout=20)
     response = await service.http.post(f"/v1/tasks/{created['id']}/cancel", headers=service.auth())
     assert response.status_code == 200

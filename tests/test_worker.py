@@ -138,7 +138,8 @@ async def test_sigterm_finishes_the_step_releases_the_lease_and_another_worker_c
         service = TaskService(db=deps.db, queue=deps.queue, events=EventLog(deps.redis))
         first = asyncio.create_task(run_worker(settings, stop=stop, model=model,
                                                toolset=make_toolset(outbox)))
-        task = await service.submit(who, "Wait, then answer.")
+        # Not started ahead while the model streams: SIGTERM must find it in `execute`.
+        task = await service.submit(who, "Wait, then answer.", speculation=False)
         await asyncio.wait_for(outbox.slow.wait(), timeout=20)
         stop.set()  # SIGTERM arrives while the tool runs
         await asyncio.wait_for(first, timeout=30)

@@ -25,6 +25,9 @@ async def act(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
             f"stopped after {limit} iterations without finishing"))
     if deadline_passed(state):
         return await stopped(steps, DeadlineExceeded("the task's deadline passed"))
+    if deps.speculator is not None:
+        # Predicted calls start now and run while the model thinks.
+        await deps.speculator.begin_turn(state)
     system = act_prompt(state.get("plan") or [], state.get("current_step", 1),
                         state.get("observations") or [])
     asked = await ask(deps, state, steps, system, purpose="act", tools=deps.toolset.schemas())

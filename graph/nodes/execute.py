@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from langgraph.runtime import Runtime
 
 from graph.deps import GraphDeps
 from graph.recorder import Steps
+from graph.speculation import Speculated
 from graph.state import AgentState, Decision
 from graph.steps import ToolRan
 from graph.tracing import record_tool_result, span, tool_span
@@ -37,6 +39,7 @@ class _Ran:
     replayed: bool = False
     flags: list[str] = field(default_factory=list)
     latency_ms: int = 0
+    saved_ms: int | None = None  # a speculative call's: how much had run when asked for
 
 
 async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
@@ -62,10 +65,16 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
                                 tool=one.tool.name, arguments=one.decision["arguments"],
                                 ok=one.outcome.ok, content=one.outcome.content,
                                 replayed=one.replayed, untrusted=one.outcome.untrusted,
-                                flags=one.flags, latency_ms=one.latency_ms)
+                                flags=one.flags, latency_ms=one.latency_ms,
+                                speculative=one.saved_ms is not None,
+                                saved_ms=one.saved_ms or 0)
             results.append(ToolMessage(
                 content=one.content, tool_call_id=one.decision["tool_call_id"],
                 name=one.decision["name"], status="success" if one.outcome.ok else "error"))
+    if deps.speculator is not None:
+        await deps.speculator.end_turn()  # what the model did not ask for, it never sees
+        await deps.speculator.learn(state, [(d["name"], d["arguments"])
+                                            for d in state.get("decisions") or [] if d["run"]])
     return {"messages": results, "step": steps.last, "untrusted": sources}
 
 
@@ -96,12 +105,26 @@ async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Too
     await deps.fence.check()
     ctx = ToolContext(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
                       role=state.get("role", "analyst"), deps=deps.tool_deps)
+    ahead = deps.speculator.take(tool.name, decision["arguments"]) \
+        if deps.speculator is not None else None
+    saved_ms = ahead.saved_ms(started) if ahead is not None else None
     with tool_span(deps.tracing, tool=tool.name, call_id=decision["tool_call_id"],
                    risk=tool.risk, arguments=decision["arguments"]) as traced:
         outcome, replayed = await deps.ledger.run_once(
             ctx, tool_name=tool.name, arguments=decision["arguments"],
-            call=functools.partial(tool.invoke, ctx, decision["arguments"]),
+            # A speculative call for it is running (or done): its result is this call's.
+            call=_awaiting(ahead) if ahead is not None else
+            functools.partial(tool.invoke, ctx, decision["arguments"]),
         )
+        if ahead is not None:
+            if replayed:
+                ahead.task.cancel()  # the ledger had the result: the speculation was not used
+                saved_ms = None
+            else:
+                assert deps.speculator is not None and saved_ms is not None
+                deps.speculator.used(ahead, saved_ms)
+                traced.set_attribute("cadre.speculative", True)
+                traced.set_attribute("cadre.speculation.saved_ms", saved_ms)
         if replayed:
             # The call had finished before (a resumed run): its recorded result is used.
             with span(f"ledger_replay {tool.name}", attributes={
@@ -119,5 +142,11 @@ async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Too
         if flags:
             traced.set_attribute("cadre.screen.flags", flags)
     return _Ran(decision=decision, tool=tool, outcome=outcome, content=content,
-                replayed=replayed, flags=flags,
+                replayed=replayed, flags=flags, saved_ms=saved_ms,
                 latency_ms=int((time.monotonic() - started) * 1000))
+
+
+def _awaiting(ahead: Speculated) -> Callable[[], Awaitable[ToolOutcome]]:
+    async def result() -> ToolOutcome:
+        return await ahead.task
+    return result

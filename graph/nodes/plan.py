@@ -20,6 +20,9 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     steps_log = Steps(deps.recorder, state)
     if deadline_passed(state):
         return await stopped(steps_log, DeadlineExceeded("the task's deadline passed while planning"))
+    if deps.speculator is not None:
+        # What the task asks for first may run while the model writes the plan.
+        await deps.speculator.begin_turn(state, planning=True)
     tool_lines = "\n".join(f"- {t.name}: {t.description.splitlines()[0]}" for t in deps.toolset)
     reason = state.get("replan_reason")
     asked = await ask(deps, state, steps_log, plan_prompt(tool_lines, reason), purpose="plan",
