@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import problems
+from app.a2a import mount_a2a
 from app.deps import Deps, open_deps
 from app.events import EventLog, event_schemas
 from app.files import MAX_FILE_BYTES, FileStore
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
     app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES,
                        larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024,
+                               # A2A sends a message's files inline, base64-encoded.
+                               "/a2a": MAX_FILE_BYTES * 4 // 3 + 64 * 1024,
                                "/project/file": MAX_FILE_BYTES + 64 * 1024})
     if deps is not None:
         _attach(app, deps)
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     mount_mcp(app)
+    mount_a2a(app)
     if ui:
         from app.ui import mount_ui
 

@@ -46,13 +46,13 @@ from app.events import (
     ToolResultData,
 )
 from app.history import load_conversation
-from app.problems import Problem, problem_response, too_many_requests
+from app.problems import Problem, problem_response
+from app.routes import count_request
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull
 from app.transcript import render_markdown
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
-from guardrails.limits import LimitExceeded
 from tools.artifacts import Artifacts
 
 PATH = "/mcp"
@@ -143,10 +143,7 @@ class _Gate:
         headers = Headers(scope=scope)
         try:
             who = await authenticate(app.state.deps.db, headers.get("authorization"))
-            try:
-                await app.state.rate.hit(who.key_id)
-            except LimitExceeded as exc:
-                raise too_many_requests(exc) from None
+            await count_request(app.state.rate, who)
             if self.handle is None:
                 raise Problem("unavailable", 503, "the MCP server is not running in this "
                               "process (the app was started without its lifespan)")

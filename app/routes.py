@@ -108,11 +108,11 @@ async def _principal(request: Request, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> Principal:
     authorization = f"Bearer {credentials.credentials}" if credentials else None
     who = await authenticate(request.app.state.deps.db, authorization)
-    await _count_request(request.app.state.rate, who)
+    await count_request(request.app.state.rate, who)
     return who
 
 
-async def _count_request(rate: RequestRate, who: Principal) -> None:
+async def count_request(rate: RequestRate, who: Principal) -> None:
     """Every authenticated `/v1` request counts against its API key's rate (CADRE_RATE_LIMIT)."""
     try:
         await rate.hit(who.key_id)
@@ -371,7 +371,7 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
     try:
         after = _event_id(ws.query_params.get("last_event_id"), "last_event_id")
         who = await authenticate(app.state.deps.db, authorization)
-        await _count_request(app.state.rate, who)
+        await count_request(app.state.rate, who)
         service: TaskService = app.state.service
         task = await service.owned(who, task_id)
         _admit(app.state.streams)

@@ -2,14 +2,14 @@
 earlier runs. Speculation (graph/speculation.py) starts the likeliest of them ahead.
 
 Revision ID: 0013
-Revises: 0011
+Revises: 0012
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0013"
-down_revision = "0011"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
