@@ -25,6 +25,7 @@ from app.mailbox import mailbox_router
 from app.mcp_server import mount_mcp
 from app.metrics import RunMetricsCollector
 from app.routes import router
+from app.schedules import router as schedules_router
 from app.service import TaskService
 from app.settings import Settings, load_settings
 from app.share import router as share_router
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     problems.install(app)
     app.include_router(router)
     app.include_router(share_router)
+    app.include_router(schedules_router)
     if resolved.dev_mailbox_dir is not None:
         app.include_router(mailbox_router(resolved.dev_mailbox_dir))
     registry = CollectorRegistry()

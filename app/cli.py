@@ -7,7 +7,7 @@ import gc
 import os
 import sys
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,9 @@ sandbox_cli = typer.Typer(help="The code sandbox.", no_args_is_help=True)
 cli.add_typer(sandbox_cli, name="sandbox")
 policy_cli = typer.Typer(help="The tool policy (guardrails).", no_args_is_help=True)
 cli.add_typer(policy_cli, name="policy")
+schedules_cli = typer.Typer(help="A user's scheduled tasks (as `/v1/schedules`).",
+                            no_args_is_help=True)
+cli.add_typer(schedules_cli, name="schedules")
 
 
 class _Role(StrEnum):
@@ -208,6 +211,90 @@ def keys_create(
         return issued.secret
 
     _echo(asyncio.run(_create()))
+
+
+_Email = Annotated[str, typer.Option(help="The schedule owner's email.")]
+
+
+def _on_schedules(email: str, work: Any) -> Any:
+    """Run `work(store, principal)` as the user with `email`; a problem is one error line."""
+    from app.auth import Principal
+    from app.deps import connect_db
+    from app.problems import Problem
+    from app.settings import load_settings
+    from app.store.schedules import ScheduleStore
+
+    async def _run() -> Any:
+        db = await connect_db(load_settings())
+        try:
+            user = await db.fetchrow("SELECT id, email, role FROM users WHERE email = $1", email)
+            if user is None:
+                raise Problem("not-found", 404, f"no user with email {email}")
+            who = Principal(user_id=str(user["id"]), email=user["email"], role=user["role"],
+                            key_id="cli")
+            return await work(ScheduleStore(db), who)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(_run())
+    except Problem as problem:
+        print(f"cadre: error: {problem.detail}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+
+
+def _schedule_line(s: dict[str, Any]) -> str:
+    state = "paused" if s["paused"] else f"next {s['next_run_at'].isoformat()}"
+    last = f", last {s['last_run']['outcome']}" if s["last_run"] else ""
+    return f"{s['id']}  {s['cron']} ({s['timezone']})  {state}{last}  {s['input'][:60]}"
+
+
+@schedules_cli.command("list")
+def schedules_list(email: _Email) -> None:
+    """The user's schedules, newest first."""
+    for schedule in _on_schedules(email, lambda store, who: store.list(who)):
+        _echo(_schedule_line(schedule))
+
+
+@schedules_cli.command("create")
+def schedules_create(
+    email: _Email,
+    cron: Annotated[str, typer.Option(help="Five cron fields, e.g. '0 9 * * MON'.")],
+    input: Annotated[str, typer.Option("--input", help="The task, in plain words.")],
+    timezone: Annotated[str, typer.Option(help="An IANA time zone.")] = "UTC",
+    missed: Annotated[str, typer.Option(help="skip or catch_up missed occurrences.")] = "skip",
+    strategy: Annotated[str, typer.Option(
+        help="enqueue, reject or interrupt when the previous run is still going.")] = "enqueue",
+) -> None:
+    """Schedule a task for the user; prints the new schedule."""
+    if missed not in ("skip", "catch_up") or strategy not in ("enqueue", "reject", "interrupt"):
+        print("cadre: error: --missed is skip or catch_up; --strategy is enqueue, reject or "
+              "interrupt", file=sys.stderr, flush=True)
+        raise typer.Exit(2)
+    made = _on_schedules(email, lambda store, who: store.create(
+        who, cron=cron, timezone=timezone, text=input, missed=missed, strategy=strategy))
+    _echo(_schedule_line(made))
+
+
+@schedules_cli.command("pause")
+def schedules_pause(schedule_id: str, email: _Email) -> None:
+    """Stop firing a schedule until resumed."""
+    _echo(_schedule_line(_on_schedules(
+        email, lambda store, who: store.set_paused(who, schedule_id, True))))
+
+
+@schedules_cli.command("resume")
+def schedules_resume(schedule_id: str, email: _Email) -> None:
+    """Fire a paused schedule again, from its next occurrence."""
+    _echo(_schedule_line(_on_schedules(
+        email, lambda store, who: store.set_paused(who, schedule_id, False))))
+
+
+@schedules_cli.command("delete")
+def schedules_delete(schedule_id: str, email: _Email) -> None:
+    """Delete a schedule (the tasks it made are kept)."""
+    _on_schedules(email, lambda store, who: store.delete(who, schedule_id))
+    _echo(f"deleted {schedule_id}")
 
 
 @sandbox_cli.command("exec")

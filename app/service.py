@@ -40,6 +40,16 @@ _Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
 
 
 @dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """A task just written: the row, the task to send now (it, or None while the
+    conversation is busy), and the tasks an `interrupt` cancelled."""
+
+    task: dict[str, Any]
+    dispatch: str | None
+    cancelled: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Resent:
     """A task the sweeper sent to the queue again, under which delivery, and why."""
 
@@ -78,44 +88,59 @@ class TaskService:
             options["speculation"] = speculation
         if webhook_url is not None:
             options["webhook_url"] = await self.webhook_url(who, webhook_url)
+        async with self.db.acquire() as conn, conn.transaction():
+            accepted = await self.submit_in(conn, who, text, conversation_id=conversation_id,
+                                            options=options, strategy=strategy, files=files)
+        await self.announce(accepted)
+        return accepted.task
+
+    async def submit_in(self, conn: asyncpg.Connection, who: Principal, text: str, *,
+                        conversation_id: str | None, options: dict[str, Any],
+                        strategy: Strategy = "enqueue", files: list[str] | None = None,
+                        ) -> Accepted:
+        """The task's rows, in the caller's transaction: the scheduler creates a task and
+        advances its schedule in one. `announce` it after the commit."""
         screened = screen_task(text)
         if screened.problem:
             raise Problem("invalid-request", 422, screened.problem)
         if screened.flags:
             # It runs, but its text counts as untrusted: side effects will need approval.
-            options["input_flags"] = screened.flags
+            options = {**options, "input_flags": screened.flags}
         cancelled: list[str] = []
         store = self.store
-        async with self.db.acquire() as conn, conn.transaction():
-            conv = await self._lock_conversation(conn, who, conversation_id, text)
-            active = await store.active_in_conversation(conn, conv)
-            if active and strategy == "reject":
-                raise Problem("conflict", 409,
-                              f"conversation {conv} is busy with task {active[0]['id']}; retry "
-                              "later, or send with multitask_strategy=enqueue or interrupt",
-                              active_task=str(active[0]["id"]))
-            if active and strategy == "interrupt":
-                for row in active:
-                    if await store.request_cancel(conn, row["id"], "interrupted by a new message"):
-                        cancelled.append(str(row["id"]))
-            if self.quotas is not None:
-                try:
-                    await self.quotas.admit(conn, who.user_id)
-                except LimitExceeded as exc:
-                    raise too_many_requests(exc) from None
-            # The submitting request's trace: every run of the task joins it.
-            task = await store.insert(conn, user_id=who.user_id, conversation=conv, text=text,
-                                      options=options, trace=carrier())
-            if files and not await store.attach_files(conn, task["id"], who.user_id, files):
-                raise Problem("not-found", 404, "one of the files was not found")
-            await store.touch_conversation(conn, conv)
-            dispatch = await store.next_to_dispatch(conn, conv)
-        for task_id in cancelled:
+        conv = await self._lock_conversation(conn, who, conversation_id, text)
+        active = await store.active_in_conversation(conn, conv)
+        if active and strategy == "reject":
+            raise Problem("conflict", 409,
+                          f"conversation {conv} is busy with task {active[0]['id']}; retry "
+                          "later, or send with multitask_strategy=enqueue or interrupt",
+                          active_task=str(active[0]["id"]))
+        if active and strategy == "interrupt":
+            for row in active:
+                if await store.request_cancel(conn, row["id"], "interrupted by a new message"):
+                    cancelled.append(str(row["id"]))
+        if self.quotas is not None:
+            try:
+                await self.quotas.admit(conn, who.user_id)
+            except LimitExceeded as exc:
+                raise too_many_requests(exc) from None
+        # The submitting request's trace: every run of the task joins it.
+        task = await store.insert(conn, user_id=who.user_id, conversation=conv, text=text,
+                                  options=options, trace=carrier())
+        if files and not await store.attach_files(conn, task["id"], who.user_id, files):
+            raise Problem("not-found", 404, "one of the files was not found")
+        await store.touch_conversation(conn, conv)
+        dispatch = await store.next_to_dispatch(conn, conv)
+        return Accepted(task=task, dispatch=dispatch, cancelled=cancelled)
+
+    async def announce(self, accepted: Accepted) -> None:
+        """After the commit: the cancelled tasks' ends, the new task's status, and its
+        message to the queue if it is the conversation's next."""
+        for task_id in accepted.cancelled:
             await self._announce_cancelled(task_id)
-        await self.events.publish(task["id"], StatusData(status=TaskStatus.QUEUED))
-        if dispatch is not None:
-            await self._send(dispatch)
-        return task
+        await self.events.publish(accepted.task["id"], StatusData(status=TaskStatus.QUEUED))
+        if accepted.dispatch is not None:
+            await self._send(accepted.dispatch)
 
     async def _lock_conversation(self, conn: asyncpg.Connection, who: Principal,
                                  conversation_id: str | None, text: str) -> Any:

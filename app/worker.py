@@ -20,6 +20,7 @@ from app.events import EventLog
 from app.executor import Executor
 from app.liveness import forget, gone, mark_alive, worker_id
 from app.models import model_config
+from app.scheduler import Scheduler
 from app.service import TaskService
 from app.settings import Settings
 from app.store import TaskStore
@@ -37,6 +38,7 @@ SHUTDOWN_GRACE_SECONDS = 60
 SWEEPER_KEY = "cadre:sweeper"
 # Taken by one worker per second: that one looks for webhook deliveries that are due.
 WEBHOOKS_KEY = "cadre:webhooks"
+SCHEDULER_KEY = "cadre:scheduler"
 # A received message is hidden this long, until the worker that took the task's lease hides
 # it for CADRE_VISIBILITY_SECONDS. A message a dead worker's long poll still received (the
 # server answers a poll whose client is gone) is back this soon instead.
@@ -89,6 +91,7 @@ async def run_worker(
         await mark_alive(deps.redis, me, _alive_for(settings))
         heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))
         webhooks = asyncio.create_task(_deliver_webhooks(deps, me, stop))
+        schedules = asyncio.create_task(_fire_schedules(deps, executor, me, stop))
         running: set[asyncio.Task[None]] = set()
         try:
             await _serve(deps, executor, running, stop)
@@ -101,6 +104,7 @@ async def run_worker(
             stop.set()
             await heartbeat
             await webhooks
+            await schedules
             await forget(deps.redis, me)
         log.info("worker %s stopped", me)
 
@@ -173,6 +177,26 @@ async def _deliver_webhooks(deps: Deps, me: str, stop: asyncio.Event) -> None:
                     pass  # some were due: look again at once
         except Exception:  # a database hiccup must not stop deliveries for good
             log.exception("webhook deliveries failed; retrying")
+        await _pause(stop, 1.0)
+
+
+async def _fire_schedules(deps: Deps, executor: Executor, me: str, stop: asyncio.Event) -> None:
+    """Every second, one worker (whoever takes `cadre:scheduler` first) fires the schedules
+    that are due (`app/scheduler.py`); the claim in Postgres is what makes each occurrence
+    fire once, the lock only spares the others the query."""
+    settings = deps.settings
+    scheduler = Scheduler(db=deps.db, service=TaskService(
+        db=deps.db, queue=deps.queue, events=executor.events,
+        default_max_iterations=settings.max_iterations,
+        default_token_budget=settings.token_budget,
+        quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
+                          daily_tokens=settings.daily_token_quota, counts=TaskStore(deps.db))))
+    while not stop.is_set():
+        try:
+            if await deps.redis.set(SCHEDULER_KEY, me, nx=True, px=1000):
+                await scheduler.tick()
+        except Exception:  # a database hiccup must not stop the schedules for good
+            log.exception("firing schedules failed; retrying")
         await _pause(stop, 1.0)
 
 
