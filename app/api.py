@@ -34,6 +34,7 @@ from app.streams import StreamHub
 from app.tooling import artifact_store
 from graph.status import TaskStatus
 from guardrails.limits import RequestRate, UserQuotas
+from tools import Toolset
 from tools.artifacts import Artifacts
 from tools.builtin.fetch import FetchPolicy
 
@@ -51,7 +52,7 @@ class Health(BaseModel):
 
 
 def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
-               ui: bool = False) -> FastAPI:
+               ui: bool = False, toolset: Toolset | None = None) -> FastAPI:
     """Build the ASGI app; `cadre api` serves it with uvicorn. Pass `deps` to reuse open pools
     (tests); otherwise the app opens its own at start-up. `ui` also serves the chat UI at `/`
     (Chainlit is process-wide: tests that build many apps leave it off)."""
@@ -71,6 +72,9 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
 
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
     app.state.lifetimes = []
+    # The tools a replay runs against; None: the deployment's (built on first use).
+    app.state.replay_toolset = toolset
+    app.state.replay_policy = None
     # Uploads may be larger than JSON bodies; the store enforces the per-file limit itself.
     app.add_middleware(problems.BodyLimit, limit=MAX_BODY_BYTES,
                        larger={"/v1/files": MAX_FILE_BYTES + 64 * 1024,

@@ -191,6 +191,49 @@ def run(
     raise typer.Exit(0 if succeeded else 1)
 
 
+@cli.command()
+def replay(task_id: str) -> None:
+    """Replay an ended task through the current graph, tools and policy (no model or tool
+    call); print where the current code decides otherwise. Exit 0 when it reproduces, 1 when
+    it diverges."""
+    import uuid as _uuid
+
+    from app.deps import connect_db
+    from app.problems import Problem
+    from app.replays import replay_task
+    from app.settings import load_settings
+    from app.store import TASK_COLUMNS, task_row
+    from app.tooling import builtin_tools, worker_policy
+    from tools.registry import load_toolset
+
+    settings = load_settings()
+
+    async def _replay() -> Any:
+        toolset = await asyncio.to_thread(
+            load_toolset, settings.tool_plugins, builtin=builtin_tools(settings))
+        policy = await asyncio.to_thread(worker_policy, settings, toolset)
+        db = await connect_db(settings)
+        try:
+            try:
+                key = _uuid.UUID(task_id)
+            except ValueError:
+                raise Problem("not-found", 404, f"task {task_id} not found") from None
+            row = await db.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1", key)
+            if row is None:
+                raise Problem("not-found", 404, f"task {task_id} not found")
+            return await replay_task(db, task_row(row), toolset=toolset, policy=policy)
+        finally:
+            await db.close()
+
+    try:
+        report = asyncio.run(_replay())
+    except Problem as problem:
+        print(f"cadre: error: {problem.detail}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+    _echo(report.describe())
+    raise typer.Exit(0 if report.divergence is None else 1)
+
+
 @keys_cli.command("create")
 def keys_create(
     email: Annotated[str, typer.Option(help="The key owner's email; the user is created if new.")],

@@ -36,9 +36,10 @@ from app.store import PolicyAudit, StepStore, TaskStore
 from app.store.steps import task_steps
 from app.store.webhooks import WebhookStore
 from app.telemetry import attach, detach, record_wait
-from graph import ApprovalDecision, GraphDeps, TaskStatus, task_input
+from graph import ApprovalDecision, GraphDeps, TaskStatus, fence, task_input
 from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
+from graph.fork import ForkError, fork_thread
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config
 from graph.speculation import Speculator
@@ -179,7 +180,13 @@ class Executor:
             await self._trace_wait(body.resume.approval_id)
         heartbeat = asyncio.create_task(self._keep_hidden(message))
         try:
+            await self._seed_fork(task, lease)
             result = await self._run_graph(task, body, lease, allowance)
+        except ForkError as cannot:
+            await self._finish(task_id, TaskStatus.FAILED, lease=lease, output=None,
+                               error={"type": "fork_failed", "message": str(cannot)})
+            await self.deps.queue.delete(message)
+            return
         except RunInterrupted as stop:
             if stop.why == "cancelled":
                 await self._finish(task_id, TaskStatus.CANCELLED, lease=lease, output=None,
@@ -209,6 +216,31 @@ class Executor:
             await self._finish(task_id, TaskStatus.FAILED, lease=lease,
                                output=result.partial or None, error=error, usage=result.usage)
         await self.deps.queue.delete(message)
+
+    async def _seed_fork(self, task: Any, lease: Lease) -> None:
+        """A fork's first run: its thread starts as the original's checkpoint at the step it
+        forks from, and its record and ledger as the original's up to there."""
+        fork = _options(task).get("fork")
+        thread_id = str(task["conversation_id"])
+        if not fork:
+            return
+        snapshot = await self.graph.aget_state(thread_config(thread_id))
+        if snapshot.values.get("task_id") == str(task["id"]):
+            return  # seeded on an earlier delivery
+        source = await self.deps.db.fetchrow(
+            "SELECT conversation_id FROM tasks WHERE id = $1::uuid", fork["task_id"])
+        if source is None:
+            raise ForkError(f"the task it forks from ({fork['task_id']}) no longer exists")
+        token = fence.CURRENT.set(lease)  # the seed checkpoint too is written under the lease
+        try:
+            upto = await fork_thread(
+                self.graph, source_thread=str(source["conversation_id"]),
+                source_task=str(fork["task_id"]), from_step=int(fork["from_step"]),
+                target_thread=thread_id, target_task=str(task["id"]),
+                instruction=fork.get("instruction"))
+        finally:
+            fence.CURRENT.reset(token)
+        await self.store.copy_history(str(fork["task_id"]), str(task["id"]), upto)
 
     async def _quota_was_the_budget(self, task: Any) -> bool:
         """Whether the run's token budget was cut below the task's own by the daily quota."""

@@ -29,6 +29,7 @@ from app.auth import Principal, authenticate
 from app.events import ErrorData, Event, FinalData, StatusData
 from app.files import FileStore
 from app.problems import Problem, too_many_requests
+from app.replays import replay_task, report_json
 from app.schemas import (
     Approval,
     ArtifactList,
@@ -46,12 +47,16 @@ from app.service import TaskService
 from app.store.webhooks import WebhookStore
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from app.telemetry import trace_id
+from app.tooling import builtin_tools, worker_policy
 from app.webhooks import new_secret
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
+from guardrails import Policy
 from guardrails.limits import LimitExceeded, RequestRate
 from guardrails.screening import control_characters
+from tools import Toolset
 from tools.artifacts import Artifacts
+from tools.registry import load_toolset
 
 router = APIRouter(prefix="/v1")
 
@@ -276,6 +281,72 @@ async def get_artifact(task_id: str, name: str, request: Request, who: Who,
     return Response(data, media_type=artifact.content_type, headers={
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
         "ETag": f'"{artifact.sha256}"'})
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_step: int = Field(ge=0, le=100_000, description="Go on from the task's state as of "
+                           "this step (a `number` of its steps; 0: from its start)")
+    input: PlainText = Field(None, max_length=20_000, description="An instruction to add as a "
+                             "new message at that point (the edited next instruction)")
+    note: PlainText = Field(None, max_length=500, description="Why you fork (its title)")
+
+
+@router.post("/tasks/{task_id}/fork", status_code=202, response_model=TaskAccepted,
+             dependencies=[JsonBody], responses=problem_responses(404, 409, 413, 415))
+async def fork(task_id: str, body: ForkBody, request: Request, who: Who,
+               service: Service) -> JSONResponse:
+    """A new task in a new conversation that goes on from this task's state at `from_step`:
+    what the original did by then is kept (its tool calls are replayed, not run again), and
+    anything the fork does anew is decided by the policy as usual."""
+    task = await service.fork(who, task_id, from_step=body.from_step, instruction=body.input,
+                              note=body.note)
+    return JSONResponse(
+        {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
+         "links": _links(request, task)},
+        status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+
+
+class Divergence(BaseModel):
+    step: int = Field(description="The recorded step where the current code decides otherwise")
+    recorded: str = Field(description="What the run did there")
+    replayed: str = Field(description="What the current code does instead")
+
+
+class ReplayResult(BaseModel):
+    reproduced: bool = Field(description="Every step the same")
+    compared: int = Field(description="Steps that matched before any difference")
+    divergence: Divergence | None
+    summary: str
+
+
+@router.post("/tasks/{task_id}/replay", response_model=ReplayResult,
+             responses=problem_responses(404, 409))
+async def replay(task_id: str, request: Request, who: Who, service: Service) -> dict[str, Any]:
+    """Run this ended task's recorded model answers and tool results through the current
+    graph, tools and policy — no model call, no tool call — and say at which step the
+    current code would decide otherwise."""
+    task = await service.owned(who, task_id)
+    toolset, policy = await replay_tools(request.app)
+    return report_json(await replay_task(request.app.state.deps.db, task, toolset=toolset,
+                                         policy=policy))
+
+
+async def replay_tools(app: Any) -> tuple[Toolset, Policy]:
+    """The tools replays run against (the app's, else the deployment's as a worker builds
+    them, MCP servers' left out) and the policy the workers load, built once per app."""
+    state = app.state
+    if getattr(state, "replay_policy", None) is None:
+        settings = state.deps.settings
+
+        def build() -> tuple[Toolset, Policy]:
+            toolset = state.replay_toolset or load_toolset(settings.tool_plugins,
+                                                           builtin=builtin_tools(settings))
+            return toolset, worker_policy(settings, toolset)
+
+        state.replay_toolset, state.replay_policy = await asyncio.to_thread(build)
+    return state.replay_toolset, state.replay_policy
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=Task, responses=problem_responses(404))

@@ -142,6 +142,40 @@ class TaskService:
         if accepted.dispatch is not None:
             await self._send(accepted.dispatch)
 
+    async def fork(self, who: Principal, task_id: str, *, from_step: int,
+                   instruction: str | None = None, note: str | None = None) -> dict[str, Any]:
+        """A new task, in a new conversation, that goes on from `task_id`'s state at step
+        `from_step` (a worker seeds its thread: graph/fork.py), with `instruction` as a new
+        message when given. The original must have stopped: ended, or waiting for a person."""
+        original = await self.owned(who, task_id)
+        if original["status"] in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+            raise Problem("conflict", 409, f"task {task_id} is {original['status']}: fork it "
+                          "once it has ended or waits for approval")
+        last = await self.store.last_step(original["id"])
+        if from_step > last:
+            raise Problem("invalid-request", 422, f"task {task_id} has {last} steps; "
+                          f"from_step must be between 0 and {last}")
+        if instruction is not None and (screened := screen_task(instruction)).problem:
+            raise Problem("invalid-request", 422, screened.problem)
+        options = {**{k: v for k, v in original["options"].items()
+                      if k in ("max_iterations", "token_budget", "speculation", "webhook_url")},
+                   "fork": {"task_id": original["id"], "from_step": from_step,
+                            "instruction": instruction, "note": note}}
+        store = self.store
+        async with self.db.acquire() as conn, conn.transaction():
+            conv = await store.new_conversation(
+                conn, who.user_id, plain_line(f"Fork: {note or original['input']}", 80))
+            if self.quotas is not None:
+                try:
+                    await self.quotas.admit(conn, who.user_id)
+                except LimitExceeded as exc:
+                    raise too_many_requests(exc) from None
+            task = await store.insert(conn, user_id=who.user_id, conversation=conv,
+                                      text=original["input"], options=options, trace=carrier())
+            dispatch = await store.next_to_dispatch(conn, conv)
+        await self.announce(Accepted(task=task, dispatch=dispatch, cancelled=[]))
+        return task
+
     async def _lock_conversation(self, conn: asyncpg.Connection, who: Principal,
                                  conversation_id: str | None, text: str) -> Any:
         if conversation_id is None:

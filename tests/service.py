@@ -90,11 +90,12 @@ async def running_service(settings: Settings, *,
     async with open_deps(settings) as deps, AsyncExitStack() as stack:
         key = (await create_key(deps.db, email="ana@example.com", role="analyst")).secret
         other = (await create_key(deps.db, email="eve@example.com", role="analyst")).secret
-        app = create_app(deps=deps)
+        toolset = toolset or make_toolset(outbox)
+        app = create_app(deps=deps, toolset=toolset)
         # The lifespan runs the MCP and A2A servers and closes the streams at the end.
         port = await stack.enter_async_context(serving(app, lifespan=True))
         worker = asyncio.create_task(run_worker(settings, stop=stop, model=model,
-                                                toolset=toolset or make_toolset(outbox)))
+                                                toolset=toolset))
         async with asyncio.timeout(30):  # a worker that fails to start fails the test now
             while not [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
                 if worker.done():

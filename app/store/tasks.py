@@ -193,6 +193,36 @@ class TaskStore:
             conversation, user_id, sorted(ACTIVE))
         return [task_row(r) for r in rows]
 
+    async def copy_history(self, source: str, target: str, upto_step: int) -> None:
+        """A fork's start: the original's steps up to `upto_step`, and its finished tool
+        calls (so the fork replays, never repeats, a call the original made)."""
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO agent_logs (task_id, step_number, node, thought, tool_name,
+                    tool_input, tool_output, tokens_in, tokens_out, latency_ms, kind, agent,
+                    record, created_at)
+                SELECT $2::uuid, step_number, node, thought, tool_name, tool_input,
+                       tool_output, tokens_in, tokens_out, latency_ms, kind, agent, record,
+                       created_at
+                FROM agent_logs WHERE task_id = $1::uuid AND step_number <= $3
+                ON CONFLICT (task_id, step_number) DO NOTHING
+                """, source, target, upto_step)
+            await conn.execute(
+                """
+                INSERT INTO tool_calls (idempotency_key, task_id, tool_call_id, tool_name,
+                    arguments, status, result, error, created_at, completed_at)
+                SELECT $2 || ':' || tool_call_id, $2::uuid, tool_call_id, tool_name, arguments,
+                       status, result, error, created_at, completed_at
+                FROM tool_calls WHERE task_id = $1::uuid AND status IN ('SUCCEEDED', 'FAILED')
+                ON CONFLICT (idempotency_key) DO NOTHING
+                """, source, target)
+
+    async def last_step(self, task_id: Any) -> int:
+        return int(await self.db.fetchval(
+            "SELECT coalesce(max(step_number), 0) FROM agent_logs WHERE task_id = $1::uuid",
+            task_id))
+
     async def conversation_tasks(self, conversation: uuid.UUID) -> list[asyncpg.Record]:
         return list(await self.db.fetch(
             "SELECT id, status, input, final_output, error, created_at, finished_at, "

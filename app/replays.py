@@ -1,0 +1,51 @@
+"""Replaying a finished task (`POST /v1/tasks/{id}/replay`, `cadre replay`): its record
+run through the current graph, tools and policy with no model or tool call
+(`graph/replay.py`), and where today's code would decide otherwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from app.problems import Problem
+from app.store import TaskStore, task_steps
+from graph import ApprovalDecision, task_input
+from graph.replay import ReplayReport, replay
+from graph.status import TERMINAL
+from guardrails import Policy
+from tools import Toolset
+
+
+async def replay_task(db: asyncpg.Pool, task: dict[str, Any], *, toolset: Toolset,
+                      policy: Policy) -> ReplayReport:
+    """Replay `task` (a `tasks` row as `TaskStore` gives it); a 409 unless it has ended."""
+    if task["status"] not in TERMINAL:
+        raise Problem("conflict", 409, f"task {task['id']} is {task['status']}: replay it once "
+                      "it has ended")
+    recorded = (await task_steps(db, [task["id"]])).get(str(task["id"]), [])
+    if not recorded:
+        raise Problem("conflict", 409, f"task {task['id']} has no recorded steps to replay")
+    decisions = {a["tool_call_id"]: ApprovalDecision(
+        decision="approve" if a["status"] == "APPROVED" else "reject",
+        comment=a["comment"] or "", approval_id=a["id"])
+        for a in await TaskStore(db).approvals_of(str(task["id"])) if a["status"] != "PENDING"}
+    user = await db.fetchrow("SELECT role, email FROM users WHERE id = $1::uuid",
+                             task["user_id"])
+    options = task["options"] or {}
+    start = task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
+                       user_email=user["email"],
+                       max_iterations=options.get("max_iterations", 15),
+                       token_budget=options.get("token_budget"),
+                       input_flags=options.get("input_flags"))
+    return await replay(recorded, start_state=start, toolset=toolset, policy=policy,
+                        decisions=decisions)
+
+
+def report_json(report: ReplayReport) -> dict[str, Any]:
+    divergence = report.divergence
+    return {"reproduced": divergence is None, "compared": report.compared,
+            "divergence": None if divergence is None else {
+                "step": divergence.step, "recorded": divergence.recorded,
+                "replayed": divergence.replayed},
+            "summary": report.describe()}
