@@ -47,6 +47,8 @@ class TaskLog:
     error: dict[str, Any] | None
     created_at: datetime
     finished_at: datetime | None
+    # A fork's origin: the task it goes on from, and the step.
+    forked_from: tuple[str, int] | None = None
     files: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     approvals: list[ApprovalLog] = field(default_factory=list)
@@ -100,7 +102,8 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
     by_task: dict[Any, TaskLog] = {
         t["id"]: TaskLog(id=str(t["id"]), status=t["status"], input=t["input"],
                          final_output=t["final_output"], error=_json(t["error"]),
-                         created_at=t["created_at"], finished_at=t["finished_at"])
+                         created_at=t["created_at"], finished_at=t["finished_at"],
+                         forked_from=_fork_of(t["options"]))
         for t in tasks}
     for task_id, task in by_task.items():
         task.steps.extend(steps.get(str(task_id), []))
@@ -126,6 +129,11 @@ def _uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except ValueError:
         return None
+
+
+def _fork_of(options: Any) -> tuple[str, int] | None:
+    fork = (_json(options) or {}).get("fork")
+    return (str(fork["task_id"]), int(fork["from_step"])) if fork else None
 
 
 def _json(value: Any) -> Any:

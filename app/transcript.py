@@ -81,6 +81,8 @@ def _task(task: TaskLog) -> dict[str, Any]:
             "comment": approval.comment or ""}))
     entries.sort(key=lambda pair: pair[0])
     return {
+        "forked_from": f"a retry of task {task.forked_from[0]} from its step "
+                       f"{task.forked_from[1]}" if task.forked_from else "",
         "input": task.input, "when": task.created_at.strftime("%Y-%m-%d %H:%M UTC"),
         "status": task.status, "files": list(task.files),
         "steps": [entry for _, entry in entries],
@@ -127,6 +129,9 @@ def _page(doc: dict[str, Any]) -> str:
         body.append("<section>")
         body.append(f"<div class='ask'>{escape(task['input'])} "
                     f"<span class='when'>{escape(task['when'])}</span></div>")
+        if task["forked_from"]:
+            body.append(f"<div class='label'>This run is {escape(task['forked_from'])}; the "
+                        "steps before it are the original's.</div>")
         if task["files"]:
             body.append("<div class='label'>Attached: "
                         + escape(", ".join(task["files"])) + "</div>")
@@ -174,6 +179,9 @@ def _markdown(doc: dict[str, Any]) -> str:
     lines = [f"# {doc['title']}", ""]
     for task in doc["tasks"]:
         lines += [f"## {task['input']}", "", f"_{task['when']} · {task['status'].lower()}_", ""]
+        if task["forked_from"]:
+            lines += [f"This run is {task['forked_from']}; the steps before it are the "
+                      "original's.", ""]
         if task["files"]:
             lines += ["Attached: " + ", ".join(task["files"]), ""]
         for step in task["steps"]:

@@ -72,6 +72,13 @@ async def test_a_fork_before_the_email_follows_its_new_instruction(service: Serv
                                        "instruction": "Send it to cy@example.com instead.",
                                        "note": "wrong recipient"}
 
+    # The shared transcript says where the fork came from.
+    shared = await service.http.post(f"/v1/conversations/{forked['conversation_id']}/share",
+                                     headers=service.auth())
+    assert shared.status_code == 201, shared.text
+    page = await service.http.get(f"/share/{shared.json()['token']}")
+    assert f"This run is a retry of task {original['id']} from its step {planned}" in page.text
+
 
 async def test_a_fork_that_executes_the_approved_email_again_replays_it(service: Service) -> None:
     original = await _sent_once(service)

@@ -4,13 +4,14 @@ why a task failed, what an approval asks."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from app.settings import Settings
 from app.ui import render
-from app.ui.render import approval_text, error_text, model_notice
+from app.ui.render import approval_text, error_text, model_notice, schedules_text
 
 
 async def _settings(**fields: Any) -> Settings:
@@ -51,3 +52,17 @@ def test_a_task_links_to_its_trace_only_when_a_viewer_is_configured() -> None:
     assert render.trace_link(None, context) == ""
     assert render.trace_link("http://viewer/{trace_id}", None) == "", "an untraced task"
     assert render.trace_link("http://viewer/{trace_id}", {"traceparent": "garbage"}) == ""
+
+
+def test_schedules_read_plainly() -> None:
+    assert "no schedules" in schedules_text([])
+    text = schedules_text([
+        {"cron": "0 9 * * MON", "timezone": "Europe/Paris", "paused": False,
+         "next_run_at": datetime(2030, 1, 7, 8, 0, tzinfo=UTC), "input": "Weekly orders.",
+         "last_run": {"outcome": "submitted"}},
+        {"cron": "@daily", "timezone": "UTC", "paused": True,
+         "next_run_at": datetime(2030, 1, 8, tzinfo=UTC), "input": "Daily digest.",
+         "last_run": None}])
+    assert "- `0 9 * * MON` (Europe/Paris), next 2030-01-07 08:00 UTC; last run submitted: " \
+           "Weekly orders." in text
+    assert "- `@daily` (UTC), paused: Daily digest." in text

@@ -226,7 +226,8 @@ class TaskStore:
     async def conversation_tasks(self, conversation: uuid.UUID) -> list[asyncpg.Record]:
         return list(await self.db.fetch(
             "SELECT id, status, input, final_output, error, created_at, finished_at, "
-            "trace_context FROM tasks WHERE conversation_id = $1 ORDER BY created_at, id",
+            "trace_context, options FROM tasks WHERE conversation_id = $1 "
+            "ORDER BY created_at, id",
             conversation))
 
     async def request_cancel(self, conn: Db, task_id: Any, reason: str) -> bool:

@@ -19,6 +19,7 @@ from chainlit.types import ThreadDict
 
 from app.auth import Principal
 from app.problems import Problem
+from app.store.schedules import ScheduleStore
 from app.ui import render
 from app.ui.data_layer import CadreDataLayer
 from app.ui.runtime import services
@@ -59,8 +60,8 @@ async def header_login(headers: Any) -> cl.User | None:
 
 @cl.on_chat_start
 async def start() -> None:
-    await cl.Message(content=render.model_notice(services().settings),
-                     author=render.CHAT_NAME).send()
+    await cl.Message(content=render.model_notice(services().settings) + "\n\n"
+                     + render.COMMANDS_HINT, author=render.CHAT_NAME).send()
 
 
 @cl.on_message
@@ -72,6 +73,10 @@ async def on_message(message: cl.Message) -> None:
     conversation = context.session.thread_id
     if not message.content.strip():
         await cl.Message(content="Say what to do (with the files, if you attached some).",
+                         author=render.CHAT_NAME).send()
+        return
+    if message.content.strip() == "/schedules":
+        await cl.Message(content=render.schedules_text(await ScheduleStore(ui.db).list(who)),
                          author=render.CHAT_NAME).send()
         return
     try:
@@ -140,6 +145,22 @@ async def approve(action: cl.Action) -> None:
 @cl.action_callback("reject")
 async def reject(action: cl.Action) -> None:
     await _decide(action, "reject")
+
+
+@cl.action_callback("retry_from")
+async def retry_from(action: cl.Action) -> None:
+    who = await _who()
+    if who is None:
+        return
+    step = int(action.payload["step"])
+    try:
+        fork = await services().service.fork(who, str(action.payload["task_id"]), from_step=step,
+                                             note=f"retry from step {step}")
+    except Problem as problem:
+        await _say_problem(problem)
+        return
+    await cl.Message(content=render.fork_text(step, fork["conversation_id"]),
+                     author=render.CHAT_NAME).send()
 
 
 @cl.action_callback("share")

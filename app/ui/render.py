@@ -45,6 +45,29 @@ def element_id(task_id: str, name: str) -> str:
 # -- texts -----------------------------------------------------------------------------------
 
 
+COMMANDS_HINT = "Type `/schedules` to list your scheduled tasks."
+
+
+def schedules_text(schedules: list[dict[str, Any]]) -> str:
+    """The user's schedules (`/schedules` in the chat)."""
+    if not schedules:
+        return ("You have no schedules. Make one with `POST /v1/schedules` or `cadre schedules "
+                "create` (docs: the README's API table).")
+    lines = ["**Your schedules**", ""]
+    for s in schedules:
+        when = "paused" if s["paused"] else f"next {s['next_run_at']:%Y-%m-%d %H:%M} UTC"
+        last = s["last_run"]
+        ran = f"; last run {last['outcome']}" if last else ""
+        lines.append(f"- `{s['cron']}` ({s['timezone']}), {when}{ran}: {s['input'][:120]}")
+    return "\n".join(lines)
+
+
+def fork_text(step: int, conversation_id: str) -> str:
+    return (f"Retrying from step {step} in a new conversation: "
+            f"[open it](/thread/{conversation_id}). What was done up to there is kept, not "
+            "done again.")
+
+
 def plan_text(steps: list[str], *, revised: bool = False) -> str:
     head = "**Plan** (revised)" if revised else "**Plan**"
     return head + "\n\n" + "\n".join(f"{n}. {s}" for n, s in enumerate(steps, start=1))

@@ -46,6 +46,7 @@ from app.events import (
 from app.ui import render
 from app.ui.runtime import UIServices
 from graph.status import TaskStatus
+from graph.steps import ToolRan
 
 log = logging.getLogger("cadre.ui")
 
@@ -58,6 +59,16 @@ def approval_actions(task_id: str, approval_id: str) -> list[cl.Action]:
                       label="Approve", icon="check", tooltip="Let the agent run this call"),
             cl.Action(name="reject", id=f"reject-{approval_id}", payload=payload,
                       label="Reject", icon="x", tooltip="Refuse; the agent is told and re-plans")]
+
+
+def retry_action(task_id: str, step: int, tool: str) -> cl.Action:
+    """"Retry from here" for one step: Chainlit shows actions on messages, not on tool steps,
+    so the task's answer carries one per tool step, named after it."""
+    return cl.Action(name="retry_from", id=f"retry-{task_id}-{step}",
+                     payload={"task_id": task_id, "step": step}, label=f"Retry after {tool}",
+                     icon="rotate-ccw", tooltip=f"Go on again from the state after step {step} "
+                     f"({tool}), in a new conversation; what was done up to there is not done "
+                     "again")
 
 
 def share_action(conversation_id: str, task_id: str) -> cl.Action:
@@ -243,7 +254,8 @@ class TaskView:
         answer = self._answer or cl.Message(content="", id=render.answer_id(self.task_id),
                                             parent_id=self.parent_id, author=render.CHAT_NAME)
         answer.content = str(output or "") + await self._trace_link()
-        answer.actions = [share_action(self.conversation_id, self.task_id)]
+        answer.actions = [share_action(self.conversation_id, self.task_id),
+                          *await self._retries()]
         await self._show_files()
         await self._upsert(answer, new=not self._answer_sent)
         self._answer, self._answer_sent = answer, True
@@ -257,7 +269,15 @@ class TaskView:
                              id=render.answer_id(self.task_id), parent_id=self.parent_id,
                              author=render.CHAT_NAME)
         message.is_error = True
+        message.actions = await self._retries()
         await message.send()
+
+    async def _retries(self) -> list[cl.Action]:
+        """"Retry after ..." for each tool step of the task's record (this view may have
+        followed only its end, after a reload)."""
+        task = await self.ui.service.get(self.who, self.task_id)
+        return [retry_action(self.task_id, step.number, step.tool)
+                for step in task["steps"] if isinstance(step, ToolRan)]
 
     # -- helpers ---------------------------------------------------------------------------
 

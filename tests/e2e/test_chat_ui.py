@@ -4,8 +4,10 @@ with a scripted model -- what a person does with `make run`, clicks included.
 Sign in, upload a CSV and ask for the summary by email; the steps appear live, the chart
 shows, the email waits for approval; a reload (and a second tab) still show the buttons; one
 click approves, the buttons leave every tab, the answer arrives and the mail is in the
-mailbox. Share makes a link a stranger can read, redacted; another user can open neither the
-conversation nor, once revoked, the link. Stop cancels a running task. Screenshots of each
+mailbox. Retry after the analysis goes on in a new conversation whose approved email is not
+sent again; `/schedules` lists the user's schedules. Share makes a link a stranger can read,
+redacted; another user can open neither the conversation nor, once revoked, the link. Stop
+cancels a running task. Screenshots of each
 step land in the test's output folder."""
 
 from __future__ import annotations
@@ -170,6 +172,42 @@ async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Brows
         async with httpx.AsyncClient(base_url=base) as http:
             [mail] = (await http.get("/dev/mailbox.json")).json()["items"]
         assert mail["subject"] == "Sales summary" and mail["to"] == "boss@example.com"
+
+        await expect(page.get_by_role("button", name="Retry after send_email")).to_be_visible()
+        # Retry after the analysis step: a new conversation goes on from there; the email it
+        # proposes again waits for approval and, approved, is not sent a second time.
+        retry = page.get_by_role("button", name="Retry after python")
+        await expect(retry).to_be_visible()
+        await retry.click()
+        retried = page.get_by_text("Retrying from step")
+        await expect(retried).to_be_visible()
+        await shots(page, "retry-from-here")
+        fork_link = await page.get_by_role("link", name="open it").get_attribute("href")
+        assert fork_link and re.fullmatch(r"/thread/[0-9a-f-]{36}", fork_link), fork_link
+        fork_tab = await context.new_page()
+        await fork_tab.goto(fork_link)
+        await expect(fork_tab.get_by_role("button", name="Approve")).to_be_visible()
+        await fork_tab.get_by_role("button", name="Approve").click()
+        await expect(fork_tab.get_by_text("I emailed the summary with the chart")).to_be_visible()
+        await shots(fork_tab, "retried-and-answered")
+        await fork_tab.close()
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert len((await http.get("/dev/mailbox.json")).json()["items"]) == 1
+
+        # The chat lists the user's schedules.
+        async with httpx.AsyncClient(base_url=base, headers={
+                "Authorization": f"Bearer {admin_key}"}) as http:
+            made_schedule = await http.post("/v1/schedules", json={
+                "cron": "0 9 * * MON", "timezone": "Europe/Paris", "input": "Weekly sales."})
+            assert made_schedule.status_code == 201, made_schedule.text
+        schedules_tab = await context.new_page()
+        await schedules_tab.goto("/")
+        await _send(schedules_tab, "/schedules")
+        await expect(schedules_tab.get_by_text("Your schedules")).to_be_visible()
+        await expect(schedules_tab.get_by_text(re.compile(r"\(Europe/Paris\), next .*Weekly sales"))
+                     ).to_be_visible()
+        await shots(schedules_tab, "schedules")
+        await schedules_tab.close()
 
         # Share: a stranger reads the transcript, redacted, without signing in.
         await page.get_by_role("button", name="Share").click()
