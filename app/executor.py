@@ -237,7 +237,7 @@ class Executor:
                 self.graph, source_thread=str(source["conversation_id"]),
                 source_task=str(fork["task_id"]), from_step=int(fork["from_step"]),
                 target_thread=thread_id, target_task=str(task["id"]),
-                instruction=fork.get("instruction"))
+                instruction=fork.get("instruction"), tool_results=fork.get("tool_results"))
         finally:
             fence.CURRENT.reset(token)
         await self.store.copy_history(str(fork["task_id"]), str(task["id"]), upto)

@@ -291,6 +291,9 @@ class ForkBody(BaseModel):
     input: PlainText = Field(None, max_length=20_000, description="An instruction to add as a "
                              "new message at that point (the edited next instruction)")
     note: PlainText = Field(None, max_length=500, description="Why you fork (its title)")
+    tool_results: dict[str, Annotated[str, Field(max_length=100_000)]] = Field(
+        default_factory=dict, max_length=20, description="Edited tool results: a call id "
+        "(`call_id` of a `tool_ran` step before `from_step`) and the content the fork sees")
 
 
 @router.post("/tasks/{task_id}/fork", status_code=202, response_model=TaskAccepted,
@@ -301,7 +304,7 @@ async def fork(task_id: str, body: ForkBody, request: Request, who: Who,
     what the original did by then is kept (its tool calls are replayed, not run again), and
     anything the fork does anew is decided by the policy as usual."""
     task = await service.fork(who, task_id, from_step=body.from_step, instruction=body.input,
-                              note=body.note)
+                              note=body.note, tool_results=body.tool_results)
     return JSONResponse(
         {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
          "links": _links(request, task)},

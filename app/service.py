@@ -31,6 +31,7 @@ from app.telemetry import carrier
 from app.webhooks import check_url
 from graph.approvals import ApprovalDecision
 from graph.status import TaskStatus
+from graph.steps import ToolRan
 from guardrails.limits import LimitExceeded, UserQuotas
 from guardrails.screening import plain_line, screen_task
 
@@ -143,7 +144,8 @@ class TaskService:
             await self._send(accepted.dispatch)
 
     async def fork(self, who: Principal, task_id: str, *, from_step: int,
-                   instruction: str | None = None, note: str | None = None) -> dict[str, Any]:
+                   instruction: str | None = None, note: str | None = None,
+                   tool_results: dict[str, str] | None = None) -> dict[str, Any]:
         """A new task, in a new conversation, that goes on from `task_id`'s state at step
         `from_step` (a worker seeds its thread: graph/fork.py), with `instruction` as a new
         message when given. The original must have stopped: ended, or waiting for a person."""
@@ -157,10 +159,18 @@ class TaskService:
                           f"from_step must be between 0 and {last}")
         if instruction is not None and (screened := screen_task(instruction)).problem:
             raise Problem("invalid-request", 422, screened.problem)
+        if tool_results:
+            steps = (await task_steps(self.db, [original["id"]])).get(original["id"], [])
+            known = {s.call_id for s in steps if isinstance(s, ToolRan) and s.number <= from_step}
+            if unknown := sorted(set(tool_results) - known):
+                raise Problem("invalid-request", 422, f"no tool call {unknown[0]} ran by step "
+                              f"{from_step} of task {task_id}: tool_results names the "
+                              "`call_id` of a `tool_ran` step")
         options = {**{k: v for k, v in original["options"].items()
                       if k in ("max_iterations", "token_budget", "speculation", "webhook_url")},
                    "fork": {"task_id": original["id"], "from_step": from_step,
-                            "instruction": instruction, "note": note}}
+                            "instruction": instruction, "note": note,
+                            **({"tool_results": tool_results} if tool_results else {})}}
         store = self.store
         async with self.db.acquire() as conn, conn.transaction():
             conv = await store.new_conversation(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.types import StateSnapshot
 
 from graph.builder import AgentGraph
@@ -23,11 +23,13 @@ class ForkError(ValueError):
 
 async def fork_thread(graph: AgentGraph, *, source_thread: str, source_task: str,
                       from_step: int, target_thread: str, target_task: str,
-                      instruction: str | None = None) -> int:
+                      instruction: str | None = None,
+                      tool_results: dict[str, str] | None = None) -> int:
     """Seed `target_thread` with `source_task`'s state as of `from_step` (the newest
     checkpoint at or before it that is not waiting for a person), the task id changed, its
-    usage counted afresh, and `instruction`, if given, as a new user message. Returns the
-    step number the fork's own steps follow."""
+    usage counted afresh, `tool_results` (call id → content) replacing what those calls
+    returned, and `instruction`, if given, as a new user message. Returns the step number
+    the fork's own steps follow."""
     chosen: StateSnapshot | None = None
     async for snapshot in graph.aget_state_history(thread_config(source_thread)):
         values = snapshot.values
@@ -41,8 +43,16 @@ async def fork_thread(graph: AgentGraph, *, source_thread: str, source_task: str
     as_node = await _written_by(graph, chosen)
     values = dict(chosen.values)
     values.update(task_id=target_task, usage=empty_usage(), stop=None, deadline=None)
+    messages = list(values.get("messages", []))
+    for call_id, content in (tool_results or {}).items():
+        found = [i for i, m in enumerate(messages)
+                 if isinstance(m, ToolMessage) and m.tool_call_id == call_id]
+        if not found:
+            raise ForkError(f"the state at step {from_step} has no result of call {call_id}")
+        messages[found[-1]] = messages[found[-1]].model_copy(update={"content": content})
     if instruction:
-        values["messages"] = [*values.get("messages", []), HumanMessage(instruction)]
+        messages.append(HumanMessage(instruction))
+    values["messages"] = messages
     await graph.aupdate_state(thread_config(target_thread), values, as_node=as_node)
     return int(values.get("step") or 0)
 

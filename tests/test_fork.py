@@ -93,6 +93,26 @@ async def test_a_fork_that_executes_the_approved_email_again_replays_it(service:
     assert done["approvals"] == [], "nothing new to approve"
 
 
+async def test_a_fork_with_an_edited_tool_result(service: Service) -> None:
+    service.model.add(plan("Price it"), call("lookup_price", {"item": "pear"}, id="p1"),
+                      reply("A pear costs 2 EUR."), verdict(True))
+    original = await service.submit("What does a pear cost?")
+    done = await service.wait_status(original["id"], "SUCCEEDED")
+    priced = next(s for s in done["steps"] if s["kind"] == "tool_ran")["number"]
+    bad = await service.http.post(f"/v1/tasks/{original['id']}/fork", headers=service.auth(),
+                                  json={"from_step": priced, "tool_results": {"nope": "x"}})
+    assert bad.status_code == 422 and "no tool call nope" in bad.json()["detail"]
+    edited = '{"item": "pear", "price_eur": 9.0}'
+    service.model.add(reply("A pear costs 9 EUR."), verdict(True))
+    forked = await _fork(service, original["id"], from_step=priced,
+                         tool_results={"p1": edited})
+    again = await service.wait_status(forked["id"], "SUCCEEDED")
+    assert again["final_output"] == "A pear costs 9 EUR."
+    seen = [str(m.content) for m in service.model.calls[-2].messages
+            if getattr(m, "tool_call_id", None) == "p1"]
+    assert seen == [edited], "the fork's model read the edited result"
+
+
 async def test_fork_errors(service: Service) -> None:
     original = await _sent_once(service)
     too_far = await service.http.post(f"/v1/tasks/{original['id']}/fork",
