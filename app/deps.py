@@ -57,7 +57,12 @@ async def connect_db(settings: Settings) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=settings.db_pool_size, timeout=10, command_timeout=60,
-            reset=_keep_session,
+            reset=_keep_session, server_settings={
+                # Held locks of a worker cut off mid-transaction are released (see the setting).
+                "idle_in_transaction_session_timeout": str(
+                    int(settings.db_idle_transaction_seconds * 1000)),
+                # And a session whose results go unacknowledged (the peer is gone) ends too.
+                "tcp_user_timeout": str(int(settings.db_idle_transaction_seconds * 1000))},
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise StackError(

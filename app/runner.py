@@ -130,7 +130,8 @@ async def run_local(
         echo(f"task {task_id} in conversation {conv}")
         events = EventLog(rds)
         async with open_tool_deps(settings, db=db) as tool_deps, postgres_checkpointer(
-                database_url, pool_size=settings.checkpoint_pool_size) as saver:
+                database_url, pool_size=settings.checkpoint_pool_size,
+                idle_transaction_seconds=settings.db_idle_transaction_seconds) as saver:
             deps = GraphDeps(
                 model=model, toolset=toolset, policy=policy, ledger=Ledger(db),
                 recorder=Recorders(StepStore(db), StepPublisher(events), StepMetrics(rds),

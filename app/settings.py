@@ -175,6 +175,12 @@ class Settings(BaseSettings):
 
     # Pools and polling. Cadre's tables use asyncpg; LangGraph's checkpointer brings psycopg.
     db_pool_size: int = Field(10, ge=1, validation_alias=_env("CADRE_DB_POOL_SIZE"))
+    # Postgres ends a session that sits this long inside a transaction: a worker cut off from
+    # the network mid-transaction (its connection looks alive to the server) would otherwise
+    # hold its tasks' row locks, and no other worker could take them over, for as long as
+    # TCP takes to notice (hours). Cadre's transactions never wait on anything but Postgres.
+    db_idle_transaction_seconds: float = Field(
+        15, ge=1, le=3600, validation_alias=_env("CADRE_DB_IDLE_TRANSACTION_SECONDS"))
     # Redis connections per process: commands (events, windows, workers' keys) and, apart,
     # the request-rate limiter, so neither can starve the other. A request waits up to
     # 5 s for a free connection, then gets 503.

@@ -69,7 +69,8 @@ async def run_worker(
         toolset = await worker_toolset(settings)
     policy = await asyncio.to_thread(worker_policy, settings, toolset)
     async with open_deps(settings) as deps, postgres_checkpointer(
-        require_database_url(settings), pool_size=settings.checkpoint_pool_size
+        require_database_url(settings), pool_size=settings.checkpoint_pool_size,
+        idle_transaction_seconds=settings.db_idle_transaction_seconds
     ) as saver, open_tool_deps(settings, db=deps.db) as tool_deps:
         me = worker_id()
         events = EventLog(deps.redis)

@@ -124,15 +124,20 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
 
 @asynccontextmanager
-async def postgres_checkpointer(database_url: str, *, pool_size: int = 5
+async def postgres_checkpointer(database_url: str, *, pool_size: int = 5,
+                                idle_transaction_seconds: float = 15,
                                 ) -> AsyncIterator[AsyncPostgresSaver]:
-    """LangGraph's Postgres checkpointer on its own psycopg pool (Cadre's tables use asyncpg)."""
+    """LangGraph's Postgres checkpointer on its own psycopg pool (Cadre's tables use asyncpg).
+    A session idle inside a transaction longer than `idle_transaction_seconds` is ended by
+    the server (CADRE_DB_IDLE_TRANSACTION_SECONDS: a cut-off worker keeps no locks)."""
     async with AsyncConnectionPool(
         database_url,
         min_size=1,
         max_size=pool_size,
         open=False,
         # The saver needs autocommit and dict rows; prepared statements break behind PgBouncer.
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
+                "options": "-c idle_in_transaction_session_timeout="
+                           f"{int(idle_transaction_seconds * 1000)}"},
     ) as pool:
         yield FencedPostgresSaver(pool)  # type: ignore[arg-type]
