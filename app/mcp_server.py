@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -54,6 +55,8 @@ from app.transcript import render_markdown
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
 from tools.artifacts import Artifacts
+
+log = logging.getLogger("cadre.mcp")
 
 PATH = "/mcp"
 # Unparametrised: FastMCP validates a resource function's arguments, and a parametrised
@@ -148,14 +151,19 @@ class _Gate:
                 raise Problem("unavailable", 503, "the MCP server is not running in this "
                               "process (the app was started without its lifespan)")
             session = headers.get("mcp-session-id")
-            if session is not None and self.owners.get(session, who.user_id) != who.user_id:
-                raise Problem("not-found", 404, "no such MCP session")
+            # A session this gate did not see open (another user's, or one forgotten after
+            # 10,000 newer ones) is refused: the client starts a new one.
+            if session is not None and self.owners.get(session) != who.user_id:
+                raise Problem("not-found", 404, "no such MCP session: initialize a new one")
         except Problem as problem:
             response = problem_response(problem.kind, problem.status, problem.detail,
                                         instance=PATH, headers=problem.headers, **problem.extra)
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})[_PRINCIPAL] = who
+
+        if scope["method"] == "DELETE" and session is not None:
+            self.owners.pop(session, None)  # the client ends its session
 
         async def remember(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -182,6 +190,7 @@ def _register(server: FastMCP) -> None:
         its answer, with a progress notification per step. Pass `conversation_id` to continue
         an earlier task's conversation."""
         service, who = _caller(ctx)
+        _admit(ctx)  # before the task exists: a full process refuses, it does not orphan it
         task = await _call(service.submit(who, input, conversation_id=conversation_id))
         return await _follow(ctx, str(task["id"]))
 
@@ -217,10 +226,15 @@ def _register(server: FastMCP) -> None:
         """Approve (or, with approved=false, reject) a held tool call, then follow the task to
         its end or its next approval, like run_task."""
         service, who = _caller(ctx)
+        _admit(ctx)
+        streams: StreamHub = _request(ctx).app.state.streams
+        await _call(service.owned(who, task_id))
+        # From the stream's end now: what happened before the decision is not progress.
+        after = await streams.events.last_id(task_id)
         await _call(service.decide(who, task_id, approval_id, ApprovalDecision(
             decision="approve" if approved else "reject", comment=comment,
             approval_id=approval_id)))
-        return await _follow(ctx, task_id)
+        return await _follow(ctx, task_id, after)
 
     @server.resource("cadre://tasks/{task_id}/transcript", mime_type="text/markdown",
                      description="The task's steps, tool calls, approvals and answer, redacted")
@@ -268,11 +282,15 @@ def _artifacts(ctx: Ctx) -> Artifacts:
 
 
 async def _call(work: Any) -> Any:
-    """A service call, its problem (404, 409, 429...) told to the client as a tool error."""
+    """A service call, its problem (404, 409, 429...) told to the client as a tool error;
+    anything else only as "internal error" (the details go to the log)."""
     try:
         return await work
     except Problem as problem:
         raise ToolError(problem.detail) from None
+    except Exception:
+        log.exception("MCP tool call failed")
+        raise ToolError("internal error; the server logged it") from None
 
 
 async def _read(work: Any) -> Any:
@@ -280,6 +298,16 @@ async def _read(work: Any) -> Any:
         return await work
     except Problem as problem:
         raise ResourceError(problem.detail) from None
+    except Exception:
+        log.exception("MCP resource read failed")
+        raise ResourceError("internal error; the server logged it") from None
+
+
+def _admit(ctx: Ctx) -> None:
+    try:
+        _request(ctx).app.state.streams.admit()
+    except StreamsFull as full:
+        raise ToolError(str(full)) from None
 
 
 def _outcome(task: dict[str, Any], approval: ApprovalRequiredData | None = None) -> TaskOutcome:
@@ -294,45 +322,54 @@ def _outcome(task: dict[str, Any], approval: ApprovalRequiredData | None = None)
         if approval is not None else None)
 
 
-async def _follow(ctx: Ctx, task_id: str) -> TaskOutcome:
-    """Follow the task's events to its end, a progress notification per step. An approval it
-    waits for is asked through elicitation when the client can answer; otherwise (or when the
-    user dismisses the question) the outcome carries it, pending."""
+async def _follow(ctx: Ctx, task_id: str, after: str | None = None) -> TaskOutcome:
+    """Follow the task's events (after `after`) to its end, a progress notification per step.
+    An approval it waits for is asked through elicitation when the client can answer;
+    otherwise (or when the user dismisses the question) the outcome carries it, pending."""
     service, who = _caller(ctx)
     streams: StreamHub = _request(ctx).app.state.streams
-    try:
-        streams.admit()
-    except StreamsFull as full:
-        raise ToolError(str(full)) from None
-    after: str | None = None
+    task = await _call(service.get(who, task_id))
+    if task["status"] in TERMINAL:
+        return _outcome(task)  # ended already (its stream may have expired): nothing to follow
     reported = 0
-    while True:
-        held: ApprovalRequiredData | None = None
-        following = cast(AsyncGenerator[list[Event] | None], streams.batches(task_id, after))
-        async with contextlib.aclosing(following) as batches:
-            async for batch in batches:
-                for event in batch or ():
-                    after = event.id or after
-                    if (message := _progress(event.data)) is not None:
-                        reported += 1
-                        await ctx.report_progress(reported, message=message)
-                    if isinstance(event.data, ApprovalRequiredData):
-                        held = event.data
-                        break
-                if held is not None:
-                    break
-        task = await _call(service.get(who, task_id))
-        if held is None or task["status"] in TERMINAL:
-            return _outcome(task)
-        pending = any(a["id"] == held.approval_id and a["status"] == "PENDING"
-                      for a in task["approvals"])
-        if not pending:
-            continue  # decided already (an earlier event, or decided elsewhere): follow on
-        answer = await _ask(ctx, held)
-        if answer is None:
-            return _outcome(task, held)
-        with contextlib.suppress(Problem):  # decided elsewhere meanwhile: follow on
-            await service.decide(who, task_id, held.approval_id, answer)
+    try:
+        # As long as an SSE response may last: then the client asks again (get_task).
+        async with asyncio.timeout(_request(ctx).app.state.deps.settings.sse_max_seconds):
+            while True:
+                held = await _until_held(ctx, streams, task_id, after, reported)
+                if held is None:
+                    return _outcome(await _call(service.get(who, task_id)))
+                after, reported, event = held
+                task = await _call(service.get(who, task_id))
+                if task["status"] in TERMINAL:
+                    return _outcome(task)
+                if not any(a["id"] == event.approval_id and a["status"] == "PENDING"
+                           for a in task["approvals"]):
+                    continue  # decided already (an earlier event, or elsewhere): follow on
+                answer = await _ask(ctx, event)
+                if answer is None:
+                    return _outcome(task, event)
+                with contextlib.suppress(Problem):  # decided elsewhere meanwhile: follow on
+                    await service.decide(who, task_id, event.approval_id, answer)
+    except TimeoutError:
+        return _outcome(await _call(service.get(who, task_id)))
+
+
+async def _until_held(ctx: Ctx, streams: StreamHub, task_id: str, after: str | None,
+                      reported: int) -> tuple[str | None, int, ApprovalRequiredData] | None:
+    """Report the task's steps after `after` until it ends (None) or asks for an approval:
+    then where it got to, the progress count, and the approval."""
+    following = cast(AsyncGenerator[list[Event] | None], streams.batches(task_id, after))
+    async with contextlib.aclosing(following) as batches:
+        async for batch in batches:
+            for event in batch or ():
+                after = event.id or after
+                if (message := _progress(event.data)) is not None:
+                    reported += 1
+                    await ctx.report_progress(reported, message=message)
+                if isinstance(event.data, ApprovalRequiredData):
+                    return after, reported, event.data
+    return None
 
 
 async def _ask(ctx: Ctx, held: ApprovalRequiredData) -> ApprovalDecision | None:

@@ -11,9 +11,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.context import RequestContext
+from mcp.shared.exceptions import McpError
 from mcp.types import ElicitRequestParams, ElicitResult, TextResourceContents
 from pydantic import AnyUrl
 
@@ -95,10 +97,6 @@ async def test_run_task_reports_progress_and_asks_the_approval_by_elicitation(se
             assert got.isError and "not found" in got.content[0].text  # type: ignore[union-attr]
             listed = await theirs.call_tool("list_tasks", {})
             assert listed.structuredContent == {"items": [], "next_cursor": None}
-            refused = await theirs.call_tool("approve", {
-                "task_id": outcome["task_id"], "approval_id": task["approvals"][0]["id"],
-                "approved": False})
-            assert refused.isError
         service.model.assert_done()
 
 
@@ -122,6 +120,17 @@ async def test_a_client_without_elicitation_gets_the_approval_to_decide(settings
                 listing.contents[0].text  # type: ignore[union-attr]
             blob = await session.read_resource(AnyUrl(f"{base}/{quote('notes/draft.txt', '')}"))
             assert blob.contents[0].blob == "aGkgQm8="  # type: ignore[union-attr]
+
+            # Another key can neither decide it nor see it.
+            async with mcp_session(service, service.other_key) as theirs:
+                refused = await theirs.call_tool("approve", {
+                    "task_id": held["task_id"], "approval_id": held["approval"]["approval_id"],
+                    "approved": True})
+                assert refused.isError and "not found" in refused.content[0].text  # type: ignore[union-attr]
+                with pytest.raises(McpError, match="not found"):
+                    await theirs.read_resource(AnyUrl(base))
+            still = await service.task(held["task_id"])
+            assert [a["status"] for a in still["approvals"]] == ["PENDING"]
 
             service.model.add(plan("Explain"), reply("Not sent, as you asked."), verdict(True))
             decided = await session.call_tool("approve", {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ from app.problems import Problem
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull
 from graph.status import TaskStatus
+
+log = logging.getLogger("cadre.a2a")
 
 PRINCIPAL = "cadre_principal"
 BASE_URL = "cadre_base_url"
@@ -314,6 +317,8 @@ def _problems() -> Iterator[None]:
     and Retry-After in its details."""
     try:
         yield
+    except A2AError:
+        raise
     except Problem as problem:
         data = {"problem": problem.kind, "status": str(problem.status),
                 **({"retryAfter": problem.headers["Retry-After"]}
@@ -330,3 +335,7 @@ def _problems() -> Iterator[None]:
         else:
             error = InvalidParamsError(problem.detail, data)
         raise error from None
+    except Exception:
+        # What broke (a database or Redis error) is for the logs, not for the client.
+        log.exception("A2A request failed")
+        raise InternalError("internal error; the server logged it") from None

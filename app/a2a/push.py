@@ -225,12 +225,11 @@ class Pusher:
                 task_id=task_id, context_id=context_id,
                 status=TaskStatus(state=STATES[CadreStatus(ended["status"])])))
             return
-        known = None
-        if after is not None:  # taken over: the files already announced were sent with it
-            known = {a.name: a.sha256 for a in await self.artifacts.list(task_id)}
+        # Taken over (`after` set), the files are announced again with the next step that
+        # wrote one: which of them the last process sent is not recorded, and a file pushed
+        # twice is better than one never pushed (pushes are at least once).
         async for event_id, update in follow(self.streams, self.artifacts, task_id, context_id,
-                                             after=after, base_url=base_url, known=known,
-                                             until_input=False):
+                                             after=after, base_url=base_url, until_input=False):
             await self._send(task_id, update)
             self._positions[task_id] = event_id
 
