@@ -110,7 +110,7 @@ class Speculator:
     _streamed: dict[tuple[Any, int], dict[str, str]] = field(default_factory=dict)
     _user: str | None = None
     _counts: dict[str, int] = field(default_factory=dict)
-    # Predictions the model did not take this run: not started again.
+    # Calls not predicted again this run: the model took them already, or did not want them.
     _declined: set[str] = field(default_factory=set)
     _budget: int = 0
     _closed: bool = False
@@ -198,6 +198,8 @@ class Speculator:
         tool = self.toolset.get(tool_name)
         key = call_key(tool, arguments) if tool is not None else None
         entry = self.running.pop(key, None) if key is not None else None
+        if key is not None:
+            self._declined.add(key)  # made now: predicting it again would only waste it
         if entry is not None:
             entry.span.set_attribute("cadre.speculation.used", True)
             entry.span.end()

@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import guardrails
+from app.settings import Settings
 from graph import task_input
 from graph.run import RunInterrupted, drive, start
 from graph.speculation import METRICS, Speculator
@@ -26,7 +27,8 @@ from graph.steps import ToolRan
 from graph.testing import call, calls, plan, reply, serving, verdict
 from guardrails import DefaultPolicy
 from guardrails.policy import parse_policy
-from tests.agent import Agent, make_toolset
+from tests.agent import Agent, Outbox, make_toolset
+from tests.service import running_service
 from tools import ToolContext, Toolset
 from tools.builtin.fetch import FetchPolicy
 from tools.builtin.fetch import register as register_fetch
@@ -262,3 +264,28 @@ async def test_cancel_stops_the_speculative_calls(agent: Agent) -> None:
                     task_input(task_id=task_id, text="Slow things?"), task_id=task_id,
                     at_boundary=cancelled_once_running)
     assert probe.cancelled == ["slow things"]
+
+
+async def test_a_hit_shows_on_the_event_and_in_metrics(settings: Settings) -> None:
+    outbox = Outbox()
+    toolset = make_toolset(outbox)
+
+    @toolset.tool(risk="read_only", timeout=10)
+    async def search(ctx: ToolContext, query: str) -> str:
+        """Search."""
+        return f"results for {query}"
+
+    async with running_service(settings, toolset=toolset) as service:
+        service.model.add(plan("Search for pear prices"),
+                          call("search", {"query": "pear prices"}, id="s1"),
+                          reply("Pears: 2 EUR."), verdict(True))
+        created = await service.submit("What do pears cost?")
+        await service.wait_status(created["id"], "SUCCEEDED")
+        events = await service.sse(created["id"])
+        (result,) = [e for e in events if e["type"] == "tool_result"]
+        assert result["data"]["speculative"] is True and result["data"]["saved_ms"] >= 0
+        metrics = (await service.http.get("/metrics")).text
+        assert 'cadre_speculative_calls_total{outcome="hit",source="plan"} 1.0' in metrics
+        assert 'cadre_speculative_calls_total{outcome="started",source="plan"} 1.0' in metrics
+        assert 'outcome="wasted"' not in metrics, "a call made is not predicted again"
+        assert "cadre_speculation_saved_seconds_total " in metrics
