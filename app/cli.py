@@ -192,6 +192,39 @@ def run(
 
 
 @cli.command()
+def probe() -> None:
+    """Exit 0 if a `cadre worker` on this host is alive: its heartbeat keeps its liveness key
+    in Redis (a Kubernetes liveness probe for worker pods). Exit 1 if none is, 2 if Redis
+    cannot be reached."""
+    import socket
+
+    from redis.exceptions import RedisError
+
+    from app.deps import redis_client, require_redis_url
+    from app.liveness import PREFIX
+    from app.settings import load_settings
+
+    settings = load_settings()
+
+    async def _alive() -> bool:
+        client = redis_client(require_redis_url(settings), 2)
+        try:
+            async for _ in client.scan_iter(f"{PREFIX}{socket.gethostname()}:*", count=1000):
+                return True
+            return False
+        finally:
+            await client.aclose()
+
+    try:
+        alive = asyncio.run(_alive())
+    except (OSError, RedisError) as exc:
+        print(f"cadre: error: Redis unreachable: {exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+    _echo("a worker is alive on this host" if alive else "no live worker on this host")
+    raise typer.Exit(0 if alive else 1)
+
+
+@cli.command()
 def replay(task_id: str) -> None:
     """Replay an ended task through the current graph, tools and policy (no model or tool
     call); print where the current code decides otherwise. Exit 0 when it reproduces, 1 when
