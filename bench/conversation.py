@@ -1,0 +1,97 @@
+"""How a conversation's cost grows with its length: 50 tasks, one after another, in one
+conversation (one LangGraph thread on the Postgres checkpointer), each a plan, one tool
+call and an answer from a scripted model that answers instantly. For task 1, 10, 25 and 50:
+checkpoint bytes the task added to Postgres, the model window it sent (messages and
+estimated tokens), and its orchestration time per step. The goal (the performance issue)
+is flat; this prints where it stands. Asserts nothing.
+
+    .venv/bin/python bench/conversation.py [--tasks 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import migrate
+from app.stack.ephemeral import ephemeral_services
+from app.store import StepStore
+from bench.loop_overhead import _checkpoint_bytes, _toolset
+from graph import GraphDeps, compile_graph, postgres_checkpointer, task_input
+from graph.run import start
+from graph.testing import ScriptedModel, call, plan, reply, verdict
+from graph.window import estimate_tokens
+from guardrails import DefaultPolicy
+from tools import Ledger
+
+REPORTED = (1, 10, 25, 50)
+
+
+async def _bench(url: str, redis_url: str, tasks: int) -> None:
+    db = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    rds = aioredis.Redis.from_url(redis_url)
+    user = await db.fetchval("INSERT INTO users (email) VALUES ('bench@example.com') RETURNING id")
+    conv = str(await db.fetchval(
+        "INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user))
+    rows: list[tuple[int, int, int, int, float]] = []
+    async with postgres_checkpointer(url) as saver:
+        graph = compile_graph(saver)
+        before = 0
+        for n in range(1, tasks + 1):
+            task = str(await db.fetchval(
+                "INSERT INTO tasks (user_id, conversation_id, input) VALUES ($1, $2::uuid, $3) "
+                "RETURNING id", user, conv, f"add {n} and 1"))
+            model = ScriptedModel().add(plan(f"add {n}"), call("add", {"a": n, "b": 1}),
+                                        reply(f"{n + 1}"), verdict(True))
+            deps = GraphDeps(model=model, toolset=_toolset(), policy=DefaultPolicy(),
+                             ledger=Ledger(db), recorder=StepStore(db), redis=rds)
+            began = time.perf_counter()
+            result = await start(graph, deps, thread_id=conv,
+                                 input=task_input(task_id=task, text=f"add {n} and 1"))
+            elapsed = time.perf_counter() - began
+            assert result.status == "SUCCEEDED", result
+            total = await _checkpoint_bytes(db, conv)
+            window = model.calls[1].messages  # what the act call sent
+            steps = await db.fetchval("SELECT count(*) FROM agent_logs WHERE task_id = $1::uuid",
+                                      task)
+            rows.append((n, total - before, len(window), estimate_tokens(window),
+                         elapsed / max(1, steps)))
+            before = total
+    await rds.aclose()
+    await db.close()
+
+    print(f"one conversation, {tasks} tasks in a row (Postgres checkpointer, durability sync; "
+          "model and tool time excluded)")
+    print(f"{'task':>5}{'checkpoint KiB added':>22}{'window messages':>17}{'window tokens':>15}"
+          f"{'ms per step':>13}")
+    for n, added, messages, tokens, per_step in rows:
+        if n in REPORTED or n == tasks:
+            print(f"{n:>5}{added / 1024:>22.1f}{messages:>17}{tokens:>15}{per_step * 1000:>13.2f}")
+    first, last = rows[0], rows[-1]
+    print(f"task {last[0]} vs task 1: checkpoint bytes x{last[1] / first[1]:.2f}, "
+          f"step time x{last[4] / first[4]:.2f}; median step "
+          f"{statistics.median(r[4] for r in rows) * 1000:.2f} ms; goal: flat")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=50)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
+            ephemeral_services(Path(tmp), sqs=False) as running:
+        migrate.upgrade(running.postgres.url)
+        asyncio.run(_bench(running.postgres.url, running.redis_url, args.tasks))
+
+
+if __name__ == "__main__":
+    main()
