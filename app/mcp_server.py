@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -136,10 +137,18 @@ class _Gate:
     session belongs to the user who opened it: another key presenting its id is told it does
     not exist."""
 
-    def __init__(self, remembered: int = 10_000) -> None:
+    def __init__(self, remembered: int = 10_000, idle_seconds: float = 30 * 60) -> None:
         self.handle: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
         self.owners: OrderedDict[str, str] = OrderedDict()
         self.remembered = remembered
+        # When each session last sent a request: the sessions a user has open are those
+        # active within the transport's idle timeout (after it, the SDK ends them).
+        self.seen: dict[str, float] = {}
+        self.idle_seconds = idle_seconds
+
+    def _open_sessions(self, user_id: str, now: float) -> int:
+        return sum(1 for session, owner in self.owners.items() if owner == user_id
+                   and now - self.seen.get(session, 0.0) < self.idle_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["app"]
@@ -151,10 +160,20 @@ class _Gate:
                 raise Problem("unavailable", 503, "the MCP server is not running in this "
                               "process (the app was started without its lifespan)")
             session = headers.get("mcp-session-id")
+            now = time.monotonic()
             # A session this gate did not see open (another user's, or one forgotten after
             # 10,000 newer ones) is refused: the client starts a new one.
             if session is not None and self.owners.get(session) != who.user_id:
                 raise Problem("not-found", 404, "no such MCP session: initialize a new one")
+            limit = app.state.deps.settings.mcp_sessions_per_user
+            if session is None and scope["method"] == "POST" and \
+                    self._open_sessions(who.user_id, now) >= limit:
+                raise Problem("rate-limited", 429, f"you have {limit} MCP sessions open "
+                              "(CADRE_MCP_SESSIONS_PER_USER): end one (DELETE /mcp with its "
+                              "mcp-session-id) or let an idle one time out",
+                              headers={"Retry-After": "60"}, limit="mcp_sessions")
+            if session is not None:
+                self.seen[session] = now
         except Problem as problem:
             response = problem_response(problem.kind, problem.status, problem.detail,
                                         instance=PATH, headers=problem.headers, **problem.extra)
@@ -164,14 +183,19 @@ class _Gate:
 
         if scope["method"] == "DELETE" and session is not None:
             self.owners.pop(session, None)  # the client ends its session
+            self.seen.pop(session, None)
 
         async def remember(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # (The answer to a DELETE names the session it ended: nothing to remember.)
+            if message["type"] == "http.response.start" and scope["method"] != "DELETE":
                 for name, value in message.get("headers", []):
                     if name.lower() == b"mcp-session-id":
-                        self.owners[value.decode()] = who.user_id
+                        opened = value.decode()
+                        self.owners[opened] = who.user_id
+                        self.seen.setdefault(opened, time.monotonic())
                         while len(self.owners) > self.remembered:
-                            self.owners.popitem(last=False)
+                            forgotten, _ = self.owners.popitem(last=False)
+                            self.seen.pop(forgotten, None)
             await send(message)
 
         await self.handle(scope, receive, remember)

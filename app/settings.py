@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
     worker_concurrency: int = Field(4, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
+    # MCP sessions one user may have open at once (active within the last 30 minutes).
+    mcp_sessions_per_user: int = Field(20, ge=1, le=10_000,
+                                       validation_alias=_env("CADRE_MCP_SESSIONS_PER_USER"))
     # How many read-only tool calls of one model turn run at once (1: one after another).
     parallel_tools: int = Field(4, ge=1, le=32, validation_alias=_env("CADRE_PARALLEL_TOOLS"))
     # Speculative tool calls (graph/speculation.py): on or off for the deployment, and how

@@ -180,3 +180,27 @@ async def test_mcp_needs_a_key_and_keeps_sessions_to_their_owner(settings: Any) 
                               headers={**service.auth(), **accept,
                                        "mcp-session-id": session_id})
         assert own.status_code == 202, own.text
+
+
+async def test_one_user_may_open_only_so_many_sessions(settings: Any) -> None:
+    async with running_service(settings.model_copy(update={"mcp_sessions_per_user": 2})) \
+            as service, httpx.AsyncClient(base_url=service.base_url) as http:
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "curl", "version": "1"}}}
+        headers = {**service.auth(), "Accept": "application/json, text/event-stream"}
+        opened = []
+        for _ in range(2):
+            response = await http.post("/mcp", json=initialize, headers=headers)
+            assert response.status_code == 200, response.text
+            opened.append(response.headers["mcp-session-id"])
+        refused = await http.post("/mcp", json=initialize, headers=headers)
+        assert refused.status_code == 429 and refused.json()["limit"] == "mcp_sessions"
+        assert "CADRE_MCP_SESSIONS_PER_USER" in refused.json()["detail"]
+        other = await http.post("/mcp", json=initialize, headers={
+            **headers, **service.auth(service.other_key)})
+        assert other.status_code == 200, "the limit is per user"
+        ended = await http.delete("/mcp", headers={**headers, "mcp-session-id": opened[0]})
+        assert ended.status_code == 200, ended.text
+        again = await http.post("/mcp", json=initialize, headers=headers)
+        assert again.status_code == 200, "ending a session frees its place"
