@@ -33,10 +33,9 @@ from app.store import TaskStore
 from app.streams import StreamHub
 from app.tooling import artifact_store
 from graph.status import TaskStatus
-from guardrails.limits import RequestRate, UserQuotas
+from guardrails.limits import RequestRate
 from tools import Toolset
 from tools.artifacts import Artifacts
-from tools.builtin.fetch import FetchPolicy
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -215,11 +214,4 @@ def _attach(app: FastAPI, deps: Deps) -> None:
         url=deps.settings.redis_url or "", control=deps.redis, events=events,
         readers=deps.settings.stream_readers, limit=deps.settings.stream_limit)
     app.state.rate = RequestRate(deps.limits_redis, deps.settings.rate_limit)
-    app.state.service = TaskService(
-        db=deps.db, queue=deps.queue, events=events,
-        default_max_iterations=deps.settings.max_iterations,
-        default_token_budget=deps.settings.token_budget,
-        quotas=UserQuotas(max_concurrent_tasks=deps.settings.max_concurrent_tasks,
-                          daily_tokens=deps.settings.daily_token_quota,
-                          counts=TaskStore(deps.db)),
-        webhook_allow_private=FetchPolicy.parse_hosts(deps.settings.webhook_allow_private))
+    app.state.service = TaskService.of(deps, events)

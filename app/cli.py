@@ -233,18 +233,14 @@ def replay(task_id: str) -> None:
 
     from app.deps import connect_db
     from app.problems import Problem
-    from app.replays import replay_task
+    from app.replays import replay_task, replay_tools
     from app.settings import load_settings
     from app.store import TASK_COLUMNS, task_row
-    from app.tooling import builtin_tools, worker_policy
-    from tools.registry import load_toolset
 
     settings = load_settings()
 
     async def _replay() -> Any:
-        toolset = await asyncio.to_thread(
-            load_toolset, settings.tool_plugins, builtin=builtin_tools(settings))
-        policy = await asyncio.to_thread(worker_policy, settings, toolset)
+        toolset, policy = await asyncio.to_thread(replay_tools, settings)
         db = await connect_db(settings)
         try:
             try:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import asyncpg
 from langchain_core.language_models import BaseChatModel
 
 from app.deps import Deps
@@ -275,14 +276,7 @@ class Executor:
 
         async def fresh() -> AgentState:
             await self._stage_inputs(task_id)
-            options = _options(task)
-            user = await self.deps.db.fetchrow("SELECT role, email FROM users WHERE id = $1",
-                                               task["user_id"])
-            return task_input(task_id=task_id, text=task["input"], role=user["role"],
-                              user_email=user["email"],
-                              max_iterations=options.get("max_iterations", 15),
-                              token_budget=_budget(task, allowance),
-                              input_flags=options.get("input_flags"))
+            return await start_state(self.deps.db, task, token_budget=_budget(task, allowance))
 
         async def on_token(text: str) -> None:
             await self.events.publish(task_id, TokenData(text=text), epoch=lease.epoch)
@@ -456,6 +450,16 @@ class Executor:
 def retry_after(deliveries: int) -> int:
     """Seconds before a failed task's next delivery: 1, 2, 4, ... up to a minute."""
     return int(min(2 ** (deliveries - 1), 60))
+
+
+async def start_state(db: asyncpg.Pool, task: Any, *, token_budget: int | None) -> AgentState:
+    """The graph input that starts `task` (a `tasks` row): its text, its owner's role and
+    email, its options. A run and a replay of the task start from the same state."""
+    options = _options(task)
+    user = await db.fetchrow("SELECT role, email FROM users WHERE id = $1::uuid", task["user_id"])
+    return task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
+                      user_email=user["email"], max_iterations=options.get("max_iterations", 15),
+                      token_budget=token_budget, input_flags=options.get("input_flags"))
 
 
 def _options(task: Any) -> dict[str, Any]:

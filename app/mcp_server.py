@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from app.auth import Principal, authenticate
+from app.auth import Principal
 from app.events import (
     AnyEventData,
     ApprovalRequiredData,
@@ -49,7 +49,7 @@ from app.events import (
 )
 from app.history import load_conversation
 from app.problems import Problem, problem_response
-from app.routes import count_request
+from app.routes import admit
 from app.service import TaskService
 from app.streams import StreamHub, StreamsFull
 from app.transcript import render_markdown
@@ -154,8 +154,7 @@ class _Gate:
         app = scope["app"]
         headers = Headers(scope=scope)
         try:
-            who = await authenticate(app.state.deps.db, headers.get("authorization"))
-            await count_request(app.state.rate, who)
+            who = await admit(app.state, headers.get("authorization"))
             if self.handle is None:
                 raise Problem("unavailable", 503, "the MCP server is not running in this "
                               "process (the app was started without its lifespan)")
@@ -305,26 +304,21 @@ def _artifacts(ctx: Ctx) -> Artifacts:
     return cast(Artifacts, _request(ctx).app.state.artifacts)
 
 
-async def _call(work: Any) -> Any:
-    """A service call, its problem (404, 409, 429...) told to the client as a tool error;
-    anything else only as "internal error" (the details go to the log)."""
+async def _call(work: Any, error: type[Exception] = ToolError) -> Any:
+    """A service call, its problem (404, 409, 429...) told to the client as `error` (a tool
+    error, or a resource error for a resource read); anything else only as "internal error"
+    (the details go to the log)."""
     try:
         return await work
     except Problem as problem:
-        raise ToolError(problem.detail) from None
+        raise error(problem.detail) from None
     except Exception:
-        log.exception("MCP tool call failed")
-        raise ToolError("internal error; the server logged it") from None
+        log.exception("MCP request failed")
+        raise error("internal error; the server logged it") from None
 
 
 async def _read(work: Any) -> Any:
-    try:
-        return await work
-    except Problem as problem:
-        raise ResourceError(problem.detail) from None
-    except Exception:
-        log.exception("MCP resource read failed")
-        raise ResourceError("internal error; the server logged it") from None
+    return await _call(work, ResourceError)
 
 
 def _admit(ctx: Ctx) -> None:

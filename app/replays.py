@@ -8,13 +8,23 @@ from typing import Any
 
 import asyncpg
 
+from app.executor import start_state
 from app.problems import Problem
+from app.settings import Settings
 from app.store import TaskStore, task_steps
-from graph import ApprovalDecision, task_input
+from app.tooling import local_toolset, worker_policy
+from graph import ApprovalDecision
 from graph.replay import ReplayReport, replay
 from graph.status import TERMINAL
 from guardrails import Policy
 from tools import Toolset
+
+
+def replay_tools(settings: Settings, toolset: Toolset | None = None) -> tuple[Toolset, Policy]:
+    """The tools a replay runs against (`toolset`, else the deployment's but MCP servers')
+    and the policy the workers load. Reads files: call off the loop."""
+    tools = toolset if toolset is not None else local_toolset(settings)
+    return tools, worker_policy(settings, tools)
 
 
 async def replay_task(db: asyncpg.Pool, task: dict[str, Any], *, toolset: Toolset,
@@ -30,14 +40,7 @@ async def replay_task(db: asyncpg.Pool, task: dict[str, Any], *, toolset: Toolse
         decision="approve" if a["status"] == "APPROVED" else "reject",
         comment=a["comment"] or "", approval_id=a["id"])
         for a in await TaskStore(db).approvals_of(str(task["id"])) if a["status"] != "PENDING"}
-    user = await db.fetchrow("SELECT role, email FROM users WHERE id = $1::uuid",
-                             task["user_id"])
-    options = task["options"] or {}
-    start = task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
-                       user_email=user["email"],
-                       max_iterations=options.get("max_iterations", 15),
-                       token_budget=options.get("token_budget"),
-                       input_flags=options.get("input_flags"))
+    start = await start_state(db, task, token_budget=(task["options"] or {}).get("token_budget"))
     return await replay(recorded, start_state=start, toolset=toolset, policy=policy,
                         decisions=decisions)
 

@@ -29,7 +29,7 @@ from app.auth import Principal, authenticate
 from app.events import ErrorData, Event, FinalData, StatusData
 from app.files import FileStore
 from app.problems import Problem, too_many_requests
-from app.replays import replay_task, report_json
+from app.replays import replay_task, replay_tools, report_json
 from app.schemas import (
     Approval,
     ArtifactList,
@@ -47,7 +47,6 @@ from app.service import TaskService
 from app.store.webhooks import WebhookStore
 from app.streams import StreamHub, StreamsFull, parse_event_id
 from app.telemetry import trace_id
-from app.tooling import builtin_tools, worker_policy
 from app.webhooks import new_secret
 from graph.approvals import ApprovalDecision
 from graph.status import TERMINAL, TaskStatus
@@ -56,7 +55,6 @@ from guardrails.limits import LimitExceeded, RequestRate
 from guardrails.screening import control_characters
 from tools import Toolset
 from tools.artifacts import Artifacts
-from tools.registry import load_toolset
 
 router = APIRouter(prefix="/v1")
 
@@ -112,8 +110,14 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `cadre keys 
 async def _principal(request: Request, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(_bearer)] = None) -> Principal:
     authorization = f"Bearer {credentials.credentials}" if credentials else None
-    who = await authenticate(request.app.state.deps.db, authorization)
-    await count_request(request.app.state.rate, who)
+    return await admit(request.app.state, authorization)
+
+
+async def admit(state: Any, authorization: str | None) -> Principal:
+    """The caller of any of the app's doors (REST, WebSocket, MCP, A2A): its bearer key
+    checked, and the request counted against the key's rate."""
+    who = await authenticate(state.deps.db, authorization)
+    await count_request(state.rate, who)
     return who
 
 
@@ -153,6 +157,14 @@ def _links(request: Request, task: dict[str, Any]) -> dict[str, str]:
     return links
 
 
+def _accepted(request: Request, task: dict[str, Any]) -> JSONResponse:
+    """202 for a task just queued: where it is, and where to follow it."""
+    return JSONResponse(
+        {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
+         "links": _links(request, task)},
+        status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+
+
 @router.post("/tasks", status_code=202, response_model=TaskAccepted, dependencies=[JsonBody],
              responses=problem_responses(404, 409, 413, 415))
 async def create_task(body: TaskCreate, request: Request, who: Who, service: Service) -> JSONResponse:
@@ -162,10 +174,7 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         max_iterations=body.max_iterations, token_budget=body.token_budget,
         strategy=body.multitask_strategy, files=[str(f) for f in body.files],
         webhook_url=body.webhook_url, speculation=body.speculation)
-    return JSONResponse(
-        {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
-         "links": _links(request, task)},
-        status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+    return _accepted(request, task)
 
 
 class WebhookDefault(BaseModel):
@@ -305,10 +314,7 @@ async def fork(task_id: str, body: ForkBody, request: Request, who: Who,
     anything the fork does anew is decided by the policy as usual."""
     task = await service.fork(who, task_id, from_step=body.from_step, instruction=body.input,
                               note=body.note, tool_results=body.tool_results)
-    return JSONResponse(
-        {"id": task["id"], "status": task["status"], "conversation_id": task["conversation_id"],
-         "links": _links(request, task)},
-        status_code=202, headers={"Location": f"/v1/tasks/{task['id']}"})
+    return _accepted(request, task)
 
 
 class Divergence(BaseModel):
@@ -331,24 +337,18 @@ async def replay(task_id: str, request: Request, who: Who, service: Service) -> 
     graph, tools and policy — no model call, no tool call — and say at which step the
     current code would decide otherwise."""
     task = await service.owned(who, task_id)
-    toolset, policy = await replay_tools(request.app)
+    toolset, policy = await _replay_tools(request.app)
     return report_json(await replay_task(request.app.state.deps.db, task, toolset=toolset,
                                          policy=policy))
 
 
-async def replay_tools(app: Any) -> tuple[Toolset, Policy]:
+async def _replay_tools(app: Any) -> tuple[Toolset, Policy]:
     """The tools replays run against (the app's, else the deployment's as a worker builds
     them, MCP servers' left out) and the policy the workers load, built once per app."""
     state = app.state
     if getattr(state, "replay_policy", None) is None:
-        settings = state.deps.settings
-
-        def build() -> tuple[Toolset, Policy]:
-            toolset = state.replay_toolset or load_toolset(settings.tool_plugins,
-                                                           builtin=builtin_tools(settings))
-            return toolset, worker_policy(settings, toolset)
-
-        state.replay_toolset, state.replay_policy = await asyncio.to_thread(build)
+        state.replay_toolset, state.replay_policy = await asyncio.to_thread(
+            replay_tools, state.deps.settings, state.replay_toolset)
     return state.replay_toolset, state.replay_policy
 
 
@@ -444,8 +444,7 @@ async def websocket(ws: WebSocket, task_id: str) -> None:
         authorization = f"Bearer {ws.query_params['access_token']}"
     try:
         after = _event_id(ws.query_params.get("last_event_id"), "last_event_id")
-        who = await authenticate(app.state.deps.db, authorization)
-        await count_request(app.state.rate, who)
+        who = await admit(app.state, authorization)
         service: TaskService = app.state.service
         task = await service.owned(who, task_id)
         _admit(app.state.streams)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app.auth import Principal
+from app.deps import Deps
 from app.events import ErrorData, EventLog, StatusData
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
@@ -34,6 +35,7 @@ from graph.status import TaskStatus
 from graph.steps import ToolRan
 from guardrails.limits import LimitExceeded, UserQuotas
 from guardrails.screening import plain_line, screen_task
+from tools.builtin.fetch import FetchPolicy
 
 Strategy = Literal["enqueue", "reject", "interrupt"]
 _Tasks = list[dict[str, Any]]  # `list` is also a method name in TaskService
@@ -70,6 +72,19 @@ class TaskService:
     quotas: UserQuotas | None = None
     # Hosts on a private network webhooks may go to (CADRE_WEBHOOK_ALLOW_PRIVATE, parsed).
     webhook_allow_private: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, deps: Deps, events: EventLog) -> TaskService:
+        """The service as a deployment configures it: its defaults, quotas and webhook rule
+        (the API's, and the scheduler's, which submits as the schedules' owners)."""
+        settings = deps.settings
+        return cls(db=deps.db, queue=deps.queue, events=events,
+                   default_max_iterations=settings.max_iterations,
+                   default_token_budget=settings.token_budget,
+                   quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
+                                     daily_tokens=settings.daily_token_quota,
+                                     counts=TaskStore(deps.db)),
+                   webhook_allow_private=FetchPolicy.parse_hosts(settings.webhook_allow_private))
 
     @property
     def store(self) -> TaskStore:
@@ -171,20 +186,13 @@ class TaskService:
                    "fork": {"task_id": original["id"], "from_step": from_step,
                             "instruction": instruction, "note": note,
                             **({"tool_results": tool_results} if tool_results else {})}}
-        store = self.store
         async with self.db.acquire() as conn, conn.transaction():
-            conv = await store.new_conversation(
+            conv = await self.store.new_conversation(
                 conn, who.user_id, plain_line(f"Fork: {note or original['input']}", 80))
-            if self.quotas is not None:
-                try:
-                    await self.quotas.admit(conn, who.user_id)
-                except LimitExceeded as exc:
-                    raise too_many_requests(exc) from None
-            task = await store.insert(conn, user_id=who.user_id, conversation=conv,
-                                      text=original["input"], options=options, trace=carrier())
-            dispatch = await store.next_to_dispatch(conn, conv)
-        await self.announce(Accepted(task=task, dispatch=dispatch, cancelled=[]))
-        return task
+            accepted = await self.submit_in(conn, who, original["input"],
+                                            conversation_id=str(conv), options=options)
+        await self.announce(accepted)
+        return accepted.task
 
     async def _lock_conversation(self, conn: asyncpg.Connection, who: Principal,
                                  conversation_id: str | None, text: str) -> Any:

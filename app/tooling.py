@@ -107,14 +107,19 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         ca_file=str(settings.fetch_ca_file) if settings.fetch_ca_file else None)
 
 
+def local_toolset(settings: Settings) -> Toolset:
+    """A worker's tools but those of MCP servers (listing them means connecting): what the
+    A2A card shows and replays run against. Reads PATH and entry points: call off the loop."""
+    return load_toolset(settings.tool_plugins, builtin=builtin_tools(settings))
+
+
 async def worker_toolset(settings: Settings) -> Toolset:
     """Every tool a worker offers: the configured built-in ones, `cadre.tools` plug-ins,
     CADRE_TOOLS, and the tools of the MCP servers in CADRE_MCP_CONFIG. An MCP server that
     cannot be reached is logged and left out (the worker serves the others' tools); a
     malformed config file is a ConfigError."""
     # Entry-point discovery scans site-packages, finding bwrap stats PATH: off the loop.
-    builtin = await asyncio.to_thread(builtin_tools, settings)
-    toolset = await asyncio.to_thread(load_toolset, settings.tool_plugins, builtin=builtin)
+    toolset = await asyncio.to_thread(local_toolset, settings)
     if settings.mcp_config is not None:
         try:
             servers, failures = await load_mcp_servers(settings.mcp_config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from langchain_core.language_models import BaseChatModel
@@ -164,40 +165,43 @@ async def _heartbeat(deps: Deps, executor: Executor, stop: asyncio.Event) -> Non
 
 
 async def _deliver_webhooks(deps: Deps, me: str, stop: asyncio.Event) -> None:
-    """Every second, one worker (whoever takes `cadre:webhooks` first) sends the webhook
-    deliveries that are due (`app/webhooks.py`): one query a second across all workers. A
-    worker still sending a slow batch does not stop the next one from claiming others."""
+    """Every second, one worker sends the webhook deliveries that are due
+    (`app/webhooks.py`): one query a second across all workers. A worker still sending a
+    slow batch does not stop the next one from claiming others."""
     settings = deps.settings
     deliverer = Deliverer(deps.db, allow_private=settings.webhook_allow_private,
                           timeout=settings.webhook_timeout,
                           max_attempts=settings.webhook_max_attempts)
-    while not stop.is_set():
-        try:
-            if await deps.redis.set(WEBHOOKS_KEY, me, nx=True, px=1000):
-                while await deliverer.deliver_due() and not stop.is_set():
-                    pass  # some were due: look again at once
-        except Exception:  # a database hiccup must not stop deliveries for good
-            log.exception("webhook deliveries failed; retrying")
-        await _pause(stop, 1.0)
+
+    async def deliver() -> None:
+        while await deliverer.deliver_due() and not stop.is_set():
+            pass  # some were due: look again at once
+
+    await _each_second_by_one(deps, WEBHOOKS_KEY, me, stop, deliver, "webhook deliveries")
 
 
 async def _fire_schedules(deps: Deps, executor: Executor, me: str, stop: asyncio.Event) -> None:
-    """Every second, one worker (whoever takes `cadre:scheduler` first) fires the schedules
-    that are due (`app/scheduler.py`); the claim in Postgres is what makes each occurrence
-    fire once, the lock only spares the others the query."""
-    settings = deps.settings
-    scheduler = Scheduler(db=deps.db, service=TaskService(
-        db=deps.db, queue=deps.queue, events=executor.events,
-        default_max_iterations=settings.max_iterations,
-        default_token_budget=settings.token_budget,
-        quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
-                          daily_tokens=settings.daily_token_quota, counts=TaskStore(deps.db))))
+    """Every second, one worker fires the schedules that are due (`app/scheduler.py`); the
+    claim in Postgres is what makes each occurrence fire once, the lock only spares the
+    others the query."""
+    scheduler = Scheduler(db=deps.db, service=TaskService.of(deps, executor.events))
+
+    async def fire() -> None:
+        await scheduler.tick()
+
+    await _each_second_by_one(deps, SCHEDULER_KEY, me, stop, fire, "firing schedules")
+
+
+async def _each_second_by_one(deps: Deps, key: str, me: str, stop: asyncio.Event,
+                              work: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run `work` once a second in whichever worker takes `key` first (`SET NX PX` 1 s),
+    until `stop`. A database or Redis hiccup is logged and the loop goes on."""
     while not stop.is_set():
         try:
-            if await deps.redis.set(SCHEDULER_KEY, me, nx=True, px=1000):
-                await scheduler.tick()
-        except Exception:  # a database hiccup must not stop the schedules for good
-            log.exception("firing schedules failed; retrying")
+            if await deps.redis.set(key, me, nx=True, px=1000):
+                await work()
+        except Exception:
+            log.exception("%s failed; retrying", what)
         await _pause(stop, 1.0)
 
 

@@ -22,8 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.settings import Settings
-from app.tooling import builtin_tools
-from tools.registry import load_toolset
+from app.tooling import local_toolset
 
 CARD_PATH = "/.well-known/agent-card.json"
 RPC_PATH = "/a2a"
@@ -43,7 +42,7 @@ def deployment_skills(settings: Settings) -> list[Skill]:
     """The tools a worker of this configuration offers, built-in and plug-in ones. The tools of
     MCP servers (CADRE_MCP_CONFIG) are left out: listing them means connecting to each server.
     Reads PATH and entry points: call off the loop."""
-    toolset = load_toolset(settings.tool_plugins, builtin=builtin_tools(settings))
+    toolset = local_toolset(settings)
     return [Skill(name=t.name, description=t.description, risk=t.risk) for t in toolset]
 
 

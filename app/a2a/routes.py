@@ -17,9 +17,8 @@ from starlette.responses import JSONResponse, Response
 from app.a2a.card import CARD_PATH, RPC_PATH, card_endpoint
 from app.a2a.handler import BASE_URL, PRINCIPAL, CadreHandler
 from app.a2a.push import Pusher
-from app.auth import authenticate
 from app.problems import Problem
-from app.routes import count_request
+from app.routes import admit
 
 
 def mount_a2a(app: FastAPI) -> None:
@@ -31,8 +30,7 @@ def mount_a2a(app: FastAPI) -> None:
         # Read first: a body over the limit is the API's 413, not a JSON-RPC parse error.
         body = await request.body()
         try:
-            who = await authenticate(app.state.deps.db, request.headers.get("authorization"))
-            await count_request(app.state.rate, who)
+            who = await admit(app.state, request.headers.get("authorization"))
         except Problem as problem:
             return _refused(problem, body)
         request.scope.setdefault("state", {})[PRINCIPAL] = who

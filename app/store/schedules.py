@@ -46,9 +46,7 @@ class ScheduleStore:
                                    who.user_id) >= MAX_SCHEDULES:
                 raise Problem("conflict", 409, f"you have {MAX_SCHEDULES} schedules, the most "
                               "one user may have: delete one first")
-            if files and await conn.fetchval(
-                    "SELECT count(*) FROM files WHERE id = ANY($1::uuid[]) AND user_id = $2::uuid",
-                    files, who.user_id) != len(set(files)):
+            if files and not await tasks.owns_files(conn, who.user_id, files):
                 raise Problem("not-found", 404, "one of the files was not found")
             if conversation_id is not None:
                 conversation = await tasks.lock_conversation(

@@ -121,13 +121,17 @@ class TaskStore:
             f"CASE WHEN $6 = 'RUNNING' THEN now() END) RETURNING {TASK_COLUMNS}",
             user_id, conversation, text, json.dumps(options), _json(trace or None), status))
 
-    async def attach_files(self, conn: Db, task_id: Any, user_id: Any,
-                           files: list[str]) -> bool:
-        """Attach the user's files to the task; False when one of them is not theirs."""
+    async def owns_files(self, conn: Db, user_id: Any, files: list[str]) -> bool:
+        """Whether every one of `files` is an upload of `user_id`'s."""
         owned = await conn.fetchval(
             "SELECT count(*) FROM files WHERE id = ANY($1::uuid[]) AND user_id = $2::uuid",
             files, user_id)
-        if owned != len(set(files)):
+        return bool(owned == len(set(files)))
+
+    async def attach_files(self, conn: Db, task_id: Any, user_id: Any,
+                           files: list[str]) -> bool:
+        """Attach the user's files to the task; False when one of them is not theirs."""
+        if not await self.owns_files(conn, user_id, files):
             return False
         await conn.executemany(
             "INSERT INTO task_files (task_id, file_id) VALUES ($1::uuid, $2::uuid) "
