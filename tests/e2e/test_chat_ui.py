@@ -173,42 +173,6 @@ async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Brows
             [mail] = (await http.get("/dev/mailbox.json")).json()["items"]
         assert mail["subject"] == "Sales summary" and mail["to"] == "boss@example.com"
 
-        await expect(page.get_by_role("button", name="Retry after send_email")).to_be_visible()
-        # Retry after the analysis step: a new conversation goes on from there; the email it
-        # proposes again waits for approval and, approved, is not sent a second time.
-        retry = page.get_by_role("button", name="Retry after python")
-        await expect(retry).to_be_visible()
-        await retry.click()
-        retried = page.get_by_text("Retrying from step")
-        await expect(retried).to_be_visible()
-        await shots(page, "retry-from-here")
-        fork_link = await page.get_by_role("link", name="open it").get_attribute("href")
-        assert fork_link and re.fullmatch(r"/thread/[0-9a-f-]{36}", fork_link), fork_link
-        fork_tab = await context.new_page()
-        await fork_tab.goto(fork_link)
-        await expect(fork_tab.get_by_role("button", name="Approve")).to_be_visible()
-        await fork_tab.get_by_role("button", name="Approve").click()
-        await expect(fork_tab.get_by_text("I emailed the summary with the chart")).to_be_visible()
-        await shots(fork_tab, "retried-and-answered")
-        await fork_tab.close()
-        async with httpx.AsyncClient(base_url=base) as http:
-            assert len((await http.get("/dev/mailbox.json")).json()["items"]) == 1
-
-        # The chat lists the user's schedules.
-        async with httpx.AsyncClient(base_url=base, headers={
-                "Authorization": f"Bearer {admin_key}"}) as http:
-            made_schedule = await http.post("/v1/schedules", json={
-                "cron": "0 9 * * MON", "timezone": "Europe/Paris", "input": "Weekly sales."})
-            assert made_schedule.status_code == 201, made_schedule.text
-        schedules_tab = await context.new_page()
-        await schedules_tab.goto("/")
-        await _send(schedules_tab, "/schedules")
-        await expect(schedules_tab.get_by_text("Your schedules")).to_be_visible()
-        await expect(schedules_tab.get_by_text(re.compile(r"\(Europe/Paris\), next .*Weekly sales"))
-                     ).to_be_visible()
-        await shots(schedules_tab, "schedules")
-        await schedules_tab.close()
-
         # Share: a stranger reads the transcript, redacted, without signing in.
         await page.get_by_role("button", name="Share").click()
         shared = page.get_by_text(re.compile(r"/share/shr_"))
@@ -245,6 +209,42 @@ async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Brows
         await shots(reader, "revoked-link")
         await stranger.close()
         await bob_context.close()
+
+        await expect(page.get_by_role("button", name="Retry after send_email")).to_be_visible()
+        # Retry after the analysis step: a new conversation goes on from there; the email it
+        # proposes again waits for approval and, approved, is not sent a second time.
+        retry = page.get_by_role("button", name="Retry after python")
+        await expect(retry).to_be_visible()
+        await retry.click()
+        retried = page.get_by_text("Retrying from step")
+        await expect(retried).to_be_visible()
+        await shots(page, "retry-from-here")
+        fork_link = await page.get_by_role("link", name="open it").get_attribute("href")
+        assert fork_link and re.fullmatch(r"/thread/[0-9a-f-]{36}", fork_link), fork_link
+        fork_tab = await context.new_page()
+        await fork_tab.goto(fork_link)
+        await expect(fork_tab.get_by_role("button", name="Approve")).to_be_visible()
+        await fork_tab.get_by_role("button", name="Approve").click()
+        await expect(fork_tab.get_by_text("I emailed the summary with the chart")).to_be_visible()
+        await shots(fork_tab, "retried-and-answered")
+        await fork_tab.close()
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert len((await http.get("/dev/mailbox.json")).json()["items"]) == 1
+
+        # The chat lists the user's schedules.
+        async with httpx.AsyncClient(base_url=base, headers={
+                "Authorization": f"Bearer {admin_key}"}) as http:
+            made_schedule = await http.post("/v1/schedules", json={
+                "cron": "0 9 * * MON", "timezone": "Europe/Paris", "input": "Weekly sales."})
+            assert made_schedule.status_code == 201, made_schedule.text
+        schedules_tab = await context.new_page()
+        await schedules_tab.goto("/")
+        await _send(schedules_tab, "/schedules")
+        await expect(schedules_tab.get_by_text("Your schedules")).to_be_visible()
+        await expect(schedules_tab.get_by_text(re.compile(r"\(Europe/Paris\), next .*Weekly sales"))
+                     ).to_be_visible()
+        await shots(schedules_tab, "schedules")
+        await schedules_tab.close()
 
         # Stop cancels the running task.
         await page.goto("/")
