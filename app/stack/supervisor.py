@@ -32,7 +32,7 @@ from app.liveness import alive_key, worker_id
 from app.queue import TaskQueue
 from app.service import TaskService
 from app.settings import Settings, process_started, read_running_stack, redact_url
-from app.stack import llm
+from app.stack import embeddings, llm
 from app.stack.mail import MailCapture
 from app.stack.ports import ensure_free
 from app.stack.postgres import EmbeddedPostgres
@@ -120,6 +120,11 @@ class LocalStack:
         serve_model = not s.openai_api_key and not s.openai_base_url and llm.available()
         if serve_model:
             planned.append(("CADRE_LLM_PORT", s.llm_port, "the offline model server"))
+        serve_embeddings = (not s.embedding_model and not s.embedding_base_url
+                            and embeddings.available())
+        if serve_embeddings:
+            planned.append(("CADRE_EMBEDDING_PORT", s.embedding_port,
+                            "the offline embedding model"))
         if not s.smtp_url:
             planned.append(("CADRE_SMTP_PORT", s.smtp_port, "the mail capture server"))
         viewer = None
@@ -182,6 +187,18 @@ class LocalStack:
         elif not s.openai_api_key and not s.openai_base_url:
             self.echo("warning: no model configured and the offline model is not installed "
                       "(make run installs it); set OPENAI_API_KEY or OPENAI_BASE_URL")
+
+        if serve_embeddings:
+            embedder = embeddings.EmbeddedEmbeddings(port=s.embedding_port,
+                                                     log_path=logs / "embeddings.log")
+            self.echo(f"starting the offline embedding model ({embeddings.MODEL_NAME}) on "
+                      f"127.0.0.1:{s.embedding_port}")
+            proc = self._launch_service(embedder.process())
+            embedder.wait_ready(proc)
+            env.update(CADRE_EMBEDDING_BASE_URL=embedder.base_url,
+                       CADRE_EMBEDDING_INPUT_TYPE="true")
+        elif s.embedding_base_url:
+            env["CADRE_EMBEDDING_BASE_URL"] = s.embedding_base_url
 
         if s.smtp_url:
             env["SMTP_URL"] = s.smtp_url

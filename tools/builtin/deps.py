@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from tools.artifacts import Artifacts
     from tools.builtin.mail import SmtpMailer
     from tools.builtin.sql import SqlAccess
+    from tools.embeddings import Embedder
     from tools.sandbox.bwrap import ExecResult
 
 
@@ -41,6 +42,8 @@ class ToolDeps:
     artifacts: Artifacts | None = None
     # Outgoing mail (SMTP_URL).
     mail: SmtpMailer | None = None
+    # Text embeddings (memory, hybrid retrieval); None where no endpoint is configured.
+    embedder: Embedder | None = None
 
 
 Context = ToolContext[ToolDeps]

@@ -1,0 +1,94 @@
+"""Vectors on pgvector: the exact model-call cache, the semantic task cache (with the plans
+new tasks may start from), long-term memories, and the knowledge base's chunks for hybrid
+retrieval. Every vector has 384 dimensions (tools/embeddings.py) and an HNSW index for cosine
+distance; the model that made it is kept beside it, and searches match on it, so vectors of
+two models are never compared.
+
+Production needs only `CREATE EXTENSION vector` run once by an administrator (the embedded
+PostgreSQL carries the extension; the migration creates it where the role may).
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-01
+"""
+
+from alembic import op
+
+revision = "0015"
+down_revision = "0014"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("""
+    CREATE EXTENSION IF NOT EXISTS vector;
+
+    -- One model reply per exact request (model, window, tools, settings) of one user.
+    CREATE TABLE model_cache (
+        key         text PRIMARY KEY,
+        user_id     uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        model       text NOT NULL,
+        message     jsonb NOT NULL,
+        tokens_in   integer NOT NULL,
+        tokens_out  integer NOT NULL,
+        hits        integer NOT NULL DEFAULT 0,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX model_cache_user_idx ON model_cache (user_id, created_at);
+
+    -- Successful tasks another task may be answered from (semantic cache) or start its
+    -- plan from (plan reuse). `cacheable`: read-only tools only, no side effect, no approval.
+    CREATE TABLE task_cache (
+        task_id         uuid PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
+        user_id         uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        scope           text NOT NULL,
+        input           text NOT NULL,
+        files_hash      text NOT NULL,
+        tools           text[] NOT NULL DEFAULT '{}',
+        live            boolean NOT NULL,
+        cacheable       boolean NOT NULL,
+        answer          text NOT NULL,
+        plan            jsonb NOT NULL DEFAULT '[]',
+        embedding_model text NOT NULL,
+        embedding       vector(384) NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX task_cache_embedding_idx ON task_cache
+        USING hnsw (embedding vector_cosine_ops);
+    CREATE INDEX task_cache_scope_idx ON task_cache (scope, created_at DESC);
+
+    -- What the agent remembers for a user, across conversations.
+    CREATE TABLE memories (
+        id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        user_id         uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        content         text NOT NULL,
+        -- Learned while untrusted content was in context: the sources it came from.
+        tainted_by      text[] NOT NULL DEFAULT '{}',
+        task_id         uuid REFERENCES tasks(id) ON DELETE SET NULL,
+        embedding_model text NOT NULL,
+        embedding       vector(384) NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX memories_embedding_idx ON memories USING hnsw (embedding vector_cosine_ops);
+    CREATE INDEX memories_user_idx ON memories (user_id, created_at DESC);
+
+    -- The knowledge base's documents in passages, each searchable by words and by meaning.
+    CREATE TABLE kb_chunks (
+        id              bigserial PRIMARY KEY,
+        document_id     uuid NOT NULL REFERENCES kb_documents(id) ON DELETE CASCADE,
+        ordinal         integer NOT NULL,
+        body            text NOT NULL,
+        tsv             tsvector GENERATED ALWAYS AS (to_tsvector('english', body)) STORED,
+        embedding_model text,
+        embedding       vector(384),
+        UNIQUE (document_id, ordinal)
+    );
+    CREATE INDEX kb_chunks_tsv_idx ON kb_chunks USING gin (tsv);
+    CREATE INDEX kb_chunks_embedding_idx ON kb_chunks USING hnsw (embedding vector_cosine_ops);
+    """)
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE kb_chunks; DROP TABLE memories; DROP TABLE task_cache; "
+               "DROP TABLE model_cache;")
