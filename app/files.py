@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from fastapi import UploadFile
 
-from app.kb import index_upload
+from app.kb import Indexer, index_upload
 from app.problems import Problem
 
 MAX_FILE_BYTES = 25 * 1024 * 1024
@@ -44,9 +44,12 @@ def _detect(name: str, head: bytes) -> str | None:
 
 
 class FileStore:
-    def __init__(self, root: Path, db: asyncpg.Pool) -> None:
+    def __init__(self, root: Path, db: asyncpg.Pool, indexer: Indexer | None = None) -> None:
         self.root = root
         self.db = db
+        # Embeds what uploads add to the knowledge base, after their requests (None: no
+        # embeddings here, so uploads are found by their words only).
+        self.indexer = indexer
 
     def path(self, file_id: str) -> Path:
         return self.root / file_id
@@ -118,6 +121,8 @@ class FileStore:
             # Text uploads are searchable by their owner's tasks.
             text = await asyncio.to_thread(target.read_text, encoding="utf-8", errors="replace")
             await index_upload(self.db, user_id=user_id, file_id=file_id, name=name, text=text)
+            if self.indexer is not None:
+                self.indexer.nudge()
         return {**dict(row), "id": str(row["id"])}
 
     async def copy_to(self, task_id: str, target: Path) -> list[str]:

@@ -1,12 +1,14 @@
-"""`search`: by default the local knowledge base, PostgreSQL full-text search over the seeded
-corpus and the user's uploaded text files; with a web provider configured (SearxNG, Tavily,
-Brave), the web. Either way, results are material to read, never instructions."""
+"""`search`: by default the local knowledge base, hybrid retrieval (PostgreSQL full-text and
+vector similarity, fused; tools/builtin/retrieval.py) over the seeded corpus and the user's
+uploaded text files; with a web provider configured (SearxNG, Tavily, Brave), the web. Either
+way, results are material to read, never instructions."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tools.builtin.deps import Context
+from tools.builtin.retrieval import hybrid_search
 from tools.builtin.web_search import WebSearchConfig, web_search
 from tools.contract import ToolError, Toolset, Untrusted
 
@@ -21,10 +23,14 @@ def register(toolset: Toolset, *, web: WebSearchConfig | None = None) -> None:
 
 
 def _register_kb(toolset: Toolset) -> None:
-    @toolset.tool(risk="read_only", timeout=20, max_output_chars=12_000)
+    # The seeded documents and the user's uploads change only by an upload: not live data.
+    @toolset.tool(risk="read_only", timeout=20, max_output_chars=12_000, live_data=False)
     async def search(ctx: Context, query: str, limit: int = 5) -> Untrusted[dict[str, Any]]:
         """Search the knowledge base (shared documents and your uploaded files) for a few
-        words or a question. Returns title, source and a snippet per hit, best first.
+        words or a question. Matches by words and, where an embedding model is set up, by
+        meaning too: a passage that says the same in other words is found, and hits may
+        share none of your words, so judge each by its snippet. Returns title, source and a
+        snippet per hit, best first.
 
         Args:
             query: Words or a question, e.g. "refund policy for damaged goods".
@@ -35,22 +41,11 @@ def _register_kb(toolset: Toolset) -> None:
             raise ToolError("the knowledge base is not available")
         if not query.strip():
             raise ToolError("give a few words to search for")
-        rows = await db.fetch(
-            """
-            WITH q AS (SELECT websearch_to_tsquery('english', $1) AS query)
-            SELECT d.title, d.source,
-                   ts_headline('english', d.body, q.query,
-                               'MaxFragments=2, MaxWords=30, MinWords=10') AS snippet,
-                   ts_rank(d.tsv, q.query) AS rank
-            FROM kb_documents d, q
-            WHERE d.tsv @@ q.query
-              AND (d.user_id IS NULL
-                   OR d.user_id = (SELECT user_id FROM tasks WHERE id::text = $2))
-            ORDER BY rank DESC, d.title
-            LIMIT $3
-            """, query, ctx.task_id, max(1, min(limit, 20)))
-        return Untrusted({"results": [{"title": r["title"], "source": r["source"],
-                                       "snippet": r["snippet"]} for r in rows]})
+        limit = max(1, min(limit, 20))
+        hits = await hybrid_search(db, ctx.deps.embedder, query, task_id=ctx.task_id,
+                                   limit=limit)
+        return Untrusted({"results": [{"title": h.title, "source": h.source,
+                                       "snippet": h.snippet} for h in hits]})
 
 
 def _register_web(toolset: Toolset, web: WebSearchConfig) -> None:

@@ -1,8 +1,9 @@
 """Vectors on pgvector: the exact model-call cache, the semantic task cache (with the plans
 new tasks may start from), long-term memories, and the knowledge base's chunks for hybrid
-retrieval. Every vector has 384 dimensions (tools/embeddings.py) and an HNSW index for cosine
-distance; the model that made it is kept beside it, and searches match on it, so vectors of
-two models are never compared.
+retrieval. Every vector has 384 dimensions (tools/embeddings.py); the model that made it is
+kept beside it, and searches match on it, so vectors of two models are never compared. The
+shared knowledge base has an HNSW index for cosine distance; a user's own cache entries and
+memories are searched exactly.
 
 Production needs only `CREATE EXTENSION vector` run once by an administrator (the embedded
 PostgreSQL carries the extension; the migration creates it where the role may).
@@ -54,9 +55,9 @@ def upgrade() -> None:
         embedding       vector(384) NOT NULL,
         created_at      timestamptz NOT NULL DEFAULT now()
     );
-    CREATE INDEX task_cache_embedding_idx ON task_cache
-        USING hnsw (embedding vector_cosine_ops);
-    CREATE INDEX task_cache_scope_idx ON task_cache (scope, created_at DESC);
+    -- Searched per user, exactly (no HNSW index: pgvector 0.6 filters an index scan's
+    -- nearest rows afterwards, so one user's rows could be missed among everyone's).
+    CREATE INDEX task_cache_user_idx ON task_cache (user_id, embedding_model);
 
     -- What the agent remembers for a user, across conversations.
     CREATE TABLE memories (
@@ -70,16 +71,21 @@ def upgrade() -> None:
         embedding       vector(384) NOT NULL,
         created_at      timestamptz NOT NULL DEFAULT now()
     );
-    CREATE INDEX memories_embedding_idx ON memories USING hnsw (embedding vector_cosine_ops);
+    -- Searched per user, exactly, like task_cache.
     CREATE INDEX memories_user_idx ON memories (user_id, created_at DESC);
 
     -- The knowledge base's documents in passages, each searchable by words and by meaning.
+    -- `title` is the document's, copied so a passage's words are ranked with its title's
+    -- (weighted like kb_documents.tsv) from the one GIN index.
     CREATE TABLE kb_chunks (
         id              bigserial PRIMARY KEY,
         document_id     uuid NOT NULL REFERENCES kb_documents(id) ON DELETE CASCADE,
         ordinal         integer NOT NULL,
+        title           text NOT NULL,
         body            text NOT NULL,
-        tsv             tsvector GENERATED ALWAYS AS (to_tsvector('english', body)) STORED,
+        tsv             tsvector GENERATED ALWAYS AS (
+                            setweight(to_tsvector('english', title), 'A') ||
+                            setweight(to_tsvector('english', body), 'B')) STORED,
         embedding_model text,
         embedding       vector(384),
         UNIQUE (document_id, ordinal)
