@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import problems
+from app import kb, problems
 from app.a2a import mount_a2a
 from app.deps import Deps, open_deps
 from app.events import EventLog, event_schemas
@@ -23,6 +23,7 @@ from app.files import MAX_FILE_BYTES, FileStore
 from app.health import service_checks
 from app.mailbox import mailbox_router
 from app.mcp_server import mount_mcp
+from app.memories import mount_memories
 from app.metrics import RunMetricsCollector
 from app.routes import router
 from app.schedules import router as schedules_router
@@ -31,7 +32,7 @@ from app.settings import Settings, load_settings
 from app.share import router as share_router
 from app.store import TaskStore
 from app.streams import StreamHub
-from app.tooling import artifact_store
+from app.tooling import artifact_store, embedder_for
 from graph.status import TaskStatus
 from guardrails.limits import RequestRate
 from tools import Toolset
@@ -61,7 +62,10 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if deps is None:
-                _attach(app, await stack.enter_async_context(open_deps(resolved)))
+                opened = await stack.enter_async_context(open_deps(resolved))
+                indexer = await stack.enter_async_context(
+                    kb.indexing(opened.db, embedder_for(resolved)))
+                _attach(app, opened, indexer)
             for lifetime in app.state.lifetimes:  # the protocol servers' session managers
                 await stack.enter_async_context(lifetime())
             try:
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     app.include_router(router)
     app.include_router(share_router)
     app.include_router(schedules_router)
+    mount_memories(app)
     if resolved.dev_mailbox_dir is not None:
         app.include_router(mailbox_router(resolved.dev_mailbox_dir))
     registry = CollectorRegistry()
@@ -204,11 +209,11 @@ _DESCRIPTION = (
     "stable `type` per kind of error.")
 
 
-def _attach(app: FastAPI, deps: Deps) -> None:
+def _attach(app: FastAPI, deps: Deps, indexer: kb.Indexer | None = None) -> None:
     events = EventLog(deps.redis)
     app.state.deps = deps
     app.state.events = events
-    app.state.files = FileStore(deps.settings.home / "files", deps.db)
+    app.state.files = FileStore(deps.settings.home / "files", deps.db, indexer)
     app.state.artifacts = Artifacts(deps.db, artifact_store(deps.settings))
     app.state.streams = StreamHub(
         url=deps.settings.redis_url or "", control=deps.redis, events=events,

@@ -16,9 +16,11 @@ from guardrails import Allow, Deny, PolicyCall, PolicyError, RequireApproval, lo
 from guardrails.policy import DEFAULT_FILE, parse_policy
 from tools import Toolset
 
-KNOWN = {"search", "python", "sql", "describe_schema", "fetch_url", "send_email", "drop_table"}
+KNOWN = {"search", "python", "sql", "describe_schema", "fetch_url", "send_email", "drop_table",
+         "remember", "recall"}
 RISK = {"search": "read_only", "python": "read_only", "sql": "read_only",
-        "fetch_url": "read_only", "send_email": "side_effect", "drop_table": "destructive"}
+        "fetch_url": "read_only", "send_email": "side_effect", "drop_table": "destructive",
+        "remember": "side_effect", "recall": "read_only"}
 EXTERNAL = {"to": ["someone@elsewhere.org"], "subject": "s", "body": "b"}
 OWN = {"to": ["bob@example.com"], "cc": ["Carol <carol@example.com>"], "subject": "s", "body": "b"}
 
@@ -51,6 +53,11 @@ MATRIX = [
     ("admin", "send_email", OWN, "allow"),
     ("admin", "send_email", EXTERNAL, "approve"),
     ("admin", "drop_table", None, "approve"),
+    # Memory: the user's own store, for every role.
+    ("viewer", "remember", None, "allow"),
+    ("viewer", "recall", None, "allow"),
+    ("analyst", "remember", None, "allow"),
+    ("admin", "remember", None, "allow"),
 ]
 
 
@@ -173,7 +180,7 @@ async def test_cadre_policy_check(tmp_path: Path, clean_env: dict[str, str]) -> 
 
     good = await run_cadre("policy", "check", env=clean_env, cwd=tmp_path)
     assert good.code == 0, good.stderr
-    assert "valid -- 4 roles, 1 rule(s)" in good.stdout
+    assert "valid -- 4 roles, 2 rule(s)" in good.stdout
     assert "viewer    read_only allow, side_effect deny, destructive deny; python deny" in good.stdout
     bad = tmp_path / "policy.toml"
     await asyncio.to_thread(bad.write_text, CUSTOM.replace('verdict = "approve"', 'verdict = "maybe"'))

@@ -49,13 +49,16 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
     sources: list[str] = []
     limit = asyncio.Semaphore(max(1, deps.parallel_tools))
 
-    async def bounded(decision: Decision, tool: Tool) -> _Ran:
+    async def bounded(decision: Decision, tool: Tool, untrusted: tuple[str, ...]) -> _Ran:
         async with limit:
-            return await _run(state, deps, decision, tool)
+            return await _run(state, deps, decision, tool, untrusted)
 
     for group in _groups(state.get("decisions") or [], deps):
+        # What the calls see as untrusted in context: the conversation's, and what earlier
+        # calls of this turn returned.
+        seen = tuple(dict.fromkeys([*(state.get("untrusted") or []), *sources]))
         ran = await asyncio.gather(*(
-            bounded(decision, tool) if tool is not None else _not_run(decision)
+            bounded(decision, tool, seen) if tool is not None else _not_run(decision)
             for decision, tool in group))
         for one in ran:
             if one.tool is not None:
@@ -99,12 +102,14 @@ async def _not_run(decision: Decision) -> _Ran:
     return _Ran(decision=decision, tool=None, outcome=outcome, content=outcome.content)
 
 
-async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Tool) -> _Ran:
+async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Tool,
+               untrusted: tuple[str, ...] = ()) -> _Ran:
     started = time.monotonic()
     # A run another worker took over starts no call: that worker will.
     await deps.fence.check()
     ctx = ToolContext(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
-                      role=state.get("role", "analyst"), deps=deps.tool_deps)
+                      role=state.get("role", "analyst"), deps=deps.tool_deps,
+                      untrusted=untrusted)
     ahead = deps.speculator.take(tool.name, decision["arguments"]) \
         if deps.speculator is not None else None
     saved_ms = ahead.saved_ms(started) if ahead is not None else None

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from graph.testing import FakeOpenAIServer, FakeResponse, completion
 from tests.cli import run_cadre
+from tests.e2e.conftest import type_and_send
 from tests.stack import UpProcess, stack_file
 from tests.test_csv_email_flow import CSV, csv_flow_model
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")
 TASK = "Analyse this CSV and email the summary with a chart to boss@example.com"
 SLOW_TASK = "Count slowly to three."
 WAIT_MS = 60_000
@@ -43,25 +42,6 @@ def scripted_model(body: dict[str, Any]) -> FakeResponse:
     if SLOW_TASK in asked and not forced:
         return FakeResponse(body=completion("One, two, three."), delay=4)
     return csv_flow_model(body)
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """Debian's Chromium: missing, the test fails (it is never skipped)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the browser tests need Debian's chromium package "
-                    "(`make test` installs it as root; or: sudo apt-get install chromium)")
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(chromium), headless=True,
-            args=["--no-sandbox", "--disable-background-networking"])
-        yield browser
-        await browser.close()
 
 
 class Shots:
@@ -93,17 +73,8 @@ async def _send(page: Page, text: str, attachment: Path | None = None) -> None:
     if attachment is not None:
         await page.set_input_files("#upload-button-input", str(attachment))
         await expect(page.get_by_text(attachment.name).first).to_be_visible()
-    # The composer is rebuilt once the chat session is up, dropping what was typed before:
-    # wait for the session's first message, and type again if the text did not stick.
-    await expect(page.get_by_text("Model: scripted")).to_be_visible()
-    for _ in range(10):
-        await page.fill("#chat-input", text)
-        try:
-            await expect(page.locator("#chat-submit")).to_be_enabled(timeout=2_000)
-            break
-        except AssertionError:
-            continue
-    await page.click("#chat-submit")
+    await expect(page.get_by_text("Model: scripted")).to_be_visible()  # the session is up
+    await type_and_send(page, text)
 
 
 async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Browser,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.builtin import fetch, mail, python, search, sql
+from tools.builtin import fetch, mail, memory, python, search, sql
 from tools.builtin.deps import Sandbox, ToolDeps
 from tools.builtin.fetch import FetchPolicy
 from tools.builtin.mail import SmtpMailer
@@ -12,11 +12,13 @@ from tools.contract import Toolset
 
 
 def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: bool = True,
-                    with_email: bool = False, web: WebSearchConfig | None = None,
+                    with_email: bool = False, with_memory: bool = False,
+                    web: WebSearchConfig | None = None,
                     fetch_policy: FetchPolicy | None = None,
                     sandbox_wall_seconds: float = 60.0) -> Toolset:
     """The built-in tools available with this configuration (`web`: a web search provider
-    for `search` instead of the knowledge base; `fetch_policy`: adds `fetch_url`)."""
+    for `search` instead of the knowledge base; `fetch_policy`: adds `fetch_url`;
+    `with_memory`: `remember` and `recall`)."""
     toolset = Toolset()
     if with_search:
         search.register(toolset, web=web)
@@ -28,6 +30,8 @@ def builtin_toolset(*, with_sql: bool, with_python: bool = False, with_search: b
         sql.register(toolset)
     if with_email:
         mail.register(toolset)
+    if with_memory:
+        memory.register(toolset)
     return toolset
 
 

@@ -44,6 +44,8 @@ class ToolDeps:
     mail: SmtpMailer | None = None
     # Text embeddings (memory, hybrid retrieval); None where no endpoint is configured.
     embedder: Embedder | None = None
+    # Long-term memory (`remember`, `recall`) is on for this deployment (CADRE_MEMORY).
+    memory: bool = True
 
 
 Context = ToolContext[ToolDeps]
