@@ -52,9 +52,12 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert "received" not in up.text
     stack = _stack_file(tmp_path)
     processes = stack["processes"]
-    assert set(processes) == {"postgres", "redis", "sqs", "llm", "mail", "api", "worker-1",
-                              "worker-2"}  # type: ignore[arg-type]
+    assert set(processes) == {"postgres", "redis", "sqs", "llm", "embeddings", "mail", "api",
+                              "worker-1", "worker-2"}  # type: ignore[arg-type]
+    assert stack["env"]["CADRE_EMBEDDING_BASE_URL"].startswith(  # type: ignore[index]
+        "http://127.0.0.1:")
     assert "TINY OFFLINE model" in up.text
+    assert "multilingual-e5-small-q4 at http://127.0.0.1:" in up.text
     assert stack["env"]["CADRE_OFFLINE_MODEL"] == "true"  # type: ignore[index]
     assert "cadre_agent_ro" in stack["env"]["AGENT_SQL_URL"]  # type: ignore[index]
     assert "captures every email (none is delivered)" in up.text
@@ -203,12 +206,15 @@ async def _spans_in_the_viewer(viewer: str, task: dict[str, object]) -> None:
     trace_id = link.rsplit("/", 1)[1]
     async with httpx.AsyncClient(base_url=viewer, timeout=10) as http:
         assert (await http.get(link)).status_code == 200
-        async with asyncio.timeout(60):  # the workers export in batches
+        # Every process (the API and each worker) exports its spans in its own batches, each
+        # on its own schedule: wait for the spans of all of them.
+        async with asyncio.timeout(60):
             while True:
                 found = (await http.get("/v1/projects/default/spans", params={
                     "trace_id": trace_id, "limit": 1000})).json()["data"]
                 names = [s["name"] for s in found]
-                if names.count("invoke_agent cadre") == 2 and "approval_wait send_email" in names:
+                if names.count("invoke_agent cadre") == 2 and {
+                        "approval_wait send_email", "POST /v1/tasks"} <= set(names):
                     break
                 await asyncio.sleep(0.5)
     kinds = {s["name"]: s["span_kind"] for s in found}

