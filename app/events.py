@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Literal, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -38,7 +39,7 @@ TTL_AFTER_END_SECONDS = 24 * 3600
 SCHEMA_VERSION = 1
 
 EventType = Literal["status", "plan", "thought", "token", "tool_call", "tool_result",
-                    "model_call", "approval_required", "final", "error"]
+                    "model_call", "approval_required", "final", "error", "cache"]
 
 
 class EventData(BaseModel):
@@ -143,6 +144,38 @@ class FinalData(EventData):
     event_type: ClassVar[EventType] = "final"
     output: str | None
     usage: dict[str, int] | None = None
+    # Answered from the semantic task cache: the earlier task and when it answered.
+    cached_from: dict[str, Any] | None = None
+
+
+class CacheData(EventData):
+    """What the semantic task cache found for this task: `hit` (the answer of `source_task`,
+    from `cached_at`, follows as `final`, with no run), `near_miss` (the closest earlier task
+    was a little below the threshold: the task runs), `miss` (it runs), `bypassed` (the task
+    asked to run again). `plan_from`: the earlier task whose plan the planner starts from."""
+
+    event_type: ClassVar[EventType] = "cache"
+    outcome: Literal["hit", "miss", "near_miss", "bypassed"]
+    source_task: str | None = None
+    cached_at: datetime | None = None
+    similarity: float | None = None
+    threshold: float | None = None
+    plan_from: str | None = None
+
+
+def cache_text(data: CacheData) -> str:
+    """A cache event in a line of words (MCP progress, A2A status)."""
+    match data.outcome:
+        case "hit":
+            return (f"answered from the cache: task {data.source_task} answered the same "
+                    f"request at {data.cached_at:%Y-%m-%d %H:%M} UTC (similarity "
+                    f"{data.similarity})" if data.cached_at else "answered from the cache")
+        case "near_miss":
+            return (f"not cached: the closest earlier task ({data.source_task}) is "
+                    f"{data.similarity} alike, below {data.threshold}")
+        case "bypassed":
+            return "running anew: the cache was bypassed"
+    return "not in the cache"
 
 
 class ErrorData(EventData):
@@ -157,10 +190,10 @@ class ErrorData(EventData):
 
 # Every event's data is one of these; consumers match them all (`assert_never`).
 AnyEventData = (StatusData | PlanData | ThoughtData | TokenData | ToolCallData | ToolResultData
-                | ModelCallData | ApprovalRequiredData | FinalData | ErrorData)
+                | ModelCallData | ApprovalRequiredData | FinalData | ErrorData | CacheData)
 EVENT_MODELS: dict[str, type[AnyEventData]] = {m.event_type: m for m in (
     StatusData, PlanData, ThoughtData, TokenData, ToolCallData, ToolResultData, ModelCallData,
-    ApprovalRequiredData, FinalData, ErrorData)}
+    ApprovalRequiredData, FinalData, ErrorData, CacheData)}
 
 
 def step_events(step: Step) -> list[AnyEventData]:

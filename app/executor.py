@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 import asyncpg
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
 
 from app.deps import Deps
 from app.events import (
     AnyEventData,
     ApprovalRequiredData,
+    CacheData,
     ErrorData,
     EventLog,
     FinalData,
@@ -30,23 +32,25 @@ from app.events import (
 )
 from app.files import FileStore
 from app.lease import Lease, Leases
-from app.metrics import StepMetrics
+from app.metrics import StepMetrics, count_cache
 from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from app.store import PolicyAudit, StepStore, TaskStore
 from app.store.steps import task_steps
 from app.store.webhooks import WebhookStore
+from app.task_cache import Earlier, Lookup, TaskCache
 from app.telemetry import attach, detach, record_wait
 from graph import ApprovalDecision, GraphDeps, TaskStatus, fence, task_input
 from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.fork import ForkError, fork_thread
+from graph.model_cache import ModelCache
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config
 from graph.speculation import Speculator
 from graph.state import AgentState
 from graph.status import TERMINAL
-from graph.tracing import Tracing
+from graph.tracing import Tracing, span
 from guardrails import Policy
 from guardrails.limits import DailyAllowance, UserQuotas
 from guardrails.screening import RuleScreen, Screen
@@ -177,12 +181,17 @@ class Executor:
                 await self.deps.queue.delete(message)
                 return
 
+        lookup = await self._cache_lookup(task, lease, body)
+        if lookup.hit is not None:
+            await self._answer_from_cache(task, lease, lookup.hit)
+            await self.deps.queue.delete(message)
+            return
         if body.resume is not None and body.resume.approval_id:
             await self._trace_wait(body.resume.approval_id)
         heartbeat = asyncio.create_task(self._keep_hidden(message))
         try:
             await self._seed_fork(task, lease)
-            result = await self._run_graph(task, body, lease, allowance)
+            result = await self._run_graph(task, body, lease, allowance, lookup)
         except ForkError as cannot:
             await self._finish(task_id, TaskStatus.FAILED, lease=lease, output=None,
                                error={"type": "fork_failed", "message": str(cannot)})
@@ -206,6 +215,8 @@ class Executor:
         if result.status is TaskStatus.PENDING_APPROVAL:
             await self._await_approval(task_id, result, lease)
         elif result.status is TaskStatus.SUCCEEDED:
+            # Kept before the end is recorded: a task sent after this one ended finds it.
+            await self._keep_for_cache(task, result.final_answer, lookup)
             await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease,
                                output=result.final_answer, error=None, usage=result.usage)
         else:
@@ -258,8 +269,88 @@ class Executor:
         return Speculator(toolset=self.toolset, policy=self.policy, tool_deps=self.tool_deps,
                           db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max)
 
+    def _model_cache(self, task: Any) -> ModelCache | None:
+        settings = self.deps.settings
+        if not settings.model_cache:
+            return None
+        return ModelCache(db=self.deps.db, user_id=str(task["user_id"]),
+                          ttl_seconds=settings.model_cache_ttl_seconds)
+
+    # -- the semantic task cache and plan reuse (app/task_cache.py) ------------------------
+
+    def _task_cache(self) -> TaskCache | None:
+        settings = self.deps.settings
+        embedder = getattr(self.tool_deps, "embedder", None)
+        if embedder is None:
+            return None
+        return TaskCache(db=self.deps.db, embedder=embedder, toolset=self.toolset,
+                         threshold=settings.cache_threshold,
+                         ttl_seconds=settings.cache_ttl_seconds,
+                         live_ttl_seconds=settings.cache_live_ttl_seconds,
+                         plan_reuse=settings.plan_reuse)
+
+    async def _cache_lookup(self, task: Any, lease: Lease, body: TaskMessage) -> Lookup:
+        """On a task's first run only: a run taken over or resumed has begun already."""
+        cache = self._task_cache()
+        if cache is None or lease.epoch > 1 or body.resume is not None:
+            return Lookup(outcome=None)
+        wanted = bool(_options(task).get("cache", self.deps.settings.semantic_cache))
+        with span("task_cache lookup", attributes={"cadre.cache.kind": "task",
+                                                   "cadre.task.id": str(task["id"])}) as traced:
+            lookup = await cache.lookup(task, wanted=wanted)
+            if lookup.outcome is not None:
+                traced.set_attribute("cadre.cache.outcome", lookup.outcome)
+            closest = lookup.hit or lookup.nearest
+            if closest is not None:
+                traced.set_attribute("cadre.cache.similarity", closest.similarity)
+        if lookup.outcome is not None:
+            shown = closest if lookup.outcome in ("hit", "near_miss") else None
+            await self.events.publish(str(task["id"]), CacheData(
+                outcome=lookup.outcome, source_task=shown.task_id if shown else None,
+                cached_at=shown.at if shown else None,
+                similarity=round(shown.similarity, 4) if shown else None,
+                threshold=cache.threshold,
+                plan_from=lookup.plan_from.task_id if lookup.plan_from else None),
+                epoch=lease.epoch)
+            await count_cache(self.deps.redis, "task", lookup.outcome)
+        if lookup.plan_from is not None and lookup.hit is None:
+            await count_cache(self.deps.redis, "plan", "hit")
+        return lookup
+
+    async def _answer_from_cache(self, task: Any, lease: Lease, hit: Earlier) -> None:
+        """The earlier answer is this task's: on its thread (a follow-up in the conversation
+        reads it as said) and as its end, marked with where it came from."""
+        task_id = str(task["id"])
+        cached_from = {"task_id": hit.task_id, "at": hit.at.isoformat(),
+                       "similarity": round(hit.similarity, 4)}
+        await self.deps.db.execute(
+            "UPDATE tasks SET options = options || jsonb_build_object('cached_from', $2::jsonb) "
+            "WHERE id = $1::uuid", task_id, json.dumps(cached_from))
+        token = fence.CURRENT.set(lease)
+        try:
+            state = await start_state(self.deps.db, task, token_budget=None)
+            state["messages"] = [*state["messages"], AIMessage(hit.answer)]
+            state["final_answer"] = hit.answer
+            await self.graph.aupdate_state(thread_config(str(task["conversation_id"])),
+                                           dict(state), as_node="verify")
+        finally:
+            fence.CURRENT.reset(token)
+        await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease, output=hit.answer,
+                           error=None, usage={"tokens_in": 0, "tokens_out": 0, "model_calls": 0},
+                           cached_from=cached_from)
+
+    async def _keep_for_cache(self, task: Any, answer: str | None, lookup: Lookup) -> None:
+        cache = self._task_cache()
+        if cache is None:
+            return
+        try:
+            await cache.record(task, answer or "", embedding=lookup.embedding)
+        except (asyncpg.PostgresError, OSError) as exc:  # the task's end matters more
+            log.warning("task %s: not kept for the cache: %s", task["id"], exc)
+
     async def _run_graph(self, task: Any, body: TaskMessage, lease: Lease,
-                         allowance: DailyAllowance | None = None) -> RunResult:
+                         allowance: DailyAllowance | None = None,
+                         lookup: Lookup | None = None) -> RunResult:
         task_id = str(task["id"])
         assert self.model is not None
         deps = GraphDeps(
@@ -271,12 +362,18 @@ class Executor:
             redis=self.deps.redis, context_tokens=self.deps.settings.context_tokens,
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
             tracing=self.tracing, fence=lease, parallel_tools=self.deps.settings.parallel_tools,
-            speculator=self._speculator(task),
+            speculator=self._speculator(task), model_cache=self._model_cache(task),
         )
+
+        plan_from = lookup.plan_from if lookup is not None else None
 
         async def fresh() -> AgentState:
             await self._stage_inputs(task_id)
-            return await start_state(self.deps.db, task, token_budget=_budget(task, allowance))
+            state = await start_state(self.deps.db, task, token_budget=_budget(task, allowance))
+            if plan_from is not None:
+                state["reference_plan"] = {"task_id": plan_from.task_id, "steps": plan_from.plan,
+                                           "similarity": round(plan_from.similarity, 4)}
+            return state
 
         async def on_token(text: str) -> None:
             await self.events.publish(task_id, TokenData(text=text), epoch=lease.epoch)
@@ -346,7 +443,8 @@ class Executor:
 
     async def _finish(self, task_id: str, status: TaskStatus, *, output: str | None,
                       error: dict[str, Any] | None, usage: Mapping[str, Any] | None = None,
-                      lease: Lease | None = None) -> None:
+                      lease: Lease | None = None,
+                      cached_from: dict[str, Any] | None = None) -> None:
         async with self.deps.db.acquire() as conn, conn.transaction():
             await conn.execute(BOUNDED_SQL)  # a paused worker must not hold the locks
             updated = await self.store.finish(
@@ -369,14 +467,17 @@ class Executor:
             await sandbox.close(task_id)  # the task's interpreter ends with the task
         # The end is recorded: announcing it is no longer fenced (a run that lost its lease
         # cannot have got here).
-        await self._announce_end(task_id, status, output=output, error=error, usage=usage)
+        await self._announce_end(task_id, status, output=output, error=error, usage=usage,
+                                 cached_from=cached_from)
         await self.service.dispatch(following)
 
     async def _announce_end(self, task_id: str, status: TaskStatus, *, output: str | None,
-                            error: dict[str, Any] | None, usage: Mapping[str, Any] | None) -> None:
+                            error: dict[str, Any] | None, usage: Mapping[str, Any] | None,
+                            cached_from: dict[str, Any] | None = None) -> None:
         end: AnyEventData
         if status == TaskStatus.SUCCEEDED:
-            end = FinalData(output=output, usage={k: int(v) for k, v in (usage or {}).items()})
+            end = FinalData(output=output, usage={k: int(v) for k, v in (usage or {}).items()},
+                            cached_from=cached_from)
         else:
             end = ErrorData(type=str((error or {}).get("type", "failed")),
                             message=str((error or {}).get("message", "")), partial=output)

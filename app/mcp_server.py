@@ -36,6 +36,7 @@ from app.auth import Principal
 from app.events import (
     AnyEventData,
     ApprovalRequiredData,
+    CacheData,
     ErrorData,
     Event,
     FinalData,
@@ -46,6 +47,7 @@ from app.events import (
     TokenData,
     ToolCallData,
     ToolResultData,
+    cache_text,
 )
 from app.history import load_conversation
 from app.problems import Problem, problem_response
@@ -429,6 +431,8 @@ def _progress(data: AnyEventData) -> str | None:
             return f"waiting for approval to run {data.tool}"
         case FinalData():
             return "answered"
+        case CacheData():
+            return cache_text(data)
         case ErrorData():
             return f"{data.type}: {_short(data.message)}"
         case TokenData():

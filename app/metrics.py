@@ -32,6 +32,7 @@ TOKENS = "cadre:metrics:model_tokens"
 TOOL_CALLS = "cadre:metrics:tool_calls"
 STOPS = "cadre:metrics:runs_stopped"
 SPECULATION = METRICS  # counted by the runs' speculators (graph/speculation.py)
+CACHE = "cadre:metrics:cache"  # lookups by cache and outcome (count_cache)
 # Upper bounds of the latency histogram's buckets, seconds.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -52,6 +53,9 @@ class StepMetrics:
     async def record(self, task_id: str, step: Step) -> bool:
         pipe = self._redis.pipeline(transaction=False)
         match step:
+            case ModelCalled() if step.cached:
+                pipe.hincrby(CACHE, "model_call|hit", 1)
+                pipe.hincrby(TOKENS, f"{step.model}|cached", step.tokens_in + step.tokens_out)
             case ModelCalled():
                 _latency(pipe, step.purpose, step.latency_ms)
                 pipe.hincrby(TOKENS, f"{step.model}|input", step.tokens_in)
@@ -74,6 +78,13 @@ class StepMetrics:
         return True
 
 
+async def count_cache(redis: aioredis.Redis | None, cache: str, outcome: str) -> None:
+    """One lookup of a cache (`task`: the semantic task cache; `plan`: plan reuse) and what
+    came of it (hit, miss, near_miss, bypassed)."""
+    if redis is not None:
+        await redis.hincrby(CACHE, f"{cache}|{outcome}", 1)
+
+
 def _latency(pipe: Any, node: str, latency_ms: int) -> None:
     pipe.hincrby(LATENCY, f"{node}|{_bucket(latency_ms / 1000)}", 1)
     pipe.hincrby(LATENCY, f"{node}|sum_ms", latency_ms)
@@ -88,7 +99,7 @@ class RunMetricsCollector(Collector):
 
     async def refresh(self, redis: aioredis.Redis) -> None:
         pipe = redis.pipeline(transaction=False)
-        keys = (LATENCY, TOKENS, TOOL_CALLS, STOPS, SPECULATION)
+        keys = (LATENCY, TOKENS, TOOL_CALLS, STOPS, SPECULATION, CACHE)
         for key in keys:
             pipe.hgetall(key)
         values = await pipe.execute()
@@ -113,19 +124,14 @@ class RunMetricsCollector(Collector):
             latency.add_metric([node], buckets, sum_value=parts.get("sum_ms", 0) / 1000)
         yield latency
         tokens = CounterMetricFamily("cadre_model_tokens", "Model tokens by model and "
-                                     "direction (input, output)", labels=["model", "direction"])
-        for field, count in sorted(self.snapshot.get(TOKENS, {}).items()):
-            model, _, direction = field.rpartition("|")
-            tokens.add_metric([model, direction], count)
-        yield tokens
+                                     "direction (input, output, cached: read from the "
+                                     "model-call cache, not spent)", labels=["model", "direction"])
+        yield self._by_two(tokens, TOKENS)
         calls = CounterMetricFamily(
             "cadre_tool_calls", "Tool calls by tool and outcome: ok, error, replayed (from the "
             "ledger), held (for approval), denied, rejected, unknown_tool, invalid_arguments, "
             "malformed", labels=["tool", "outcome"])
-        for field, count in sorted(self.snapshot.get(TOOL_CALLS, {}).items()):
-            tool, _, outcome = field.rpartition("|")
-            calls.add_metric([tool, outcome], count)
-        yield calls
+        yield self._by_two(calls, TOOL_CALLS)
         stops = CounterMetricFamily("cadre_runs_stopped", "Runs that ended without an accepted "
                                     "answer, by why", labels=["stop"])
         for stop, count in sorted(self.snapshot.get(STOPS, {}).items()):
@@ -144,9 +150,21 @@ class RunMetricsCollector(Collector):
             source, _, outcome = field.rpartition("|")
             speculative.add_metric([source, outcome], count)
         yield speculative
+        lookups = CounterMetricFamily(
+            "cadre_cache_lookups", "Cache lookups by cache (model_call, task, plan) and outcome "
+            "(hit, miss, near_miss: similar but below the threshold or not reusable, bypassed: "
+            "the task asked to run again)", labels=["cache", "outcome"])
+        yield self._by_two(lookups, CACHE)
         yield CounterMetricFamily(
             "cadre_speculation_saved_seconds", "Tool time already done when the model asked "
             "for a call that was speculated", value=saved / 1000)
+
+    def _by_two(self, family: CounterMetricFamily, key: str) -> CounterMetricFamily:
+        """`family` with a sample per `first|second` field of the counters at `key`."""
+        for field, count in sorted(self.snapshot.get(key, {}).items()):
+            first, _, second = field.rpartition("|")
+            family.add_metric([first, second], count)
+        return family
 
 
 def _text(value: Any) -> str:

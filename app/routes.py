@@ -76,6 +76,11 @@ class TaskCreate(BaseModel):
     speculation: bool | None = Field(
         None, description="false: no speculative tool calls for this task (they are on unless "
                           "the deployment turned them off with CADRE_SPECULATION=false)")
+    cache: bool | None = Field(
+        None, description="true: answer from the semantic task cache when an earlier task of "
+                          "yours meant the same (see docs/caching.md); false: run it anew, "
+                          "past the cache (\"run again\"); omitted: the deployment's "
+                          "CADRE_SEMANTIC_CACHE")
     webhook_url: str | None = Field(
         None, max_length=2000, description="POST the task's end and its approval requests "
         "here, signed (Standard Webhooks); overrides your default (PUT /v1/webhooks). Needs "
@@ -173,7 +178,7 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
         max_iterations=body.max_iterations, token_budget=body.token_budget,
         strategy=body.multitask_strategy, files=[str(f) for f in body.files],
-        webhook_url=body.webhook_url, speculation=body.speculation)
+        webhook_url=body.webhook_url, speculation=body.speculation, cache=body.cache)
     return _accepted(request, task)
 
 
@@ -505,6 +510,6 @@ class _Command(BaseModel):
 
 
 def _public(task: dict[str, Any]) -> dict[str, Any]:
-    return {k: task[k] for k in ("id", "conversation_id", "status", "input", "final_output",
-                                 "error", "usage", "options", "created_at", "updated_at",
-                                 "started_at", "finished_at")}
+    return {k: task.get(k) for k in ("id", "conversation_id", "status", "input", "final_output",
+                                     "error", "usage", "options", "cached_from", "created_at",
+                                     "updated_at", "started_at", "finished_at")}

@@ -82,6 +82,12 @@ class TaskError(BaseModel):
     message: str = ""
 
 
+class CachedFrom(BaseModel):
+    task_id: uuid.UUID
+    at: datetime
+    similarity: float
+
+
 class Usage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -100,6 +106,9 @@ class Task(BaseModel):
     usage: Usage
     options: dict[str, Any] = Field(description="max_iterations, token_budget, and flags "
                                                 "the input screen raised")
+    cached_from: CachedFrom | None = Field(
+        None, description="Answered from the semantic task cache: the earlier task whose "
+                          "answer this is, when it answered, and how alike the two requests are")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -192,3 +201,27 @@ class WebhookDelivery(BaseModel):
 
 class WebhookDeliveries(BaseModel):
     items: list[WebhookDelivery]
+
+
+class Memory(BaseModel):
+    id: uuid.UUID
+    content: str = Field(description="What the agent remembered (`remember`)")
+    tainted_by: list[str] = Field(description="The untrusted sources in the conversation's "
+                                  "context when it was learned (e.g. `fetch_url output`); "
+                                  "non-empty: `recall` returns it as untrusted content")
+    task_id: uuid.UUID | None = Field(description="The task that remembered it (null once "
+                                                  "that task is deleted)")
+    created_at: datetime
+    similarity: float | None = Field(None, description="With `q`: cosine similarity to it, "
+                                                       "-1 to 1 (higher is closer)")
+
+
+class MemoryList(BaseModel):
+    enabled: bool = Field(description="Whether the agent uses memory on this deployment "
+                                      "(CADRE_MEMORY); memories stored before it was turned "
+                                      "off are still listed and can be deleted")
+    items: list[Memory]
+
+
+class MemoriesDeleted(BaseModel):
+    deleted: int = Field(description="How many memories were deleted")

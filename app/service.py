@@ -96,12 +96,15 @@ class TaskService:
                      max_iterations: int | None = None, token_budget: int | None = None,
                      strategy: Strategy = "enqueue", files: list[str] | None = None,
                      webhook_url: str | None = None,
-                     speculation: bool | None = None) -> dict[str, Any]:
+                     speculation: bool | None = None,
+                     cache: bool | None = None) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
         if speculation is not None:
             options["speculation"] = speculation
+        if cache is not None:
+            options["cache"] = cache
         if webhook_url is not None:
             options["webhook_url"] = await self.webhook_url(who, webhook_url)
         async with self.db.acquire() as conn, conn.transaction():

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
                                          validation_alias=_env("CADRE_MODEL_CACHE_TTL_SECONDS"))
     # The semantic task cache: off unless a task asks for it (`cache: true`) or this is on.
     semantic_cache: bool = Field(False, validation_alias=_env("CADRE_SEMANTIC_CACHE"))
-    cache_threshold: float = Field(0.95, gt=0, le=1, validation_alias=_env("CADRE_CACHE_THRESHOLD"))
+    cache_threshold: float = Field(0.96, gt=0, le=1, validation_alias=_env("CADRE_CACHE_THRESHOLD"))
     cache_ttl_seconds: int = Field(24 * 3600, ge=1, validation_alias=_env("CADRE_CACHE_TTL_SECONDS"))
     # For answers that read live data (the web, the sql tool): 0 never serves them cached.
     cache_live_ttl_seconds: int = Field(0, ge=0,

@@ -53,7 +53,7 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
         await asyncio.to_thread(embedder.connect)
     try:
         yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
-                       embedder=embedder,
+                       embedder=embedder, memory=settings.memory,
                        db=db, artifacts=Artifacts(db, artifact_store(settings)) if db else None,
                        mail=SmtpMailer(url=settings.smtp_url, sender=settings.mail_from)
                        if settings.smtp_url else None)
@@ -106,15 +106,17 @@ def builtin_tools(settings: Settings) -> Toolset:
     """The built-in tools this configuration can run (reads PATH and files: call off the loop)."""
     return builtin_toolset(with_sql=bool(settings.agent_sql_url),
                            with_python=sandbox_available(settings),
-                           with_email=bool(settings.smtp_url), web=web_search_config(settings),
-                           fetch_policy=fetch_policy(settings))
+                           with_email=bool(settings.smtp_url),
+                           # Memory needs embeddings; CADRE_MEMORY=false offers neither tool.
+                           with_memory=settings.memory and embedder_for(settings) is not None,
+                           web=web_search_config(settings), fetch_policy=fetch_policy(settings))
 
 
 def worker_policy(settings: Settings, toolset: Toolset) -> FilePolicy:
     """The policy file (CADRE_POLICY_FILE, else the bundled default), checked against every
     tool Cadre knows -- those this worker offers and the built-in ones it could."""
     every_builtin = builtin_toolset(with_sql=True, with_python=True, with_email=True,
-                                    fetch_policy=FetchPolicy())
+                                    with_memory=True, fetch_policy=FetchPolicy())
     known = {t.name for t in toolset} | {t.name for t in every_builtin}
     try:
         return load_policy(settings.policy_file, known_tools=known)

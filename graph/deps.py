@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 
 from graph.fence import Fence, Unfenced
+from graph.model_cache import ModelCache
 from graph.recorder import StepRecorder
 from graph.speculation import Speculator
 from graph.tracing import Tracing
@@ -43,6 +44,8 @@ class GraphDeps:
     parallel_tools: int = 4
     # The run's speculative calls (graph/speculation.py); None: no speculation.
     speculator: Speculator | None = None
+    # The exact model-call cache (graph/model_cache.py); None: every call asks the model.
+    model_cache: ModelCache | None = None
 
     @property
     def model_name(self) -> str:

@@ -45,7 +45,8 @@ SUBMIT_VERDICT: dict[str, Any] = {
 }
 
 
-def plan_prompt(tool_lines: str, replan_reason: str | None) -> str:
+def plan_prompt(tool_lines: str, replan_reason: str | None,
+                reference_plan: list[str] | None = None) -> str:
     text = (
         "You are Cadre's planner. Break the user's latest task into a short numbered plan "
         "of concrete steps. Use only the tools listed; a step may need no tool.\n\n"
@@ -53,6 +54,10 @@ def plan_prompt(tool_lines: str, replan_reason: str | None) -> str:
     )
     if replan_reason:
         text += f"\nThe previous plan must change: {replan_reason}\n"
+    elif reference_plan:
+        steps = "\n".join(f"{i}. {s}" for i, s in enumerate(reference_plan, start=1))
+        text += ("\nA similar earlier task of this user succeeded with this plan. Start from "
+                 "it: keep what fits this task, change what does not.\n" + steps + "\n")
     return text + "\nCall submit_plan with the steps."
 
 

@@ -72,6 +72,7 @@ def task_input(
     token_budget: int | None = None,
     deadline_seconds: float | None = None,
     input_flags: list[str] | None = None,
+    reference_plan: dict[str, Any] | None = None,
 ) -> AgentState:
     """The input that starts a task on a conversation's thread, resetting per-task fields.
     `input_flags` (injection phrasings found in `text`) make the text itself untrusted."""
@@ -86,7 +87,7 @@ def task_input(
         deadline=time.time() + deadline_seconds if deadline_seconds else None,
         plan=[], current_step=0, iterations=0, usage=empty_usage(), observations=[], errors=[],
         decisions=[], recent_calls=[], repeat_replans=0, verify_failures=0, replan_reason=None,
-        step=0, final_answer=None, stop=None,
+        step=0, final_answer=None, stop=None, reference_plan=reference_plan,
     )
 
 

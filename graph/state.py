@@ -3,7 +3,7 @@ conversation's tasks (memory); the per-task fields are reset by each task's inpu
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
@@ -21,6 +21,8 @@ class Usage(TypedDict):
     tokens_in: int
     tokens_out: int
     model_calls: int
+    # Tokens of calls answered by the model-call cache: not spent, not in the two above.
+    tokens_cached: NotRequired[int]
 
 
 class Decision(TypedDict):
@@ -58,6 +60,9 @@ class AgentState(TypedDict, total=False):
     token_budget: int | None
     deadline: float | None
     task_start: int
+    # The plan of a similar earlier task to start from (plan reuse): its task_id,
+    # similarity and steps; None when there is none.
+    reference_plan: dict[str, Any] | None
     # Progress.
     plan: list[PlanStep]
     current_step: int

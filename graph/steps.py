@@ -66,6 +66,8 @@ class ModelCalled(StepBase):
     finish_reason: str | None = None
     text: str = ""
     tool_calls: int = 0
+    # Read from the model-call cache: no model was asked, no tokens were spent.
+    cached: bool = False
 
 
 class ToolProposed(StepBase):

@@ -94,6 +94,17 @@ def record_answer(tracing: Tracing, target: Span, message: AIMessage, *, tokens_
             [_message(message)], ensure_ascii=False, default=str)))
 
 
+def record_cached_answer(target: Span, *, tokens_in: int, tokens_out: int) -> None:
+    """A call the model-call cache answered: nothing was sent, so nothing was used; what the
+    original call cost is kept as cache reads."""
+    if not target.is_recording():
+        return
+    target.set_attribute("gen_ai.usage.input_tokens", 0)
+    target.set_attribute("gen_ai.usage.output_tokens", 0)
+    target.set_attribute("gen_ai.usage.cache_read.input_tokens", tokens_in)
+    target.set_attribute("cadre.cache.read.output_tokens", tokens_out)
+
+
 def tool_span(tracing: Tracing, *, tool: str, call_id: str, risk: str,
               arguments: dict[str, Any]) -> Any:
     attributes: dict[str, Any] = {

@@ -35,14 +35,14 @@ class Outbox:
 def make_toolset(outbox: Outbox) -> Toolset:
     toolset = Toolset()
 
-    @toolset.tool(risk="read_only", timeout=5)
+    @toolset.tool(risk="read_only", timeout=5, live_data=False)
     async def lookup_price(ctx: ToolContext, item: str) -> dict[str, Any]:
         """Look up the unit price of a fruit in euros."""
         if item not in PRICES:
             raise ToolError(f"no price for {item!r}; known items: {', '.join(PRICES)}")
         return {"item": item, "price_eur": PRICES[item]}
 
-    @toolset.tool(risk="read_only", timeout=5)
+    @toolset.tool(risk="read_only", timeout=5, live_data=False)
     async def multiply(ctx: ToolContext, a: float, b: float) -> float:
         """Multiply two numbers."""
         return a * b

@@ -152,6 +152,11 @@ def settings(database_url: str, redis_url: str, queue: QueueUrls, services: Serv
         sqs_wait_seconds=1,
         embedding_base_url=services.embeddings_url,
         embedding_input_type=True,
+        # A scripted model is asked what its test scripts, however alike two windows are, and
+        # plans as scripted; the model-call cache and plan reuse have their own tests
+        # (test_cache.py), which turn them on.
+        model_cache=False,
+        plan_reuse=False,
         # Tests poll task status every 0.1 s, past the default 120 requests a minute; the
         # request rate has its own tests (test_limits.py). Other limits keep their defaults.
         rate_limit="100000/minute",

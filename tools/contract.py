@@ -57,6 +57,9 @@ class ToolContext(Generic[DepsT]):
     tool_call_id: str
     role: str = "analyst"
     deps: DepsT = None  # type: ignore[assignment]
+    # Where untrusted content in the conversation's context came from when the call was made
+    # (the graph state's `untrusted`): what the call writes may carry it on (`remember`).
+    untrusted: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -109,6 +112,11 @@ class Tool:
     # Everything this tool returns is untrusted (e.g. tools of third-party MCP servers). A
     # tool can also mark one result by returning it as `Untrusted(value)`.
     untrusted_output: bool = False
+    # What it returns may change from one moment to the next for the same arguments (the
+    # web, a database, a third party): answers built on it are served from the semantic task
+    # cache only within CADRE_CACHE_LIVE_TTL_SECONDS. False for pure computation and fixed
+    # documents. Unknown tools count as live.
+    live_data: bool = True
     _whole_model: bool = False
 
     def schema(self) -> dict[str, Any]:
@@ -169,13 +177,14 @@ class Toolset:
         name: str | None = None,
         timeout: float = 60.0,
         max_output_chars: int = 20_000,
+        live_data: bool = True,
     ) -> Callable[[ToolFunction], ToolFunction]:
         if risk not in RISKS:
             raise ValueError(f"risk must be one of {RISKS}, not {risk!r}")
 
         def register(function: ToolFunction) -> ToolFunction:
             self.add(_tool_from_function(function, name=name, risk=risk, timeout=timeout,
-                                         max_output_chars=max_output_chars))
+                                         max_output_chars=max_output_chars, live_data=live_data))
             return function
 
         return register
@@ -210,7 +219,7 @@ def _warn_marker(tool: str) -> None:
 
 
 def _tool_from_function(function: ToolFunction, *, name: str | None, risk: Risk, timeout: float,
-                        max_output_chars: int) -> Tool:
+                        max_output_chars: int, live_data: bool = True) -> Tool:
     if not inspect.iscoroutinefunction(function):
         raise TypeError(f"tool {function.__name__} must be an async function")
     docstring = inspect.getdoc(function)
@@ -242,7 +251,7 @@ def _tool_from_function(function: ToolFunction, *, name: str | None, risk: Risk,
         args_model = create_model(f"{function.__name__}_args", **fields)
     return Tool(name=name or function.__name__, description=description, args_model=args_model,
                 function=function, risk=risk, timeout=timeout, max_output_chars=max_output_chars,
-                _whole_model=whole)
+                live_data=live_data, _whole_model=whole)
 
 
 def _described(hint: Any, text: str | None) -> Any:

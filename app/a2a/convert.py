@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from app.events import (
     ApprovalRequiredData,
+    CacheData,
     ErrorData,
     Event,
     FinalData,
@@ -38,6 +39,7 @@ from app.events import (
     TokenData,
     ToolCallData,
     ToolResultData,
+    cache_text,
 )
 from graph.approvals import ApprovalDecision
 from graph.status import TaskStatus as CadreStatus
@@ -169,6 +171,8 @@ def describe(data: Any) -> str | None:
             return f"{data.name}: {'done' if data.ok else 'failed'}. {_short(data.content)}"
         case ModelCallData():
             return f"Model call ({data.node}): {data.tokens_in} tokens in, {data.tokens_out} out"
+        case CacheData():
+            return cache_text(data).capitalize()
         case TokenData():
             return None
     return None

@@ -30,6 +30,8 @@ def task_row(row: asyncpg.Record) -> dict[str, Any]:
     for key in ("error", "usage", "options", "trace_context"):
         if isinstance(task.get(key), str):
             task[key] = json.loads(task[key])
+    if "options" in task:
+        task["cached_from"] = (task["options"] or {}).get("cached_from")
     return task
 
 
@@ -172,6 +174,11 @@ class TaskStore:
             "SELECT id FROM tasks WHERE ((status = 'QUEUED' AND dispatched_at IS NOT NULL) "
             "OR status = 'RUNNING') AND (lease_owner IS NULL OR lease_expires_at < now())")
         return [str(r["id"]) for r in rows]
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        row = await self.db.fetchrow(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1::uuid",
+                                     task_id)
+        return task_row(row) if row else None
 
     async def owned(self, task_id: uuid.UUID, user_id: str) -> dict[str, Any] | None:
         row = await self.db.fetchrow(

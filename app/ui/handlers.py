@@ -26,6 +26,7 @@ from app.ui.runtime import services
 from app.ui.view import TaskView, share_action
 from graph.approvals import ApprovalDecision
 from graph.status import TaskStatus
+from tools.builtin.memory import MemoryStore
 
 log = logging.getLogger("cadre.ui")
 # Chainlit replaces a resumed chat's messages once `on_chat_resume` returns, dropping anything
@@ -78,6 +79,9 @@ async def on_message(message: cl.Message) -> None:
     if message.content.strip() == "/schedules":
         await cl.Message(content=render.schedules_text(await ScheduleStore(ui.db).list(who)),
                          author=render.CHAT_NAME).send()
+        return
+    if message.content.strip() == "/memories":
+        await show_memories(who)
         return
     try:
         await ui.service.open_conversation(who, conversation, message.content)
@@ -163,6 +167,28 @@ async def retry_from(action: cl.Action) -> None:
                      author=render.CHAT_NAME).send()
 
 
+@cl.action_callback("run_again")
+async def run_again(action: cl.Action) -> None:
+    """The cached task's text again, in its conversation, past the cache."""
+    who = await _who()
+    if who is None:
+        return
+    ui = services()
+    try:
+        earlier = await ui.service.get(who, str(action.payload["task_id"]))
+        task = await ui.service.submit(who, earlier["input"],
+                                       conversation_id=str(earlier["conversation_id"]),
+                                       cache=False)
+    except Problem as problem:
+        await _say_problem(problem)
+        return
+    note = await cl.Message(content="Running it again, without the cache.",
+                            author=render.CHAT_NAME).send()
+    view = TaskView(ui=ui, who=who, task_id=task["id"],
+                    conversation_id=str(earlier["conversation_id"]), parent_id=note.id)
+    _background(view.follow())
+
+
 @cl.action_callback("share")
 async def share(action: cl.Action) -> None:
     who = await _who()
@@ -197,6 +223,50 @@ async def revoke_share(action: cl.Action) -> None:
     await action.remove()
     await cl.Message(content="The share link is revoked: it now shows “not found”.",
                      author=render.CHAT_NAME).send()
+
+
+async def show_memories(who: Principal) -> None:
+    """`/memories`: what the agent remembers about the user, newest first, a Forget button on
+    each and Forget all on the list (the same store as `/v1/memories`)."""
+    ui = services()
+    store = MemoryStore(ui.db)
+    memories = await store.list(who.user_id, limit=render.MEMORIES_SHOWN)
+    total = await store.count(who.user_id)
+    actions = [cl.Action(name="forget_all_memories", label="Forget all", icon="trash-2",
+                         payload={}, tooltip="Delete every memory the agent has of you")
+               ] if memories else []
+    await cl.Message(content=render.memories_text(memories, total=total,
+                                                  enabled=ui.settings.memory),
+                     author=render.CHAT_NAME, actions=actions).send()
+    for memory in memories:
+        await cl.Message(content=render.memory_text(memory), author=render.CHAT_NAME, actions=[
+            cl.Action(name="forget_memory", label="Forget", icon="trash-2",
+                      payload={"memory_id": memory["id"]},
+                      tooltip="The agent no longer recalls it")]).send()
+
+
+@cl.action_callback("forget_memory")
+async def forget_memory(action: cl.Action) -> None:
+    who = await _who()
+    if who is None:
+        return
+    store = MemoryStore(services().db)
+    memory_id = str(action.payload["memory_id"])
+    forgotten = await store.delete(who.user_id, memory_id)
+    await action.remove()
+    if action.forId:
+        await cl.Message(id=action.forId, author=render.CHAT_NAME,
+                         content=render.forgotten_text(forgotten)).update()
+
+
+@cl.action_callback("forget_all_memories")
+async def forget_all_memories(action: cl.Action) -> None:
+    who = await _who()
+    if who is None:
+        return
+    deleted = await MemoryStore(services().db).delete_all(who.user_id)
+    await action.remove()
+    await cl.Message(content=render.forgot_all_text(deleted), author=render.CHAT_NAME).send()
 
 
 # -- helpers ---------------------------------------------------------------------------------

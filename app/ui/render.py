@@ -45,7 +45,50 @@ def element_id(task_id: str, name: str) -> str:
 # -- texts -----------------------------------------------------------------------------------
 
 
-COMMANDS_HINT = "Type `/schedules` to list your scheduled tasks."
+COMMANDS_HINT = ("Type `/schedules` to list your scheduled tasks, `/memories` to see and "
+                 "delete what the agent remembers about you.")
+# The newest memories `/memories` shows, one message (and Forget button) each.
+MEMORIES_SHOWN = 50
+
+
+def memory_message_id(memory_id: str) -> str:
+    return f"memory-{memory_id}"
+
+
+def memories_text(memories: list[dict[str, Any]], *, total: int, enabled: bool) -> str:
+    """The head of `/memories`: how many there are, and whether memory is on."""
+    off = ("Memory is turned off on this deployment: the agent neither remembers nor recalls. "
+           if not enabled else "")
+    if not memories:
+        return off + ("The agent remembers nothing about you yet. When it learns something "
+                      "worth keeping across conversations it saves it, and it shows up here.")
+    shown = (f"the newest {len(memories)} of {total}" if total > len(memories)
+             else f"{total}")
+    return (f"**Your memories** ({shown}, newest first)\n\n{off}What the agent remembered "
+            "about you, across conversations. Forget one, or all of them. A memory marked "
+            "*untrusted* was learned while outside content (a web page, a search hit, a file) "
+            "was in the conversation: the agent treats it as a claim, never an instruction.")
+
+
+def memory_text(memory: dict[str, Any]) -> str:
+    """One memory of `/memories`."""
+    when = f"{memory['created_at']:%Y-%m-%d %H:%M} UTC"
+    taint = (f" · **untrusted** (learned with {', '.join(memory['tainted_by'])} in context)"
+             if memory["tainted_by"] else "")
+    return f"{memory['content']}\n\nRemembered {when}{taint}"
+
+
+def forgotten_text(deleted: bool) -> str:
+    """What a forgotten memory's message becomes (its text is not shown again)."""
+    return ("*Forgotten: the agent no longer recalls this memory.*" if deleted
+            else "*This memory was already deleted.*")
+
+
+def forgot_all_text(deleted: int) -> str:
+    if not deleted:
+        return "There was nothing to forget: the agent remembers nothing about you."
+    return (f"Forgotten: {deleted} {'memory' if deleted == 1 else 'memories'} deleted; the "
+            "agent no longer recalls any of them.")
 
 
 def schedules_text(schedules: list[dict[str, Any]]) -> str:
@@ -163,3 +206,12 @@ def artifact_element(task_id: str, thread_id: str, *, name: str, content_type: s
             "size": "large" if image else None, "url": artifact_url(task_id, name, sha256),
             "mime": content_type, "forId": files_id(task_id), "chainlitKey": None,
             "objectKey": None}
+
+
+def cached_note(cached_from: dict[str, Any] | None) -> str:
+    """The line under an answer the semantic task cache gave."""
+    if not cached_from:
+        return ""
+    return (f"\n\n_Answered from the cache: task {cached_from.get('task_id')} answered the "
+            f"same request at {cached_from.get('at')} (similarity "
+            f"{cached_from.get('similarity')}). Choose **Run again** to run it anew._")

@@ -32,6 +32,7 @@ from chainlit.utils import utc_now
 from app.auth import Principal
 from app.events import (
     ApprovalRequiredData,
+    CacheData,
     ErrorData,
     Event,
     FinalData,
@@ -69,6 +70,12 @@ def retry_action(task_id: str, step: int, tool: str) -> cl.Action:
                      icon="rotate-ccw", tooltip=f"Go on again from the state after step {step} "
                      f"({tool}), in a new conversation; what was done up to there is not done "
                      "again")
+
+
+def run_again_action(task_id: str) -> cl.Action:
+    return cl.Action(name="run_again", id=f"run-again-{task_id}", payload={"task_id": task_id},
+                     label="Run again", icon="refresh-cw",
+                     tooltip="Run this task for real instead of answering from the cache")
 
 
 def share_action(conversation_id: str, task_id: str) -> cl.Action:
@@ -139,11 +146,13 @@ class TaskView:
             case TokenData():
                 await self._token(data.text)
             case FinalData():
-                await self._final(data.output)
+                await self._final(data.output, data.cached_from)
             case ErrorData():
                 await self._error(data)
             case ModelCallData():
                 pass  # the cost of a call is not shown in the chat
+            case CacheData():
+                pass  # a hit is told with the answer (`cached_from`); a miss just runs
             case _:
                 assert_never(data)
 
@@ -249,13 +258,16 @@ class TaskView:
                                       parent_id=self.parent_id, author=render.CHAT_NAME)
         await self._answer.stream_token(text)
 
-    async def _final(self, output: Any) -> None:
+    async def _final(self, output: Any, cached_from: dict[str, Any] | None = None) -> None:
         self._act_thought = ""
         answer = self._answer or cl.Message(content="", id=render.answer_id(self.task_id),
                                             parent_id=self.parent_id, author=render.CHAT_NAME)
-        answer.content = str(output or "") + await self._trace_link()
+        answer.content = str(output or "") + render.cached_note(cached_from) \
+            + await self._trace_link()
         answer.actions = [share_action(self.conversation_id, self.task_id),
                           *await self._retries()]
+        if cached_from:
+            answer.actions.append(run_again_action(self.task_id))
         await self._show_files()
         await self._upsert(answer, new=not self._answer_sent)
         self._answer, self._answer_sent = answer, True

@@ -12,10 +12,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from graph.deps import GraphDeps
 from graph.errors import BudgetExceeded, RunFailure
 from graph.llm import call_model
+from graph.model_cache import deterministic
 from graph.recorder import Steps
 from graph.state import AgentState, Stop, Usage, empty_usage
 from graph.steps import ModelCalled, RunStopped
-from graph.tracing import chat_span, record_answer, record_prompt, span
+from graph.tracing import chat_span, record_answer, record_cached_answer, record_prompt, span
 from graph.window import Window, build_window, estimate_tokens, mirror_window
 
 
@@ -62,15 +63,23 @@ def call_tokens(message: AIMessage, window: Sequence[BaseMessage]) -> tuple[int,
     return estimate_tokens(window), estimate_tokens([message]), True
 
 
-def add_usage(state: AgentState, message: AIMessage, window: Sequence[BaseMessage]) -> Usage:
-    """Count one call's tokens in the task's usage."""
+def add_usage(state: AgentState, message: AIMessage, window: Sequence[BaseMessage], *,
+              cached: bool = False) -> Usage:
+    """Count one call's tokens in the task's usage: spent, or read from the model-call cache
+    (counted apart, and not against the budget)."""
     usage = state.get("usage") or empty_usage()
     tokens_in, tokens_out, _ = call_tokens(message, window)
-    return Usage(
-        tokens_in=usage["tokens_in"] + tokens_in,
-        tokens_out=usage["tokens_out"] + tokens_out,
-        model_calls=usage["model_calls"] + 1,
-    )
+    counted = Usage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
+                    model_calls=usage["model_calls"])
+    if cached or usage.get("tokens_cached"):
+        counted["tokens_cached"] = usage.get("tokens_cached", 0)
+    if cached:
+        counted["tokens_cached"] = counted.get("tokens_cached", 0) + tokens_in + tokens_out
+    else:
+        counted["tokens_in"] += tokens_in
+        counted["tokens_out"] += tokens_out
+        counted["model_calls"] += 1
+    return counted
 
 
 async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
@@ -120,9 +129,12 @@ class Asked:
     message: AIMessage
     window: Window
     latency_ms: int
+    # Answered by the model-call cache: no model was asked.
+    cached: bool = False
 
     def state_update(self, state: AgentState) -> dict[str, Any]:
-        return {"usage": add_usage(state, self.message, self.window.messages),
+        return {"usage": add_usage(state, self.message, self.window.messages,
+                                   cached=self.cached),
                 **window_state(self.window)}
 
 
@@ -134,18 +146,33 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
     window = await window_for(deps, state, system)
     if reason := over_budget(state, window.messages):
         return await stopped(steps, BudgetExceeded(reason))
+    cache = deps.model_cache if deps.model_cache is not None and deterministic(deps.model) \
+        else None
+    key = cache.key(deps.model, window.messages, tools, tool_choice) if cache else ""
     with chat_span(deps.tracing, model=deps.model_name, purpose=purpose) as chat:
         record_prompt(deps.tracing, chat, window.messages)
         started = time.monotonic()
-        message = await call_model(deps.model, window.messages, tools=tools,
-                                   tool_choice=tool_choice)
+        hit = await cache.get(key) if cache else None
+        if hit is not None:
+            message = hit.message
+            tokens_in, tokens_out, estimated = hit.tokens_in, hit.tokens_out, False
+        else:
+            message = await call_model(deps.model, window.messages, tools=tools,
+                                       tool_choice=tool_choice)
+            tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
         latency_ms = int((time.monotonic() - started) * 1000)
-        tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
         finish_reason = message.response_metadata.get("finish_reason")
-        record_answer(deps.tracing, chat, message, tokens_in=tokens_in, tokens_out=tokens_out,
-                      estimated=estimated, finish_reason=finish_reason)
+        if cache is not None:
+            chat.set_attribute("cadre.cache.hit", hit is not None)
+        if hit is not None:
+            record_cached_answer(chat, tokens_in=tokens_in, tokens_out=tokens_out)
+        else:
+            record_answer(deps.tracing, chat, message, tokens_in=tokens_in,
+                          tokens_out=tokens_out, estimated=estimated, finish_reason=finish_reason)
+    if cache is not None and hit is None:
+        await cache.put(key, deps.model_name, message, tokens_in=tokens_in, tokens_out=tokens_out)
     await steps.add(ModelCalled, purpose=purpose, model=deps.model_name, tokens_in=tokens_in,
                     tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
-                    finish_reason=finish_reason,
+                    finish_reason=finish_reason, cached=hit is not None,
                     text=str(message.content), tool_calls=len(message.tool_calls))
-    return Asked(message=message, window=window, latency_ms=latency_ms)
+    return Asked(message=message, window=window, latency_ms=latency_ms, cached=hit is not None)

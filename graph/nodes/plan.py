@@ -25,7 +25,10 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
         await deps.speculator.begin_turn(state, planning=True)
     tool_lines = "\n".join(f"- {t.name}: {t.description.splitlines()[0]}" for t in deps.toolset)
     reason = state.get("replan_reason")
-    asked = await ask(deps, state, steps_log, plan_prompt(tool_lines, reason), purpose="plan",
+    # The first plan of a task like an earlier one starts from that task's plan.
+    reference = None if state.get("plan") else (state.get("reference_plan") or {}).get("steps")
+    asked = await ask(deps, state, steps_log, plan_prompt(tool_lines, reason, reference),
+                      purpose="plan",
                       tools=[SUBMIT_PLAN], tool_choice="submit_plan")
     if not isinstance(asked, Asked):
         return asked

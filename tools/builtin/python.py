@@ -14,7 +14,9 @@ from tools.contract import ToolError, Toolset, Untrusted
 def register(toolset: Toolset, *, wall_seconds: float) -> None:
     # The code runs in a sandbox with no network and a throw-away workspace: its effects stay
     # there, so the call is read-only as far as the world is concerned.
-    @toolset.tool(risk="read_only", timeout=wall_seconds + 15, max_output_chars=30_000)
+    # Computation on the task's own inputs: the same code gives the same result.
+    @toolset.tool(risk="read_only", timeout=wall_seconds + 15, max_output_chars=30_000,
+                  live_data=False)
     async def python(ctx: Context, code: str) -> dict[str, Any] | Untrusted[dict[str, Any]]:
         """Run Python code in your own sandboxed interpreter. State persists between calls
         (like a notebook). pandas, numpy and matplotlib are installed; uploaded files and
