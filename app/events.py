@@ -152,10 +152,12 @@ class CacheData(EventData):
     """What the semantic task cache found for this task: `hit` (the answer of `source_task`,
     from `cached_at`, follows as `final`, with no run), `near_miss` (the closest earlier task
     was a little below the threshold: the task runs), `miss` (it runs), `bypassed` (the task
-    asked to run again). `plan_from`: the earlier task whose plan the planner starts from."""
+    asked to run again), or none (the task did not ask). `plan_from`: the earlier task whose
+    plan the planner starts from."""
 
     event_type: ClassVar[EventType] = "cache"
-    outcome: Literal["hit", "miss", "near_miss", "bypassed"]
+    # None: the task did not ask for the cache; only `plan_from` is news.
+    outcome: Literal["hit", "miss", "near_miss", "bypassed"] | None = None
     source_task: str | None = None
     cached_at: datetime | None = None
     similarity: float | None = None
@@ -175,6 +177,8 @@ def cache_text(data: CacheData) -> str:
                     f"{data.similarity} alike, below {data.threshold}")
         case "bypassed":
             return "running anew: the cache was bypassed"
+        case None:
+            return f"starting from the plan of task {data.plan_from}"
     return "not in the cache"
 
 

@@ -181,15 +181,16 @@ class Executor:
                 await self.deps.queue.delete(message)
                 return
 
-        lookup = await self._cache_lookup(task, lease, body)
-        if lookup.hit is not None:
-            await self._answer_from_cache(task, lease, lookup.hit)
-            await self.deps.queue.delete(message)
-            return
-        if body.resume is not None and body.resume.approval_id:
-            await self._trace_wait(body.resume.approval_id)
+        # Hidden from other workers from here on: the cache lookup may wait on embeddings.
         heartbeat = asyncio.create_task(self._keep_hidden(message))
         try:
+            lookup = await self._cache_lookup(task, lease, body)
+            if lookup.hit is not None:
+                await self._answer_from_cache(task, lease, lookup.hit)
+                await self.deps.queue.delete(message)
+                return
+            if body.resume is not None and body.resume.approval_id:
+                await self._trace_wait(body.resume.approval_id)
             await self._seed_fork(task, lease)
             result = await self._run_graph(task, body, lease, allowance, lookup)
         except ForkError as cannot:
@@ -216,7 +217,7 @@ class Executor:
             await self._await_approval(task_id, result, lease)
         elif result.status is TaskStatus.SUCCEEDED:
             # Kept before the end is recorded: a task sent after this one ended finds it.
-            await self._keep_for_cache(task, result.final_answer, lookup)
+            await self._keep_for_cache(task, result, lookup)
             await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease,
                                output=result.final_answer, error=None, usage=result.usage)
         else:
@@ -270,8 +271,10 @@ class Executor:
                           db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max)
 
     def _model_cache(self, task: Any) -> ModelCache | None:
+        """The exact model-call cache, unless turned off, or the task is a "run again"
+        (`cache: false`), which asks the model anew."""
         settings = self.deps.settings
-        if not settings.model_cache:
+        if not settings.model_cache or _options(task).get("cache") is False:
             return None
         return ModelCache(db=self.deps.db, user_id=str(task["user_id"]),
                           ttl_seconds=settings.model_cache_ttl_seconds)
@@ -303,7 +306,7 @@ class Executor:
             closest = lookup.hit or lookup.nearest
             if closest is not None:
                 traced.set_attribute("cadre.cache.similarity", closest.similarity)
-        if lookup.outcome is not None:
+        if lookup.outcome is not None or lookup.plan_from is not None:
             shown = closest if lookup.outcome in ("hit", "near_miss") else None
             await self.events.publish(str(task["id"]), CacheData(
                 outcome=lookup.outcome, source_task=shown.task_id if shown else None,
@@ -312,7 +315,8 @@ class Executor:
                 threshold=cache.threshold,
                 plan_from=lookup.plan_from.task_id if lookup.plan_from else None),
                 epoch=lease.epoch)
-            await count_cache(self.deps.redis, "task", lookup.outcome)
+            if lookup.outcome is not None:
+                await count_cache(self.deps.redis, "task", lookup.outcome)
         if lookup.plan_from is not None and lookup.hit is None:
             await count_cache(self.deps.redis, "plan", "hit")
         return lookup
@@ -323,14 +327,20 @@ class Executor:
         task_id = str(task["id"])
         cached_from = {"task_id": hit.task_id, "at": hit.at.isoformat(),
                        "similarity": round(hit.similarity, 4)}
-        await self.deps.db.execute(
+        marked = await self.deps.db.fetchval(
             "UPDATE tasks SET options = options || jsonb_build_object('cached_from', $2::jsonb) "
-            "WHERE id = $1::uuid", task_id, json.dumps(cached_from))
+            "WHERE id = $1::uuid AND lease_owner = $3 AND epoch = $4 RETURNING true",
+            task_id, json.dumps(cached_from), lease.worker, lease.epoch)
+        if not marked:
+            lease.lose(f"task {task_id}: another worker took it over before its cached answer")
+            raise LeaseLost(f"task {task_id} is no longer leased to {lease.worker}")
         token = fence.CURRENT.set(lease)
         try:
             state = await start_state(self.deps.db, task, token_budget=None)
             state["messages"] = [*state["messages"], AIMessage(hit.answer)]
             state["final_answer"] = hit.answer
+            # What the earlier answer was built on is in this conversation now.
+            state["untrusted"] = [*state.get("untrusted", []), *hit.untrusted]
             await self.graph.aupdate_state(thread_config(str(task["conversation_id"])),
                                            dict(state), as_node="verify")
         finally:
@@ -339,12 +349,14 @@ class Executor:
                            error=None, usage={"tokens_in": 0, "tokens_out": 0, "model_calls": 0},
                            cached_from=cached_from)
 
-    async def _keep_for_cache(self, task: Any, answer: str | None, lookup: Lookup) -> None:
+    async def _keep_for_cache(self, task: Any, result: RunResult, lookup: Lookup) -> None:
         cache = self._task_cache()
         if cache is None:
             return
+        snapshot = await self.graph.aget_state(thread_config(str(task["conversation_id"])))
         try:
-            await cache.record(task, answer or "", embedding=lookup.embedding)
+            await cache.record(task, result.final_answer or "", embedding=lookup.embedding,
+                               untrusted=list(snapshot.values.get("untrusted") or []))
         except (asyncpg.PostgresError, OSError) as exc:  # the task's end matters more
             log.warning("task %s: not kept for the cache: %s", task["id"], exc)
 

@@ -81,6 +81,10 @@ class TaskCreate(BaseModel):
                           "yours meant the same (see docs/caching.md); false: run it anew, "
                           "past the cache (\"run again\"); omitted: the deployment's "
                           "CADRE_SEMANTIC_CACHE")
+    cache_scope: str | None = Field(
+        None, max_length=100, description="Share cached answers with everyone who names this "
+        "scope, one of the deployment's CADRE_CACHE_SHARED_SCOPES, instead of with yourself "
+        "only: the task is answered from, and its answer kept for, that scope")
     webhook_url: str | None = Field(
         None, max_length=2000, description="POST the task's end and its approval requests "
         "here, signed (Standard Webhooks); overrides your default (PUT /v1/webhooks). Needs "
@@ -178,7 +182,8 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         who, body.input, conversation_id=str(body.conversation_id) if body.conversation_id else None,
         max_iterations=body.max_iterations, token_budget=body.token_budget,
         strategy=body.multitask_strategy, files=[str(f) for f in body.files],
-        webhook_url=body.webhook_url, speculation=body.speculation, cache=body.cache)
+        webhook_url=body.webhook_url, speculation=body.speculation, cache=body.cache,
+        cache_scope=body.cache_scope)
     return _accepted(request, task)
 
 

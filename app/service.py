@@ -72,6 +72,8 @@ class TaskService:
     quotas: UserQuotas | None = None
     # Hosts on a private network webhooks may go to (CADRE_WEBHOOK_ALLOW_PRIVATE, parsed).
     webhook_allow_private: frozenset[str] = frozenset()
+    # The shared cache scopes a task may name (CADRE_CACHE_SHARED_SCOPES).
+    cache_scopes: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, deps: Deps, events: EventLog) -> TaskService:
@@ -84,7 +86,9 @@ class TaskService:
                    quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
                                      daily_tokens=settings.daily_token_quota,
                                      counts=TaskStore(deps.db)),
-                   webhook_allow_private=FetchPolicy.parse_hosts(settings.webhook_allow_private))
+                   webhook_allow_private=FetchPolicy.parse_hosts(settings.webhook_allow_private),
+                   cache_scopes=frozenset(n.strip() for n in settings.cache_shared_scopes.split(",")
+                                          if n.strip()))
 
     @property
     def store(self) -> TaskStore:
@@ -97,7 +101,7 @@ class TaskService:
                      strategy: Strategy = "enqueue", files: list[str] | None = None,
                      webhook_url: str | None = None,
                      speculation: bool | None = None,
-                     cache: bool | None = None) -> dict[str, Any]:
+                     cache: bool | None = None, cache_scope: str | None = None) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
@@ -105,6 +109,12 @@ class TaskService:
             options["speculation"] = speculation
         if cache is not None:
             options["cache"] = cache
+        if cache_scope is not None:
+            if cache_scope not in self.cache_scopes:
+                raise Problem("invalid-request", 422, f"cache_scope {cache_scope!r} is not a "
+                              "shared scope of this deployment (CADRE_CACHE_SHARED_SCOPES: "
+                              f"{', '.join(sorted(self.cache_scopes)) or 'none'})")
+            options["cache_scope"] = cache_scope
         if webhook_url is not None:
             options["webhook_url"] = await self.webhook_url(who, webhook_url)
         async with self.db.acquire() as conn, conn.transaction():

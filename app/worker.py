@@ -15,6 +15,7 @@ from functools import partial
 
 from langchain_core.language_models import BaseChatModel
 
+from app import task_cache
 from app.deps import Deps, open_deps, require_database_url
 from app.errors import ConfigError
 from app.events import EventLog
@@ -40,6 +41,9 @@ SWEEPER_KEY = "cadre:sweeper"
 # Taken by one worker per second: that one looks for webhook deliveries that are due.
 WEBHOOKS_KEY = "cadre:webhooks"
 SCHEDULER_KEY = "cadre:scheduler"
+CACHE_SWEEP_LOCK = "cadre:cache_sweep:lock"
+CACHE_SWEEP_KEY = "cadre:cache_sweep"  # set for CACHE_SWEEP_SECONDS after each sweep
+CACHE_SWEEP_SECONDS = 600
 # A received message is hidden this long, until the worker that took the task's lease hides
 # it for CADRE_VISIBILITY_SECONDS. A message a dead worker's long poll still received (the
 # server answers a poll whose client is gone) is back this soon instead.
@@ -94,6 +98,7 @@ async def run_worker(
         heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))
         webhooks = asyncio.create_task(_deliver_webhooks(deps, me, stop))
         schedules = asyncio.create_task(_fire_schedules(deps, executor, me, stop))
+        caches = asyncio.create_task(_sweep_caches(deps, me, stop))
         running: set[asyncio.Task[None]] = set()
         try:
             await _serve(deps, executor, running, stop)
@@ -107,6 +112,7 @@ async def run_worker(
             await heartbeat
             await webhooks
             await schedules
+            await caches
             await forget(deps.redis, me)
         log.info("worker %s stopped", me)
 
@@ -190,6 +196,21 @@ async def _fire_schedules(deps: Deps, executor: Executor, me: str, stop: asyncio
         await scheduler.tick()
 
     await _each_second_by_one(deps, SCHEDULER_KEY, me, stop, fire, "firing schedules")
+
+
+async def _sweep_caches(deps: Deps, me: str, stop: asyncio.Event) -> None:
+    """Every ten minutes, one worker deletes the caches' expired entries."""
+    settings = deps.settings
+
+    async def swept() -> None:
+        if await deps.redis.set(CACHE_SWEEP_KEY, me, nx=True, ex=CACHE_SWEEP_SECONDS):
+            gone = await task_cache.sweep(
+                deps.db, model_cache_ttl=settings.model_cache_ttl_seconds,
+                task_cache_ttl=max(settings.cache_ttl_seconds, settings.cache_live_ttl_seconds))
+            if gone:
+                log.info("deleted %d expired cache entries", gone)
+
+    await _each_second_by_one(deps, CACHE_SWEEP_LOCK, me, stop, swept, "sweeping the caches")
 
 
 async def _each_second_by_one(deps: Deps, key: str, me: str, stop: asyncio.Event,

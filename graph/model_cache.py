@@ -40,7 +40,8 @@ def deterministic(model: BaseChatModel) -> bool:
 def _settings(model: BaseChatModel) -> dict[str, Any]:
     """What of the model's configuration changes its answer."""
     names = ("model_name", "temperature", "max_tokens", "max_completion_tokens", "top_p",
-             "openai_api_base", "seed", "stop", "reasoning_effort")
+             "openai_api_base", "seed", "stop", "reasoning_effort", "frequency_penalty",
+             "presence_penalty", "extra_body", "model_kwargs", "response_format")
     return {name: getattr(model, name, None) for name in names}
 
 
@@ -72,6 +73,9 @@ class ModelCache:
         message = messages_from_dict([json.loads(row["message"])])[0]
         if not isinstance(message, AIMessage):
             return None
+        # A message of its own: under the earlier one's id it would replace that message in
+        # a thread holding both (messages merge by id).
+        message = message.model_copy(update={"id": None})
         return CachedReply(message=message, tokens_in=row["tokens_in"],
                            tokens_out=row["tokens_out"])
 

@@ -195,8 +195,7 @@ class LocalStack:
                       f"127.0.0.1:{s.embedding_port}")
             proc = self._launch_service(embedder.process())
             embedder.wait_ready(proc)
-            env.update(CADRE_EMBEDDING_BASE_URL=embedder.base_url,
-                       CADRE_EMBEDDING_INPUT_TYPE="true")
+            env["CADRE_EMBEDDING_BASE_URL"] = embedder.base_url
         elif s.embedding_base_url:
             env["CADRE_EMBEDDING_BASE_URL"] = s.embedding_base_url
 

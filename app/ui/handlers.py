@@ -169,24 +169,23 @@ async def retry_from(action: cl.Action) -> None:
 
 @cl.action_callback("run_again")
 async def run_again(action: cl.Action) -> None:
-    """The cached task's text again, in its conversation, past the cache."""
+    """The cached task again, with its files, in a new conversation (as the first task there
+    its answer is kept for later lookups), past both caches."""
     who = await _who()
     if who is None:
         return
     ui = services()
     try:
         earlier = await ui.service.get(who, str(action.payload["task_id"]))
-        task = await ui.service.submit(who, earlier["input"],
-                                       conversation_id=str(earlier["conversation_id"]),
-                                       cache=False)
+        files = await ui.db.fetch("SELECT file_id FROM task_files WHERE task_id = $1::uuid",
+                                  earlier["id"])
+        task = await ui.service.submit(who, earlier["input"], cache=False,
+                                       files=[str(f["file_id"]) for f in files])
     except Problem as problem:
         await _say_problem(problem)
         return
-    note = await cl.Message(content="Running it again, without the cache.",
-                            author=render.CHAT_NAME).send()
-    view = TaskView(ui=ui, who=who, task_id=task["id"],
-                    conversation_id=str(earlier["conversation_id"]), parent_id=note.id)
-    _background(view.follow())
+    await cl.Message(content=render.run_again_text(str(task["conversation_id"])),
+                     author=render.CHAT_NAME).send()
 
 
 @cl.action_callback("share")

@@ -105,6 +105,11 @@ def schedules_text(schedules: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_again_text(conversation_id: str) -> str:
+    return (f"Running it again, without the cache, in a new conversation: "
+            f"[open it](/thread/{conversation_id}).")
+
+
 def fork_text(step: int, conversation_id: str) -> str:
     return (f"Retrying from step {step} in a new conversation: "
             f"[open it](/thread/{conversation_id}). What was done up to there is kept, not "
@@ -214,4 +219,5 @@ def cached_note(cached_from: dict[str, Any] | None) -> str:
         return ""
     return (f"\n\n_Answered from the cache: task {cached_from.get('task_id')} answered the "
             f"same request at {cached_from.get('at')} (similarity "
-            f"{cached_from.get('similarity')}). Choose **Run again** to run it anew._")
+            f"{cached_from.get('similarity')}). Choose **Run again** to run it anew, in a new "
+            "conversation._")

@@ -6,18 +6,14 @@ neither shown nor touched."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
 from app.settings import Settings
-from app.stack.ports import free_port
 from app.tooling import embedder_for
-from tests.cli import CADRE
-from tests.e2e.conftest import type_and_send
+from tests.e2e.conftest import signed_in, type_and_send
 from tests.service import Service
 from tools.builtin.memory import MemoryStore
 
@@ -28,36 +24,6 @@ expect.set_options(timeout=WAIT_MS)
 OLDER = "Ana's weekly sales report goes to finance@example.com every Friday."
 NEWER = "Ana wants charts in metric units."
 EVES = "Eve's favourite colour is teal."
-
-
-@pytest.fixture
-async def ui_url(service: Service, service_env: dict[str, str],
-                 tmp_path: Path) -> AsyncIterator[str]:
-    """`cadre api` with the UI on the test service's database (Chainlit is one per process)."""
-    port = free_port()
-    log_path = tmp_path / "api.log"
-    log = await asyncio.to_thread(log_path.open, "wb")
-    proc = await asyncio.create_subprocess_exec(
-        *CADRE, "api", env={**service_env, "CADRE_API_PORT": str(port), "CADRE_UI": "true",
-                            "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-        stderr=asyncio.subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as http, asyncio.timeout(60):
-            while True:
-                assert proc.returncode is None, await asyncio.to_thread(log_path.read_text)
-                try:
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        await proc.wait()
-        await asyncio.to_thread(log.close)
 
 
 async def _user(service: Service, email: str) -> str:
@@ -83,14 +49,7 @@ async def test_memories_listed_and_forgotten_from_the_chat(
     finally:
         await embedder.aclose()
 
-    context = await browser.new_context(base_url=ui_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    page = await context.new_page()
-    await page.goto("/login")
-    await page.fill("#email", "ana@example.com")
-    await page.fill("#password", service.key)
-    await page.keyboard.press("Enter")
-    await expect(page.locator("#chat-input")).to_be_visible()
+    context, page = await signed_in(browser, ui_url, "ana@example.com", service.key)
 
     await _command(page, "/memories")
     await expect(page.get_by_text("Your memories (2, newest first)")).to_be_visible()

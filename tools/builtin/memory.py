@@ -84,9 +84,9 @@ class MemoryStore:
         `similarity` (cosine, -1 to 1). Only vectors of the current model are compared."""
         embedder = self._embedder()
         vector = await embedder.query(query)
-        # Exact search over this user's rows: the HNSW index is global, and filtering its
-        # nearest candidates by user afterwards (pgvector 0.6) could miss a user's memories
-        # behind other users' closer ones. MATERIALIZED keeps the planner from using it.
+        # Exact search over this user's rows (the table has no HNSW index: one index for
+        # every user, filtered by user afterwards as pgvector 0.6 does, could miss a user's
+        # memories behind other users' closer ones). MATERIALIZED keeps it so if one is added.
         rows = await self.db.fetch(
             f"""
             WITH mine AS MATERIALIZED (

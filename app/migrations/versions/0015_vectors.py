@@ -36,10 +36,11 @@ def upgrade() -> None:
         hits        integer NOT NULL DEFAULT 0,
         created_at  timestamptz NOT NULL DEFAULT now()
     );
-    CREATE INDEX model_cache_user_idx ON model_cache (user_id, created_at);
+    CREATE INDEX model_cache_created_idx ON model_cache (created_at);  -- the sweep
 
     -- Successful tasks another task may be answered from (semantic cache) or start its
-    -- plan from (plan reuse). `cacheable`: read-only tools only, no side effect, no approval.
+    -- plan from (plan reuse). `cacheable`: read-only tools only, no side effect, no approval,
+    -- no files written. `scope`: user:<id>, or shared:<name> when the task named one.
     CREATE TABLE task_cache (
         task_id         uuid PRIMARY KEY REFERENCES tasks(id) ON DELETE CASCADE,
         user_id         uuid NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -51,6 +52,9 @@ def upgrade() -> None:
         cacheable       boolean NOT NULL,
         answer          text NOT NULL,
         plan            jsonb NOT NULL DEFAULT '[]',
+        -- Where untrusted content in its context came from: an answer served from it
+        -- brings that taint into the new task's conversation.
+        untrusted       text[] NOT NULL DEFAULT '{}',
         embedding_model text NOT NULL,
         embedding       vector(384) NOT NULL,
         created_at      timestamptz NOT NULL DEFAULT now()
@@ -58,6 +62,8 @@ def upgrade() -> None:
     -- Searched per user, exactly (no HNSW index: pgvector 0.6 filters an index scan's
     -- nearest rows afterwards, so one user's rows could be missed among everyone's).
     CREATE INDEX task_cache_user_idx ON task_cache (user_id, embedding_model);
+    CREATE INDEX task_cache_scope_idx ON task_cache (scope);
+    CREATE INDEX task_cache_created_idx ON task_cache (created_at);
 
     -- What the agent remembers for a user, across conversations.
     CREATE TABLE memories (
