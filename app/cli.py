@@ -27,6 +27,8 @@ sandbox_cli = typer.Typer(help="The code sandbox.", no_args_is_help=True)
 cli.add_typer(sandbox_cli, name="sandbox")
 policy_cli = typer.Typer(help="The tool policy (guardrails).", no_args_is_help=True)
 cli.add_typer(policy_cli, name="policy")
+agents_cli = typer.Typer(help="The worker agents' profiles.", no_args_is_help=True)
+cli.add_typer(agents_cli, name="agents")
 schedules_cli = typer.Typer(help="A user's scheduled tasks (as `/v1/schedules`).",
                             no_args_is_help=True)
 cli.add_typer(schedules_cli, name="schedules")
@@ -397,6 +399,30 @@ def sandbox_exec(
         raise CadreError(str(exc)) from None
     print(json.dumps(result, indent=2))
     raise typer.Exit(1 if result.get("error") else 0)
+
+
+@agents_cli.command("check")
+def agents_check(
+    file: Annotated[str | None, typer.Argument(
+        help="The profiles file; default: CADRE_AGENTS_FILE, else the bundled one.")] = None,
+) -> None:
+    """Validate an agent profiles file against the tools this configuration knows and show
+    each profile. Exit 2 naming the line if invalid."""
+    from pathlib import Path
+
+    from app.settings import load_settings
+    from app.tooling import worker_agents, worker_toolset
+
+    settings = load_settings()
+    if file is not None:
+        settings = settings.model_copy(update={"agents_file": Path(file)})
+    agents = worker_agents(settings, asyncio.run(worker_toolset(settings)))
+    _echo(f"{agents.source}: valid -- {len(agents)} agent(s)")
+    for profile in agents:
+        tools = ", ".join(profile.tools) or "no tools"
+        _echo(f"  {profile.name:<12} {tools}; model {profile.model or 'the default'}; "
+              f"at most {profile.max_iterations} iterations")
+        _echo(f"  {'':<12} {profile.description}")
 
 
 @policy_cli.command("check")

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     memory: bool = Field(True, validation_alias=_env("CADRE_MEMORY"))
     # Guardrails.
     policy_file: Path | None = Field(None, validation_alias=_env("CADRE_POLICY_FILE"))
+    # The worker agents' profiles (guardrails/agents.toml when unset).
+    agents_file: Path | None = Field(None, validation_alias=_env("CADRE_AGENTS_FILE"))
     rate_limit: str = Field("120/minute", validation_alias=_env("CADRE_RATE_LIMIT"))
     max_concurrent_tasks: int = Field(5, ge=1, validation_alias=_env("CADRE_MAX_CONCURRENT_TASKS"))
     daily_token_quota: int = Field(2_000_000, ge=1,

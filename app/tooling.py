@@ -18,6 +18,7 @@ from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
 from app.stack.embeddings import MODEL_NAME as EMBEDDED_MODEL
 from guardrails import FilePolicy, PolicyError, load_policy
+from guardrails.agents import AgentProfiles, AgentsError, load_agents
 from guardrails.screening import ClassifierScreen, RuleScreen, Screen
 from tools.artifacts import Artifacts, ArtifactStore, DiskStore, S3Store
 from tools.builtin import FetchPolicy, SmtpMailer, SqlAccess, ToolDeps, WebSearchConfig, builtin_toolset
@@ -112,16 +113,30 @@ def builtin_tools(settings: Settings) -> Toolset:
                            web=web_search_config(settings), fetch_policy=fetch_policy(settings))
 
 
-def worker_policy(settings: Settings, toolset: Toolset) -> FilePolicy:
-    """The policy file (CADRE_POLICY_FILE, else the bundled default), checked against every
-    tool Cadre knows -- those this worker offers and the built-in ones it could."""
+def known_tools(toolset: Toolset) -> set[str]:
+    """Every tool Cadre knows: those this worker offers and the built-in ones it could (a
+    file naming a tool this configuration lacks is still valid elsewhere)."""
     every_builtin = builtin_toolset(with_sql=True, with_python=True, with_email=True,
                                     with_memory=True, fetch_policy=FetchPolicy())
-    known = {t.name for t in toolset} | {t.name for t in every_builtin}
+    return {t.name for t in toolset} | {t.name for t in every_builtin}
+
+
+def worker_policy(settings: Settings, toolset: Toolset) -> FilePolicy:
+    """The policy file (CADRE_POLICY_FILE, else the bundled default), checked against every
+    tool Cadre knows."""
     try:
-        return load_policy(settings.policy_file, known_tools=known)
+        return load_policy(settings.policy_file, known_tools=known_tools(toolset))
     except PolicyError as exc:
         raise ConfigError(f"{exc} (CADRE_POLICY_FILE)") from None
+
+
+def worker_agents(settings: Settings, toolset: Toolset) -> AgentProfiles:
+    """The agent profiles (CADRE_AGENTS_FILE, else the bundled ones), checked against every
+    tool Cadre knows."""
+    try:
+        return load_agents(settings.agents_file, known_tools=known_tools(toolset))
+    except AgentsError as exc:
+        raise ConfigError(f"{exc} (CADRE_AGENTS_FILE)") from None
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

@@ -27,7 +27,13 @@ from app.service import TaskService
 from app.settings import Settings
 from app.store import TaskStore
 from app.telemetry import configure_tracing, graph_tracing, shutdown_tracing
-from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
+from app.tooling import (
+    open_tool_deps,
+    worker_agents,
+    worker_policy,
+    worker_screen,
+    worker_toolset,
+)
 from app.webhooks import Deliverer
 from graph import compile_graph, make_chat_model, postgres_checkpointer
 from guardrails.limits import UserQuotas
@@ -73,6 +79,8 @@ async def run_worker(
     if toolset is None:
         toolset = await worker_toolset(settings)
     policy = await asyncio.to_thread(worker_policy, settings, toolset)
+    # Checked now, so a mistake stops the worker at start, naming the line.
+    agents = await asyncio.to_thread(worker_agents, settings, toolset)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size,
         idle_transaction_seconds=settings.db_idle_transaction_seconds
@@ -91,8 +99,9 @@ async def run_worker(
             tracing=graph_tracing(settings, model_url),
         )
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "
-                 "injection screening: %s", me, deps.queue.url, len(toolset),
-                 settings.worker_concurrency, policy.source, executor.screen.name)
+                 "agent profiles %s (%d); injection screening: %s", me, deps.queue.url,
+                 len(toolset), settings.worker_concurrency, policy.source, agents.source,
+                 len(agents), executor.screen.name)
         # Alive before the first lease: a sweeper frees the tasks of a worker with no key.
         await mark_alive(deps.redis, me, _alive_for(settings))
         heartbeat = asyncio.create_task(_heartbeat(deps, executor, stop))

@@ -14,7 +14,6 @@ A file that is not valid -- bad TOML, an unknown tool, role, verdict or conditio
 from __future__ import annotations
 
 import fnmatch
-import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
+from guardrails.tomlfile import TomlFile
 from guardrails.verdict import Verdict, allow, deny, require_approval
 
 Risk = Literal["read_only", "side_effect", "destructive"]
@@ -229,37 +229,10 @@ def parse_policy(text: str, *, source: str = "<policy>",
     return _Validator(text, source, set(known_tools) if known_tools is not None else None).run(data)
 
 
-class _Validator:
+class _Validator(TomlFile):
     def __init__(self, text: str, source: str, known: set[str] | None) -> None:
-        self.lines = text.splitlines()
-        self.source = source
+        super().__init__(text, source, error=PolicyError)
         self.known = known
-
-    def fail(self, problem: str, *, section: str | None = None, index: int = 0,
-             token: str | None = None) -> PolicyError:
-        line = self._locate(section, index, token)
-        where = f"{self.source}, line {line}" if line else self.source
-        return PolicyError(f"{where}: {problem}")
-
-    def _locate(self, section: str | None, index: int, token: str | None) -> int | None:
-        """The line of `token` inside the `index`-th `[section]`/`[[section]]` (1-based)."""
-        start, end = 0, len(self.lines)
-        if section is not None:
-            header = re.compile(r"^\s*\[\[?\s*" + re.escape(section) + r"\s*\]\]?\s*(#.*)?$")
-            found = [i for i, line in enumerate(self.lines) if header.match(line)]
-            if index < len(found):
-                start = found[index]
-                end = next((i for i in range(start + 1, len(self.lines))
-                            if self.lines[i].lstrip().startswith("[")), len(self.lines))
-                if token is None:
-                    return start + 1
-        if token is not None:
-            pattern = re.compile(r"(?<![\w.-])" + re.escape(token) + r"(?![\w.-])")
-            for i in range(start, end):
-                if pattern.search(self.lines[i].split("#", 1)[0]):
-                    return i + 1
-            return start + 1 if section is not None else None
-        return None
 
     def verdict(self, value: Any, *, section: str | None, index: int = 0,
                 token: str | None = None) -> VerdictName:
