@@ -144,8 +144,9 @@ async def write_chunks(db: asyncpg.Pool, document_id: str, title: str, body: str
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
             """
-            INSERT INTO kb_chunks (document_id, ordinal, title, body)
-            SELECT $1::uuid, t.ordinal - 1, $2, t.body
+            INSERT INTO kb_chunks (document_id, user_id, ordinal, title, body)
+            SELECT $1::uuid, (SELECT user_id FROM kb_documents WHERE id = $1::uuid),
+                   t.ordinal - 1, $2, t.body
             FROM unnest($3::text[]) WITH ORDINALITY AS t(body, ordinal)
             ON CONFLICT (document_id, ordinal) DO UPDATE
                 SET title = EXCLUDED.title, body = EXCLUDED.body,

@@ -39,11 +39,22 @@ _BY_WORDS = f"""
     LIMIT $3
 """
 
+# The shared passages through their HNSW index, the user's own exactly: one index scan over
+# everyone's, filtered afterwards (pgvector 0.6), could lose a user's passages.
+_MEANING_COLUMNS = f"""c.id, c.document_id, d.title, d.source,
+           left(c.body, {2 * SNIPPET_CHARS}) AS opening, c.embedding <=> $1::vector AS distance"""
 _BY_MEANING = f"""
-    SELECT c.id, c.document_id, d.title, d.source, left(c.body, {2 * SNIPPET_CHARS}) AS opening
-    FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id
-    WHERE c.embedding_model = $4 AND {_VISIBLE}
-    ORDER BY c.embedding <=> $1::vector
+    (SELECT {_MEANING_COLUMNS}
+     FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id
+     WHERE c.user_id IS NULL AND c.embedding_model = $4
+     ORDER BY c.embedding <=> $1::vector LIMIT $3)
+    UNION ALL
+    (SELECT {_MEANING_COLUMNS}
+     FROM kb_chunks c JOIN kb_documents d ON d.id = c.document_id
+     WHERE c.user_id = (SELECT user_id FROM tasks WHERE id::text = $2)
+       AND c.embedding_model = $4
+     ORDER BY distance LIMIT $3)
+    ORDER BY distance
     LIMIT $3
 """
 

@@ -2,8 +2,8 @@
 new tasks may start from), long-term memories, and the knowledge base's chunks for hybrid
 retrieval. Every vector has 384 dimensions (tools/embeddings.py); the model that made it is
 kept beside it, and searches match on it, so vectors of two models are never compared. The
-shared knowledge base has an HNSW index for cosine distance; a user's own cache entries and
-memories are searched exactly.
+shared knowledge base's passages have an HNSW index for cosine distance; a user's own
+passages, cache entries and memories are searched exactly.
 
 Production needs only `CREATE EXTENSION vector` run once by an administrator (the embedded
 PostgreSQL carries the extension; the migration creates it where the role may).
@@ -86,6 +86,8 @@ def upgrade() -> None:
     CREATE TABLE kb_chunks (
         id              bigserial PRIMARY KEY,
         document_id     uuid NOT NULL REFERENCES kb_documents(id) ON DELETE CASCADE,
+        -- The document's owner (NULL: shared), copied so the indexes can tell them apart.
+        user_id         uuid REFERENCES users(id) ON DELETE CASCADE,
         ordinal         integer NOT NULL,
         title           text NOT NULL,
         body            text NOT NULL,
@@ -97,7 +99,11 @@ def upgrade() -> None:
         UNIQUE (document_id, ordinal)
     );
     CREATE INDEX kb_chunks_tsv_idx ON kb_chunks USING gin (tsv);
-    CREATE INDEX kb_chunks_embedding_idx ON kb_chunks USING hnsw (embedding vector_cosine_ops);
+    -- The shared passages by meaning through HNSW; a user's own exactly (by user_id), so
+    -- none is lost to the index scan's filtering (pgvector 0.6 filters afterwards).
+    CREATE INDEX kb_chunks_shared_embedding_idx ON kb_chunks
+        USING hnsw (embedding vector_cosine_ops) WHERE user_id IS NULL;
+    CREATE INDEX kb_chunks_user_idx ON kb_chunks (user_id) WHERE user_id IS NOT NULL;
     """)
 
 
