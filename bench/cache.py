@@ -19,10 +19,16 @@ requests come in a seeded random order, each asked twice on average.
    model that takes 1 s a call: a full run of a 4-call task vs the same request reworded,
    answered from the cache. Time from submit to the SUCCEEDED status, median of `--runs`.
 3. The embedded model's speed: single queries a second, and passages a second in batches.
+4. Retrieval quality: this checkout's README and docs seeded into the knowledge base as
+   `cadre up` does, embedded with the embedded model, and `RETRIEVAL` (questions a user
+   might ask, written in other words than the docs use, each with the sections that answer
+   it) searched by words only and by the hybrid search: recall at 1 and 5, and mean
+   reciprocal rank.
 
 Asserts nothing.
 
-    .venv/bin/python bench/cache.py [--repeats 2] [--runs 5] [--seed 7]
+    .venv/bin/python bench/cache.py [--repeats 2] [--runs 5] [--seed 7] [--verbose]
+                                    [--only decisions|latency|speed|retrieval]
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import migrate
+from app import kb, migrate
 from app.api import create_app
 from app.deps import open_deps
 from app.keys import create_key
@@ -59,6 +65,7 @@ from app.tooling import embedder_for
 from app.worker import run_worker
 from graph.testing import ScriptedModel, call, plan, reply, serving, verdict
 from tools import ToolContext, Toolset
+from tools.builtin.retrieval import hybrid_search
 from tools.embeddings import Embedder
 
 MODEL_SECONDS = 1.0
@@ -299,6 +306,69 @@ async def latency(settings: Settings, runs: int) -> None:
           f"(p90 {sorted(cached)[int(0.9 * (len(cached) - 1))] * 1000:.0f} ms)")
 
 
+# -- 4. retrieval quality --------------------------------------------------------------------
+
+# A question, and the sections that answer it ("file#heading" prefixes of a hit's source).
+RETRIEVAL: list[tuple[str, tuple[str, ...]]] = [
+    ("How do I stop one person from spending too many model tokens in a day?",
+     ("security.md|Limits and quotas", "README.md|Configuration")),
+    ("How can my server be told over HTTP when a job is done?", ("README.md|Webhooks",)),
+    ("Can another agent framework talk to Cadre as a peer?", ("README.md|A2A",)),
+    ("How do I let a desktop assistant like Claude use Cadre's tools?",
+     ("README.md|MCP server",)),
+    ("How do I run this on Kubernetes?", ("README.md|Production",)),
+    ("Who decides whether a tool call needs a human to say yes?",
+     ("security.md|The policy file", "tools.md|Risk, approval")),
+    ("How are passwords and keys hidden in a shared chat log?", ("security.md|Redaction",)),
+    ("What does the agent keep about me from one chat to the next?", ("memory.md|",)),
+    ("How do I add my own tool to the agent?", ("tools.md|Writing a tool", "tools.md|Plug-ins")),
+    ("Where does the agent's code run, and can it reach the internet?",
+     ("tools.md|`python`", "security.md|What is isolated")),
+    ("How many people can watch one task live at the same time?",
+     ("performance.md|Live streams",)),
+    ("What happens to a running job when its machine dies?",
+     ("performance.md|Crash resume", "architecture.md|takeover")),
+    ("How does a reworded question get an instant answer?", ("caching.md|",)),
+    ("How is a long uploaded file split up for search?", ("retrieval.md|",)),
+]
+
+
+def _answers(source: str, answers: tuple[str, ...]) -> bool:
+    """Whether a hit's source ("file#title: heading") is one of `answers` ("file|heading")."""
+    name, _, title = source.partition("#")
+    return any(name == file and heading in title
+               for file, _, heading in (a.partition("|") for a in answers))
+
+
+def corpus() -> tuple[list[Path], list[list[tuple[str, str]]]]:
+    """This checkout's README and docs by section, as `cadre up` seeds them."""
+    root = Path(__file__).resolve().parent.parent
+    paths = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return paths, [kb.sections(p) for p in paths]
+
+
+async def retrieval(db: asyncpg.Pool, embedder: Embedder) -> None:
+    paths, found = await asyncio.to_thread(corpus)
+    started = time.perf_counter()
+    await kb.seed(db, paths, found, embedder)
+    passages = await db.fetchval("SELECT count(*) FROM kb_chunks")
+    seeded = time.perf_counter() - started
+    print(f"\n4. Retrieval: {len(RETRIEVAL)} questions over this checkout's README and docs "
+          f"({passages} passages, seeded and embedded in {seeded:.0f} s)")
+    nobody = "00000000-0000-0000-0000-000000000000"  # no task: the shared documents only
+    for name, search_with in (("words only (full-text)", None), ("hybrid (words + meaning)",
+                                                                 embedder)):
+        ranks = []
+        for question, answers in RETRIEVAL:
+            hits = await hybrid_search(db, search_with, question, task_id=nobody, limit=10)
+            rank = next((i for i, h in enumerate(hits, start=1)
+                         if _answers(h.source, answers)), None)
+            ranks.append(rank)
+        at = {k: sum(1 for r in ranks if r is not None and r <= k) / len(ranks) for k in (1, 5)}
+        mrr = sum(1 / r for r in ranks if r is not None) / len(ranks)
+        print(f"  {name:<26} recall@1 {at[1]:5.0%}  recall@5 {at[5]:5.0%}  MRR {mrr:.2f}")
+
+
 # -- 3. the embedding model ---------------------------------------------------------------------
 
 
@@ -320,20 +390,24 @@ async def speed(embedder: Embedder) -> None:
 
 
 async def _bench(settings: Settings, repeats: int, runs: int, seed: int, *, verbose: bool,
-                 decisions_only: bool) -> None:
+                 only: str | None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     embedder = embedder_for(settings)
     assert embedder is not None
     await asyncio.to_thread(embedder.connect)
     db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     try:
-        await decisions(db, embedder, workload(repeats, seed), name="the workload the "
-                        "guards were tuned on", verbose=verbose)
-        await decisions(db, embedder, workload(repeats, seed, HELD_OUT),
-                        name="held out (not used for tuning)", verbose=verbose)
-        if not decisions_only:
+        if only in (None, "decisions"):
+            await decisions(db, embedder, workload(repeats, seed), name="the workload the "
+                            "guards were tuned on", verbose=verbose)
+            await decisions(db, embedder, workload(repeats, seed, HELD_OUT),
+                            name="held out (not used for tuning)", verbose=verbose)
+        if only in (None, "latency"):
             await latency(settings, runs)
+        if only in (None, "speed"):
             await speed(embedder)
+        if only in (None, "retrieval"):
+            await retrieval(db, embedder)
     finally:
         await db.close()
         await embedder.aclose()
@@ -347,8 +421,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="latency samples (at most 10)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--verbose", action="store_true", help="print every false hit")
-    parser.add_argument("--decisions-only", action="store_true",
-                        help="part 1 only (no service, no speed)")
+    parser.add_argument("--only", choices=["decisions", "latency", "speed", "retrieval"],
+                        help="run one part only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             ephemeral_services(Path(tmp), embeddings=True) as running:
@@ -367,7 +441,7 @@ def main() -> None:
             embedding_base_url=running.embeddings_url, embedding_input_type=True,
             model_cache=False, plan_reuse=False)
         asyncio.run(_bench(settings, args.repeats, min(args.runs, 10), args.seed,
-                           verbose=args.verbose, decisions_only=args.decisions_only))
+                           verbose=args.verbose, only=args.only))
 
 
 if __name__ == "__main__":

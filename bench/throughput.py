@@ -18,7 +18,8 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, float]:
+async def submit_and_wait(http: httpx.AsyncClient, deps: Any,
+                          count: int) -> tuple[dict[str, float], float, float]:
+    """Submit `count` tasks at once and wait until every one has ended; returns the submit time
+    of each task id, and when the round began and ended."""
     submitted: dict[str, float] = {}
 
     async def submit(n: int) -> None:
@@ -77,7 +81,13 @@ async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, fl
         if done == count:
             break
         await asyncio.sleep(0.25)
-    ended = time.time()
+    return submitted, began, time.time()
+
+
+async def summarise(deps: Any, submitted: dict[str, float], began: float,
+                    ended: float) -> dict[str, float]:
+    """tasks/s, time to first event and task duration of a round `submit_and_wait` ran."""
+    count = len(submitted)
     rows = await deps.db.fetch("SELECT id, status, started_at, finished_at FROM tasks "
                                "WHERE id = ANY($1::uuid[])", list(submitted))
     failed = sum(1 for r in rows if r["status"] != "SUCCEEDED")
@@ -95,39 +105,88 @@ async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, fl
             "failed": failed}
 
 
+async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, float]:
+    return await summarise(deps, *await submit_and_wait(http, deps, count))
+
+
+def worker_env(env: dict[str, str], model_url: str) -> dict[str, str]:
+    return {**env, "OPENAI_BASE_URL": model_url, "CADRE_MODEL": "fake",
+            "CADRE_LOG_LEVEL": "WARNING"}
+
+
+async def start_workers(deps: Any, env: dict[str, str],
+                        count: int) -> list[asyncio.subprocess.Process]:
+    """Start `count` `cadre worker` processes and wait until each has registered."""
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "worker", env=env, cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL) for _ in range(count)]
+    while len([k async for k in deps.redis.scan_iter("cadre:workers:*")]) < count:
+        await asyncio.sleep(0.2)
+    return procs
+
+
+async def stop_workers(deps: Any, procs: list[asyncio.subprocess.Process]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    await asyncio.gather(*(p.wait() for p in procs))
+    while [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
+        await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def api_client(deps: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The real API served in this process, and an HTTP client for it with an analyst's key."""
+    key = (await create_key(deps.db, email="bench@example.com", role="analyst")).secret
+    async with serving(create_app(deps=deps)) as port, httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=120,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=200)) as http:
+        yield http
+
+
 async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
                  tasks_list: list[int], latency: float) -> None:
-    async with FakeOpenAIServer() as model, open_deps(settings) as deps, AsyncExitStack() as stack:
+    async with FakeOpenAIServer() as model, open_deps(settings) as deps, api_client(deps) as http:
         model.responder = _model(latency)
-        key = (await create_key(deps.db, email="bench@example.com", role="analyst")).secret
-        port = await stack.enter_async_context(serving(create_app(deps=deps)))
-        worker_env = {**env, "OPENAI_BASE_URL": model.base_url, "CADRE_MODEL": "fake",
-                      "CADRE_LOG_LEVEL": "WARNING"}
         print(f"model latency {latency:g}s per call, 3 calls per task, "
               f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker")
         print(f"{'workers':>7} {'tasks':>6} {'tasks/s':>8} {'TTFE p50':>9} {'TTFE p99':>9} "
               f"{'task p50':>9} {'per day':>10} {'failed':>6}")
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120,
-                                     headers={"Authorization": f"Bearer {key}"},
-                                     limits=httpx.Limits(max_connections=200)) as http:
-            for n_workers in workers_list:
-                procs = [await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "app.cli", "worker", env=worker_env, cwd=ROOT,
-                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL) for _ in range(n_workers)]
-                while len([k async for k in deps.redis.scan_iter("cadre:workers:*")]) < n_workers:
-                    await asyncio.sleep(0.2)
-                for count in tasks_list:
-                    r = await _round(http, deps, count)
-                    print(f"{n_workers:>7} {count:>6} {r['tasks_per_s']:>8.2f} "
-                          f"{r['ttfe_p50']:>8.2f}s {r['ttfe_p99']:>8.2f}s {r['duration_p50']:>8.2f}s "
-                          f"{r['tasks_per_s'] * 86400:>10,.0f} {int(r['failed']):>6}")
-                for proc in procs:
-                    proc.send_signal(signal.SIGTERM)
-                await asyncio.gather(*(p.wait() for p in procs))
-                while [k async for k in deps.redis.scan_iter("cadre:workers:*")]:
-                    await asyncio.sleep(0.2)
+        for n_workers in workers_list:
+            procs = await start_workers(deps, worker_env(env, model.base_url), n_workers)
+            for count in tasks_list:
+                r = await _round(http, deps, count)
+                print(f"{n_workers:>7} {count:>6} {r['tasks_per_s']:>8.2f} "
+                      f"{r['ttfe_p50']:>8.2f}s {r['ttfe_p99']:>8.2f}s {r['duration_p50']:>8.2f}s "
+                      f"{r['tasks_per_s'] * 86400:>10,.0f} {int(r['failed']):>6}")
+            await stop_workers(deps, procs)
     print("target: 10,000 tasks/day (0.12 tasks/s)")
+
+
+@contextmanager
+def bench_stack(tmp: Path, concurrency: int) -> Iterator[tuple[Settings, dict[str, str]]]:
+    """Postgres, Redis and the SQS endpoint (no embedding model) under `tmp`, migrated, with a
+    queue; yields the API's settings and the environment for `cadre worker` processes."""
+    with ephemeral_services(tmp) as running:
+        root, pg = tmp, running.postgres
+        assert running.sqs_endpoint is not None
+        client = sqs_client(region="us-east-1", endpoint_url=running.sqs_endpoint,
+                            access_key_id="cadre-local", secret_access_key="cadre-local")
+        queue = ensure_queues(client, "bench", max_receive_count=5)
+        migrate.upgrade(pg.url)
+        env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": running.redis_url,
+               "SQS_QUEUE_URL": queue.url, "AWS_ENDPOINT_URL_SQS": running.sqs_endpoint,
+               "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS,
+               "CADRE_WORKER_CONCURRENCY": str(concurrency),
+               "CADRE_SQS_WAIT_SECONDS": "1", "CADRE_HOME": str(root / ".cadre")}
+        settings = Settings.of(database_url=pg.url, redis_url=running.redis_url,
+                               sqs_queue_url=queue.url, aws_endpoint_url_sqs=running.sqs_endpoint,
+                               aws_access_key_id="cadre-local",
+                               aws_secret_access_key="cadre-local", db_pool_size=20,
+                               # One user submits every round at once; measure, don't limit.
+                               rate_limit="1000000/minute", max_concurrent_tasks=1_000_000)
+        yield settings, env
 
 
 def main() -> None:
@@ -138,24 +197,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
-            ephemeral_services(Path(tmp)) as running:
-        root, pg = Path(tmp), running.postgres
-        assert running.sqs_endpoint is not None
-        client = sqs_client(region="us-east-1", endpoint_url=running.sqs_endpoint,
-                            access_key_id="cadre-local", secret_access_key="cadre-local")
-        queue = ensure_queues(client, "bench", max_receive_count=5)
-        migrate.upgrade(pg.url)
-        env = {**os.environ, "DATABASE_URL": pg.url, "REDIS_URL": running.redis_url,
-               "SQS_QUEUE_URL": queue.url, "AWS_ENDPOINT_URL_SQS": running.sqs_endpoint,
-               "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS,
-               "CADRE_WORKER_CONCURRENCY": str(args.concurrency),
-               "CADRE_SQS_WAIT_SECONDS": "1", "CADRE_HOME": str(root / ".cadre")}
-        settings = Settings.of(database_url=pg.url, redis_url=running.redis_url,
-                               sqs_queue_url=queue.url, aws_endpoint_url_sqs=running.sqs_endpoint,
-                               aws_access_key_id="cadre-local",
-                               aws_secret_access_key="cadre-local", db_pool_size=20,
-                               # One user submits every round at once; measure, don't limit.
-                               rate_limit="1000000/minute", max_concurrent_tasks=1_000_000)
+            bench_stack(Path(tmp), args.concurrency) as (settings, env):
         asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
                            [int(t) for t in args.tasks.split(",")], args.latency))
 
