@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from guardrails.tomlfile import TomlFile
+from guardrails.tomlfile import TomlFile, read_text
 
 DEFAULT_FILE = Path(__file__).with_name("agents.toml")
 DEFAULT_MAX_ITERATIONS = 8
@@ -59,11 +59,7 @@ def load_agents(path: Path | None = None, *,
     """Read and validate a profiles file (the bundled one when `path` is None); tool names
     are checked against `known_tools` when given. Raises AgentsError naming file and line."""
     path = path or DEFAULT_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AgentsError(f"agent profiles file {path}: cannot read it "
-                          f"({exc.strerror or exc})") from None
+    text = read_text(path, "agent profiles file", AgentsError)
     return parse_agents(text, source=str(path), known_tools=known_tools)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
-from guardrails.tomlfile import TomlFile
+from guardrails.tomlfile import TomlFile, read_text
 from guardrails.verdict import Verdict, allow, deny, require_approval
 
 Risk = Literal["read_only", "side_effect", "destructive"]
@@ -213,10 +213,7 @@ def load_policy(path: Path | None = None, *, known_tools: Iterable[str] | None =
     """Read and validate a policy file (the bundled default when `path` is None). Tool names
     are checked against `known_tools` when given. Raises PolicyError naming file and line."""
     path = path or DEFAULT_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"policy file {path}: cannot read it ({exc.strerror or exc})") from None
+    text = read_text(path, "policy file", PolicyError)
     return parse_policy(text, source=str(path), known_tools=known_tools)
 
 

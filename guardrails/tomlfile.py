@@ -4,6 +4,15 @@ name the file and the line the problem is on."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+
+def read_text(path: Path, what: str, error: type[ValueError]) -> str:
+    """The file's text, or `error` saying which file could not be read and why."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
 
 
 class TomlFile:

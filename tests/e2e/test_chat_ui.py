@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from graph.testing import FakeOpenAIServer, FakeResponse, completion
 from tests.cli import run_cadre
-from tests.e2e.conftest import type_and_send
+from tests.e2e.conftest import signed_in, type_and_send
 from tests.stack import UpProcess, stack_file
 from tests.test_csv_email_flow import CSV, csv_flow_model
 
@@ -57,18 +57,6 @@ class Shots:
         await page.screenshot(path=str(self.folder / f"{self.taken:02d}-{name}.png"))
 
 
-async def _signed_in(browser: Browser, base: str, email: str, key: str) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(WAIT_MS)
-    page = await context.new_page()
-    await page.goto("/login")
-    await page.fill("#email", email)
-    await page.fill("#password", key)
-    await page.keyboard.press("Enter")
-    await expect(page.locator("#chat-input")).to_be_visible()
-    return context, page
-
-
 async def _send(page: Page, text: str, attachment: Path | None = None) -> None:
     if attachment is not None:
         await page.set_input_files("#upload-button-input", str(attachment))
@@ -95,7 +83,7 @@ async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Brows
         bob_key = re.search(r"cadre_[\w-]+", made.stdout).group(0)  # type: ignore[union-attr]
 
         # Sign in; the chat says which model answers.
-        context, page = await _signed_in(browser, base, "admin@localhost", admin_key)
+        context, page = await signed_in(browser, base, "admin@localhost", admin_key)
         await expect(page.get_by_text("Model: scripted")).to_be_visible()
         await shots(page, "signed-in")
 
@@ -161,7 +149,7 @@ async def test_the_csv_to_email_task_from_the_chat(start_up: Any, browser: Brows
         await reader.screenshot(path=str(shots.folder / "transcript.png"), full_page=True)
 
         # Another user sees none of it.
-        bob_context, bob = await _signed_in(browser, base, "bob@example.com", bob_key)
+        bob_context, bob = await signed_in(browser, base, "bob@example.com", bob_key)
         await expect(bob.get_by_text("Analyse this CSV")).to_have_count(0)
         refused = await bob.request.get(f"/project/thread/{thread}")
         assert refused.status == 401
