@@ -8,9 +8,11 @@ Postgres is the postmaster and all its backends, each worker its whole process t
 idle window first (workers up, no tasks) gives each component's background cost.
 
 With py-spy (on PATH or `--py-spy PATH`) it then runs one more round at the first task count
-with every worker and this process (API + load generator) sampled, and prints the hottest
-functions by self and inclusive time and the share of samples per package. The psutil rounds
-run without py-spy, so its own cost (also printed) does not skew them. Asserts nothing.
+with every worker and this process (API + load generator) sampled (`--gil`: the
+thread holding the GIL, i.e. Python's own CPU, not C code that released it), and prints the
+hottest functions by self and inclusive time and the share of samples per package. The
+psutil rounds run without py-spy, so its own cost (also printed) does not skew them. Asserts
+nothing.
 
     .venv/bin/python bench/cpu_profile.py [--workers 2] [--tasks 200,30] [--concurrency 64]
                                           [--latency 1.0] [--warmup 20] [--idle 5]
@@ -132,6 +134,10 @@ def print_cpu(used: dict[str, float], tasks: int, wall: float,
             net = (used[label] - rate * wall) / tasks * 1000
             line += f" {rate * 1000:>9.1f} {net:>19.1f}"
         print(line)
+    workers = [v for k, v in used.items() if k.startswith("worker ")]
+    if len(workers) > 1:
+        print(f"  {'(all workers)':<38} {sum(workers):>7.2f} {sum(workers) / tasks * 1000:>8.1f} "
+              f"{sum(workers) / total:>6.1%}")
     cores = psutil.cpu_count() or 1
     print(f"  {'total':<38} {total:>7.2f} {total / tasks * 1000:>8.1f} {1:>6.0%}")
     print(f"  {total:.1f} CPU s in {wall:.1f} s wall = {total / wall:.2f} of {cores} cores busy "
@@ -162,11 +168,13 @@ _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 _STDLIB = Path(sys.base_prefix, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}")
 _GROUPS = {"boto3": "botocore/boto3", "botocore": "botocore/boto3", "s3transfer": "botocore/boto3",
            "pydantic": "pydantic", "pydantic_core": "pydantic", "httpx": "httpx/httpcore",
-           "httpcore": "httpx/httpcore", "h11": "h11", "psycopg": "psycopg",
+           "httpcore": "httpx/httpcore", "httpx2": "httpx2/httpcore2 (openai's)",
+           "httpcore2": "httpx2/httpcore2 (openai's)", "h11": "h11", "psycopg": "psycopg",
            "psycopg_pool": "psycopg", "langchain_core": "langchain_core",
            "langchain_openai": "langchain_openai", "redis": "redis", "asyncpg": "asyncpg",
            "openai": "openai", "ormsgpack": "ormsgpack", "uvicorn": "uvicorn",
            "starlette": "starlette", "fastapi": "fastapi", "anyio": "anyio"}
+_ROOTS = {"Handle._run", "_worker", "Thread.run", "Thread._bootstrap_inner"}
 # Frames every sample of an asyncio program passes through: left out of the inclusive list.
 _PLUMBING = ("asyncio", "threading", "runpy", "concurrent", "selectors", "contextvars")
 
@@ -205,6 +213,16 @@ class Frame:
         return f"{self.name} ({f}:{self.line})" if self.line else f"{self.name} ({f})"
 
 
+def _root_depth(frames: tuple[Frame, ...]) -> int:
+    """Where the work begins in a stack: below the last event-loop callback or thread-pool
+    frame (`main`, typer, `asyncio.run`, ... above it are in every sample of their thread)."""
+    depth = 0
+    for i, frame in enumerate(frames):
+        if frame.name in _ROOTS and frame.package.startswith("stdlib "):
+            depth = i + 1
+    return depth
+
+
 def parse_raw(path: Path) -> list[tuple[tuple[Frame, ...], int]]:
     """py-spy's raw (collapsed) output: one stack per line, outermost frame first, then a count."""
     stacks = []
@@ -233,7 +251,7 @@ def print_profile(title: str, stacks: list[tuple[tuple[Frame, ...], int]], top: 
     for frames, n in stacks:
         self_f[frames[-1]] += n
         self_p[frames[-1].package] += n
-        for frame in set(frames):
+        for frame in set(frames[_root_depth(frames):]):
             incl_f[frame] += n
         for package in {f.package for f in frames}:
             incl_p[package] += n
@@ -242,12 +260,10 @@ def print_profile(title: str, stacks: list[tuple[tuple[Frame, ...], int]], top: 
     print(f"  top {top} by self time")
     for frame, n in self_f.most_common(top):
         print(f"    {n / total:>6.1%}  {frame.short}")
-    print(f"  top {top} by inclusive time (asyncio plumbing, frames in > 97 % of samples left out)")
+    print(f"  top {top} by inclusive time (below the event loop or thread pool; asyncio left out)")
     shown = 0
     for frame, n in incl_f.most_common():
-        plumbing = frame.package.startswith("stdlib ") and frame.package[7:] in _PLUMBING
-        # A frame under nearly every sample (`main`, the worker's run loop) says nothing.
-        if plumbing or frame.name == "<module>" or n / total > 0.97:
+        if frame.package.startswith("stdlib ") and frame.package[7:] in _PLUMBING:
             continue
         print(f"    {n / total:>6.1%}  {frame.short}")
         shown += 1
@@ -260,11 +276,16 @@ def print_profile(title: str, stacks: list[tuple[tuple[Frame, ...], int]], top: 
         print(f"    {package:<26} {n / total:>6.1%} {incl_p[package] / total:>9.1%}")
 
 
+_LOAD = {"submit_and_wait", "submit_and_wait.<locals>.submit", "summarise", "_round",
+         "sample", "delta"}
+
+
 def split_bench(stacks: list[tuple[tuple[Frame, ...], int]]) -> None:
     """This process runs the API and the load generator on one event loop: a sample whose stack
-    passes through bench/ is the load generator's (its HTTP client and DB polling)."""
+    passes through the load generator's coroutines (its HTTP client and DB polling) is its."""
     total = sum(n for _, n in stacks) or 1
-    load = sum(n for frames, n in stacks if any(f.package == "bench" for f in frames))
+    load = sum(n for frames, n in stacks if any(
+        f.package == "bench" and f.name in _LOAD for f in frames))
     print(f"  of which the load generator (stack through bench/): {load / total:.1%}; "
           f"the rest is the API server and the event loop's own work")
 
@@ -281,11 +302,17 @@ async def _serve_model(latency: float) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
+# Every round's task texts differ: the model-call cache (on by default) would answer a text
+# seen in an earlier round without calling the model.
+_rounds: list[int] = []
+
+
 async def _round(http: Any, deps: Any, count: int, named: dict[int, str], workers: int,
                  concurrency: int, idle: dict[str, float] | None) -> dict[str, float]:
     _mark_machine()
     before = sample(named)
-    submitted, began, ended = await submit_and_wait(http, deps, count)
+    _rounds.append(count)
+    submitted, began, ended = await submit_and_wait(http, deps, count, f"round {len(_rounds)} task")
     used = delta(before, sample(named))
     r = await summarise(deps, submitted, began, ended)
     wall = ended - began
@@ -313,7 +340,7 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
             print(f"model latency {args.latency:g}s per call, 3 calls per task, {args.workers} "
                   f"workers x {args.concurrency} tasks at once, {psutil.cpu_count()} cores")
             if args.warmup:
-                await submit_and_wait(http, deps, args.warmup)
+                await submit_and_wait(http, deps, args.warmup, "warm-up task")
                 print(f"warm-up: {args.warmup} tasks (not counted)")
             idle = None
             if args.idle > 0:
@@ -340,14 +367,17 @@ async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str
                           out_dir: Path) -> None:
     targets = {"api": os.getpid(), **{f"worker{i + 1}": p.pid for i, p in enumerate(procs)}}
     flags = ["--format", "raw", "--function", "--full-filenames", "--rate", str(args.rate)]
-    if not args.blocking:
+    if args.nonblocking:
         flags.append("--nonblocking")
+    if not args.all_threads:
+        flags.append("--gil")
     spies = {name: await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(pid), "-o", str(out_dir / f"{name}.txt"), *flags,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         for name, pid in targets.items()}
     await asyncio.sleep(1.0)  # let py-spy attach
-    print(f"\n== profiled round: py-spy {'' if args.blocking else '--nonblocking '}at "
+    print(f"\n== profiled round: py-spy {'--nonblocking ' if args.nonblocking else ''}"
+          f"{'' if args.all_threads else '--gil '}at "
           f"{args.rate}/s on the API process and each worker ==")
     r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
     errors = {}
@@ -386,8 +416,13 @@ def main() -> None:
     parser.add_argument("--py-spy", dest="py_spy", default=shutil.which("py-spy"))
     parser.add_argument("--no-py-spy", dest="py_spy", action="store_const", const=None)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    parser.add_argument("--blocking", action="store_true",
-                        help="let py-spy pause the process for each sample (more exact, slower)")
+    parser.add_argument("--nonblocking", action="store_true",
+                        help="py-spy reads stacks without pausing the process: cheaper, but "
+                             "some stacks are torn (on this machine it put 5 %% of a worker's "
+                             "samples in a 6 us `span()` call)")
+    parser.add_argument("--all-threads", action="store_true",
+                        help="py-spy samples every thread it sees running, not only the one "
+                             "holding the GIL (counts threads waiting for a core too)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="directory to keep py-spy's raw stacks in")
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import statistics
@@ -60,15 +61,15 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def submit_and_wait(http: httpx.AsyncClient, deps: Any,
-                          count: int) -> tuple[dict[str, float], float, float]:
-    """Submit `count` tasks at once and wait until every one has ended; returns the submit time
-    of each task id, and when the round began and ended."""
+async def submit_and_wait(http: httpx.AsyncClient, deps: Any, count: int,
+                          label: str = "task") -> tuple[dict[str, float], float, float]:
+    """Submit `count` tasks ("{label} 0", "{label} 1", ...) at once and wait until every one
+    has ended; returns the submit time of each task id, and when the round began and ended."""
     submitted: dict[str, float] = {}
 
     async def submit(n: int) -> None:
         sent = time.time()
-        response = await http.post("/v1/tasks", json={"input": f"task {n}"})
+        response = await http.post("/v1/tasks", json={"input": f"{label} {n}"})
         response.raise_for_status()
         submitted[response.json()["id"]] = sent
 
@@ -105,8 +106,14 @@ async def summarise(deps: Any, submitted: dict[str, float], began: float,
             "failed": failed}
 
 
+_ROUNDS = itertools.count(1)
+
+
 async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, float]:
-    return await summarise(deps, *await submit_and_wait(http, deps, count))
+    # New words each round: the model-call cache (on by default) would answer a text asked
+    # in an earlier round without the model, and the figures would be the cache's.
+    label = f"round {next(_ROUNDS)} task"
+    return await summarise(deps, *await submit_and_wait(http, deps, count, label))
 
 
 def worker_env(env: dict[str, str], model_url: str) -> dict[str, str]:
