@@ -378,12 +378,13 @@ async def speed(embedder: Embedder) -> None:
     for text in texts[:100]:
         await embedder.query(text)
     single = 100 / (time.perf_counter() - start)
-    passages = [f"{t} " * 8 for t in texts[:256]]  # ~60 tokens each, a knowledge-base chunk
+    passages = [f"{t} " * 8 for t in texts[:256]]  # a knowledge-base passage's length
+    words = statistics.mean(len(p.split()) for p in passages)
     start = time.perf_counter()
     await embedder.embed(passages, "passage")
     batch = len(passages) / (time.perf_counter() - start)
     print(f"\n3. {embedder.model} over HTTP on loopback (one thread): {single:.0f} queries/s "
-          f"one at a time, {batch:.0f} passages/s (~60 tokens) in batches of 32")
+          f"one at a time, {batch:.0f} passages/s ({words:.0f} words each) in batches of 32")
 
 
 # -----------------------------------------------------------------------------------------------
