@@ -25,6 +25,8 @@ come back to it as the tool's result, never as an exception out of the run.
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import inspect
 import json
 import logging
@@ -120,7 +122,13 @@ class Tool:
     _whole_model: bool = False
 
     def schema(self) -> dict[str, Any]:
-        """The OpenAI function-tool schema the model sees."""
+        """The OpenAI function-tool schema the model sees (a copy: the caller may change it)."""
+        return copy.deepcopy(self._schema)
+
+    @functools.cached_property
+    def _schema(self) -> dict[str, Any]:
+        # Built once: pydantic's model_json_schema() was 2 % of a worker's CPU when rebuilt
+        # for every model call (bench/cpu_profile.py).
         parameters = self.args_model.model_json_schema()
         parameters.pop("title", None)
         return {
