@@ -530,7 +530,10 @@ class Executor:
         row = await self.store.lease_state(task_id)
         if row is None or row["status"] in TERMINAL | {TaskStatus.PENDING_APPROVAL}:
             # A duplicate or stale delivery: nothing left to run for it.
-            if row is not None and row["status"] != TaskStatus.PENDING_APPROVAL:
+            if row is not None and row["status"] == TaskStatus.PENDING_APPROVAL:
+                # The run that held the call may have died before announcing the request.
+                await self.service.show_unshown_approvals(task_id)
+            elif row is not None:
                 await self._repair_end(task_id)
             log.info("task %s: message %s (delivery %s) came for a task that is %s; dropped",
                      task_id, message.message_id, body.delivery,

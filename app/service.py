@@ -23,7 +23,7 @@ import asyncpg
 
 from app.auth import Principal
 from app.deps import Deps
-from app.events import ErrorData, EventLog, StatusData
+from app.events import ApprovalRequiredData, ErrorData, EventLog, StatusData
 from app.problems import Problem, too_many_requests
 from app.queue import TaskMessage, TaskQueue
 from app.store import TaskStore, approval_row, task_steps
@@ -345,6 +345,8 @@ class TaskService:
                      answer: ApprovalDecision) -> dict[str, Any]:
         """Record a human's decision (idempotent) and enqueue the resume."""
         await self.owned(who, task_id)
+        # The request the person answers is on the record before the answer is.
+        await self.show_unshown_approvals(task_id)
         status: Literal["APPROVED", "REJECTED"] = "APPROVED" if answer.approved else "REJECTED"
         comment = answer.comment or None
         store = self.store
@@ -366,6 +368,24 @@ class TaskService:
         await self._send(task_id, resume=answer.model_copy(update={
             "approval_id": str(decided["id"])}))
         return approval_row(decided)
+
+
+    async def show_unshown_approvals(self, task_id: str) -> None:
+        """Publish `approval_required` for each pending approval of the task that has none:
+        a worker that died between recording the hold and announcing it left it unshown (the
+        approval itself is recorded with the hold, in one transaction)."""
+        pending = await self.store.approvals_of(task_id, pending_only=True)
+        if not pending:
+            return
+        shown = {e.data.approval_id for e in await self.events.history(task_id)
+                 if isinstance(e.data, ApprovalRequiredData)}
+        for approval in pending:
+            if approval["id"] not in shown:
+                await self.events.publish_all(task_id, [ApprovalRequiredData(
+                    approval_id=approval["id"], tool=approval["tool"],
+                    arguments=approval["arguments"], risk=approval["risk"],
+                    reason=approval["reason"] or ""),
+                    StatusData(status=TaskStatus.PENDING_APPROVAL)])
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from app.events import EventLog, stream_key
 from graph.testing import call, plan, reply, verdict
 from tests.service import Service
 
@@ -153,3 +154,30 @@ async def test_a_task_uses_the_sandboxed_python_across_steps(settings) -> None: 
         assert '"value": "42"' in results[0]["content"] and '"value": "43"' in results[1]["content"]
         assert events[-1]["data"]["status"] == "SUCCEEDED"
         service.model.assert_done()
+
+
+async def test_an_approval_request_a_dead_worker_did_not_announce_is_shown(
+        service: Service) -> None:
+    """A worker that dies between recording a hold and publishing its `approval_required`
+    leaves the request unshown; the decision (or the next delivery of the task's message:
+    the same repair) shows it, before the decision's own status."""
+    log = EventLog(service.deps.redis)
+    service.model.add(plan("Send it"), call("send_report", {"to": "bo@example.com", "body": "hi"}))
+    created = await service.submit("Send hi to Bo.")
+    held = await service.wait_status(created["id"], "PENDING_APPROVAL")
+    approval_id = held["approvals"][0]["id"]
+    # As if the worker had died before publishing it: the request is not in the stream.
+    [request] = [e for e in await log.history(created["id"])
+                 if e.type == "approval_required"]
+    await service.deps.redis.xdel(stream_key(created["id"]), request.id)
+    assert "approval_required" not in [e.type for e in await log.history(created["id"])]
+
+    service.model.add(reply("Sent."), verdict(True))
+    decided = await service.http.post(f"/v1/tasks/{created['id']}/approvals/{approval_id}",
+                                      json={"decision": "approve"}, headers=service.auth())
+    assert decided.status_code == 200, decided.text
+    await service.wait_status(created["id"], "SUCCEEDED")
+    kinds = [(e["type"], e["data"].get("approval_id") or e["data"].get("approval"))
+             for e in await service.sse(created["id"])]
+    shown = kinds.index(("approval_required", approval_id))
+    assert kinds[shown + 1:shown + 3] == [("status", None), ("status", "APPROVED")]
