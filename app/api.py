@@ -32,7 +32,7 @@ from app.settings import Settings, load_settings
 from app.share import router as share_router
 from app.store import TaskStore
 from app.streams import StreamHub
-from app.tooling import artifact_store, embedder_for
+from app.tooling import artifact_store, open_embedder
 from graph.status import TaskStatus
 from guardrails.limits import RequestRate
 from tools import Toolset
@@ -61,10 +61,12 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # One embeddings client for the process: memory search and the indexer.
+            app.state.embedder = await stack.enter_async_context(open_embedder(resolved))
             if deps is None:
                 opened = await stack.enter_async_context(open_deps(resolved))
                 indexer = await stack.enter_async_context(
-                    kb.indexing(opened.db, embedder_for(resolved)))
+                    kb.indexing(opened.db, app.state.embedder))
                 _attach(app, opened, indexer)
             for lifetime in app.state.lifetimes:  # the protocol servers' session managers
                 await stack.enter_async_context(lifetime())
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None, *, deps: Deps | None = None,
 
     app = FastAPI(title="Cadre", version="0.1.0", lifespan=lifespan)
     app.state.lifetimes = []
+    app.state.embedder = None  # open while the app runs (the lifespan)
     # The tools a replay runs against; None: the deployment's (built on first use).
     app.state.replay_toolset = toolset
     app.state.replay_policy = None

@@ -246,18 +246,17 @@ class Indexer:
 
 @asynccontextmanager
 async def indexing(db: asyncpg.Pool, embedder: Embedder | None) -> AsyncIterator[Indexer | None]:
-    """For the API's lifetime: documents without passages cut now; with an embedder, an
-    `Indexer` started on the passages without vectors, and stopped (its client closed) on
-    exit. None without an embedder: the knowledge base is then found by words only."""
+    """For the API's lifetime: documents without passages cut now; with an (open) embedder,
+    an `Indexer` started on the passages without vectors, and stopped on exit (the embedder
+    is the caller's to close). None without an embedder: the knowledge base is then found
+    by words only."""
     await chunk_missing(db)
     if embedder is None:
         yield None
         return
-    await asyncio.to_thread(embedder.connect)
     indexer = Indexer(db, embedder)
     indexer.start()
     try:
         yield indexer
     finally:
         await indexer.aclose()
-        await embedder.aclose()

@@ -8,10 +8,7 @@ but a search (`q`) is a 409 problem saying memory is off."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
@@ -20,7 +17,6 @@ from pydantic import AfterValidator
 from app.problems import Problem
 from app.routes import Who
 from app.schemas import MemoriesDeleted, MemoryList, problem_responses
-from app.tooling import embedder_for
 from guardrails.screening import control_characters
 from tools.builtin.memory import MAX_PER_USER, MemoryStore
 from tools.embeddings import Embedder, EmbeddingUnavailable
@@ -29,24 +25,7 @@ router = APIRouter(prefix="/v1")
 
 
 def mount_memories(app: FastAPI) -> None:
-    """The routes, and the embeddings client `q` searches with, open for the app's lifespan."""
-    app.state.memory_embedder = None
-
-    @contextlib.asynccontextmanager
-    async def lifetime() -> AsyncIterator[None]:
-        settings = app.state.deps.settings
-        embedder = embedder_for(settings) if settings.memory else None
-        if embedder is not None:
-            await asyncio.to_thread(embedder.connect)  # reads CA certificates
-        app.state.memory_embedder = embedder
-        try:
-            yield
-        finally:
-            app.state.memory_embedder = None
-            if embedder is not None:
-                await embedder.aclose()
-
-    app.state.lifetimes.append(lifetime)
+    """The routes; `q` searches with the app's embeddings client (`app.state.embedder`)."""
     app.include_router(router)
 
 
@@ -62,7 +41,7 @@ SearchText = Annotated[str | None, AfterValidator(_plain)]
 
 
 def _store(request: Request) -> MemoryStore:
-    embedder: Embedder | None = getattr(request.app.state, "memory_embedder", None)
+    embedder: Embedder | None = request.app.state.embedder if _enabled(request) else None
     return MemoryStore(request.app.state.deps.db, embedder)
 
 

@@ -49,22 +49,33 @@ async def open_tool_deps(settings: Settings, *, db: asyncpg.Pool | None = None
         sandbox = E2BSandbox(root=root, api_key=settings.e2b_api_key.get_secret_value())
     elif await asyncio.to_thread(sandbox_available):
         sandbox = BwrapSandbox(root=root)
+    async with open_embedder(settings) as embedder:
+        try:
+            yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
+                           embedder=embedder, memory=settings.memory, db=db,
+                           artifacts=Artifacts(db, artifact_store(settings)) if db else None,
+                           mail=SmtpMailer(url=settings.smtp_url, sender=settings.mail_from)
+                           if settings.smtp_url else None)
+        finally:
+            if sandbox is not None:
+                await sandbox.aclose()
+            if sql_pool is not None:
+                await sql_pool.close()
+
+
+@asynccontextmanager
+async def open_embedder(settings: Settings) -> AsyncIterator[Embedder | None]:
+    """The configured embeddings client (`embedder_for`), connected (off the event loop: it
+    reads CA certificates) and closed on exit; None when none is configured."""
     embedder = embedder_for(settings)
-    if embedder is not None:
-        await asyncio.to_thread(embedder.connect)
+    if embedder is None:
+        yield None
+        return
+    await asyncio.to_thread(embedder.connect)
     try:
-        yield ToolDeps(sql=SqlAccess(pool=sql_pool) if sql_pool else None, sandbox=sandbox,
-                       embedder=embedder, memory=settings.memory,
-                       db=db, artifacts=Artifacts(db, artifact_store(settings)) if db else None,
-                       mail=SmtpMailer(url=settings.smtp_url, sender=settings.mail_from)
-                       if settings.smtp_url else None)
+        yield embedder
     finally:
-        if embedder is not None:
-            await embedder.aclose()
-        if sandbox is not None:
-            await sandbox.aclose()
-        if sql_pool is not None:
-            await sql_pool.close()
+        await embedder.aclose()
 
 
 def embedder_for(settings: Settings) -> Embedder | None:

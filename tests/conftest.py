@@ -27,8 +27,10 @@ from app.stack.mail import MailCapture
 from app.stack.ports import free_port
 from app.stack.postgres import EmbeddedPostgres
 from app.stack.sqs import LOCAL_CREDENTIALS
+from app.tooling import open_embedder
 from tests.cli import CADRE
 from tests.stack import UpProcess
+from tools.embeddings import Embedder
 
 TEMPLATE_DB = "cadre_template"
 SERVICE_ENV = (
@@ -181,6 +183,14 @@ def service_env(settings: Settings) -> dict[str, str]:
         CADRE_EMBEDDING_INPUT_TYPE="true",
     )
     return env
+
+
+@pytest.fixture
+async def embedder(settings: Settings) -> AsyncIterator[Embedder]:
+    """The embeddings client of the test's settings: the embedded model the session serves."""
+    async with open_embedder(settings) as opened:
+        assert opened is not None
+        yield opened
 
 
 @pytest.fixture

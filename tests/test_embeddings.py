@@ -8,18 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from app.settings import Settings
-from app.tooling import embedder_for
 from tools.embeddings import DIMENSIONS, Embedder, EmbeddingUnavailable, literal
-
-
-@pytest.fixture
-async def embedder(settings: Settings):
-    found = embedder_for(settings)
-    assert found is not None
-    await asyncio.to_thread(found.connect)
-    yield found
-    await found.aclose()
 
 
 async def test_queries_find_their_passages_by_meaning(embedder: Embedder) -> None:

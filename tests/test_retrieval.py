@@ -21,7 +21,6 @@ from app import kb
 from app.api import create_app
 from app.keys import create_key
 from app.settings import Settings
-from app.tooling import embedder_for
 from graph.testing import serving
 from tools import ToolContext
 from tools.builtin import ToolDeps, builtin_toolset
@@ -78,15 +77,6 @@ def _paragraph(sentence: str) -> str:
 
 
 LONG_UPLOAD = "\n\n".join(_paragraph(t) for t in TOPICS)
-
-
-@pytest.fixture
-async def embedder(settings: Settings) -> AsyncIterator[Embedder]:
-    found = embedder_for(settings)
-    assert found is not None
-    await asyncio.to_thread(found.connect)
-    yield found
-    await found.aclose()
 
 
 @pytest.fixture
@@ -287,13 +277,13 @@ async def test_reseeding_keeps_unchanged_passages_and_replaces_changed_ones(
 
 
 async def test_the_api_indexer_embeds_what_has_no_vector(db: asyncpg.Pool, tmp_path: Path,
-                                                         settings: Settings) -> None:
+                                                         embedder: Embedder) -> None:
     await _seed_handbook(db, tmp_path)
     eve, eve_task = await _user_task(db, "eve@example.com")
     # Written before passages existed: a document with none.
     await db.execute("INSERT INTO kb_documents (title, source, body) "
                      "VALUES ('Old notes', 'old.md#Old notes', 'Parcels ship on Mondays.')")
-    async with kb.indexing(db, embedder_for(settings)) as indexer:
+    async with kb.indexing(db, embedder) as indexer:
         assert indexer is not None
         await _upload(db, eve, "operations.md", LONG_UPLOAD, None)
         indexer.nudge()

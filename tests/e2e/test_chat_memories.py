@@ -5,17 +5,15 @@ neither shown nor touched."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from app.settings import Settings
-from app.tooling import embedder_for
 from tests.e2e.conftest import signed_in, type_and_send
 from tests.service import Service
 from tools.builtin.memory import MemoryStore
+from tools.embeddings import Embedder
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,18 +34,12 @@ async def _command(page: Page, text: str) -> None:
 
 
 async def test_memories_listed_and_forgotten_from_the_chat(
-        service: Service, settings: Settings, ui_url: str, browser: Browser) -> None:
-    embedder = embedder_for(settings)
-    assert embedder is not None
-    await asyncio.to_thread(embedder.connect)
+        service: Service, embedder: Embedder, ui_url: str, browser: Browser) -> None:
     store = MemoryStore(service.deps.db, embedder)
     ana, eve = await _user(service, "ana@example.com"), await _user(service, "eve@example.com")
-    try:
-        await store.add(ana, OLDER)
-        await store.add(ana, NEWER, tainted_by=["fetch_url output"])
-        await store.add(eve, EVES)
-    finally:
-        await embedder.aclose()
+    await store.add(ana, OLDER)
+    await store.add(ana, NEWER, tainted_by=["fetch_url output"])
+    await store.add(eve, EVES)
 
     context, page = await signed_in(browser, ui_url, "ana@example.com", service.key)
 
