@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from app.queue import ReceivedMessage, TaskMessage
 from app.service import TaskService
 from app.store import PolicyAudit, StepStore, TaskStore
 from app.store.steps import task_steps
+from app.store.tasks import task_options
 from app.store.webhooks import WebhookStore
 from app.task_cache import Earlier, Lookup, TaskCache
 from app.telemetry import attach, detach, record_wait
@@ -233,7 +235,7 @@ class Executor:
     async def _seed_fork(self, task: Any, lease: Lease) -> None:
         """A fork's first run: its thread starts as the original's checkpoint at the step it
         forks from, and its record and ledger as the original's up to there."""
-        fork = _options(task).get("fork")
+        fork = task_options(task).get("fork")
         thread_id = str(task["conversation_id"])
         if not fork:
             return
@@ -259,13 +261,13 @@ class Executor:
         """Whether the run's token budget was cut below the task's own by the daily quota."""
         snapshot = await self.graph.aget_state(thread_config(str(task["conversation_id"])))
         budget = snapshot.values.get("token_budget")
-        own = _options(task).get("token_budget")
+        own = task_options(task).get("token_budget")
         return budget is not None and (own is None or budget < own)
 
     def _speculator(self, task: Any) -> Speculator | None:
         """The run's speculative calls, unless the deployment or the task turned them off."""
         settings = self.deps.settings
-        if not settings.speculation or _options(task).get("speculation") is False:
+        if not settings.speculation or task_options(task).get("speculation") is False:
             return None
         return Speculator(toolset=self.toolset, policy=self.policy, tool_deps=self.tool_deps,
                           db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max)
@@ -274,14 +276,16 @@ class Executor:
         """The exact model-call cache, unless turned off, or the task is a "run again"
         (`cache: false`), which asks the model anew."""
         settings = self.deps.settings
-        if not settings.model_cache or _options(task).get("cache") is False:
+        if not settings.model_cache or task_options(task).get("cache") is False:
             return None
         return ModelCache(db=self.deps.db, user_id=str(task["user_id"]),
                           ttl_seconds=settings.model_cache_ttl_seconds)
 
     # -- the semantic task cache and plan reuse (app/task_cache.py) ------------------------
 
+    @functools.cached_property
     def _task_cache(self) -> TaskCache | None:
+        """The semantic task cache, where the tools have an embeddings client."""
         settings = self.deps.settings
         embedder = getattr(self.tool_deps, "embedder", None)
         if embedder is None:
@@ -294,10 +298,10 @@ class Executor:
 
     async def _cache_lookup(self, task: Any, lease: Lease, body: TaskMessage) -> Lookup:
         """On a task's first run only: a run taken over or resumed has begun already."""
-        cache = self._task_cache()
+        cache = self._task_cache
         if cache is None or lease.epoch > 1 or body.resume is not None:
             return Lookup(outcome=None)
-        wanted = bool(_options(task).get("cache", self.deps.settings.semantic_cache))
+        wanted = bool(task_options(task).get("cache", self.deps.settings.semantic_cache))
         with span("task_cache lookup", attributes={"cadre.cache.kind": "task",
                                                    "cadre.task.id": str(task["id"])}) as traced:
             lookup = await cache.lookup(task, wanted=wanted)
@@ -350,13 +354,12 @@ class Executor:
                            cached_from=cached_from)
 
     async def _keep_for_cache(self, task: Any, result: RunResult, lookup: Lookup) -> None:
-        cache = self._task_cache()
+        cache = self._task_cache
         if cache is None:
             return
-        snapshot = await self.graph.aget_state(thread_config(str(task["conversation_id"])))
         try:
             await cache.record(task, result.final_answer or "", embedding=lookup.embedding,
-                               untrusted=list(snapshot.values.get("untrusted") or []))
+                               untrusted=result.untrusted)
         except (asyncpg.PostgresError, OSError) as exc:  # the task's end matters more
             log.warning("task %s: not kept for the cache: %s", task["id"], exc)
 
@@ -571,21 +574,17 @@ def retry_after(deliveries: int) -> int:
 async def start_state(db: asyncpg.Pool, task: Any, *, token_budget: int | None) -> AgentState:
     """The graph input that starts `task` (a `tasks` row): its text, its owner's role and
     email, its options. A run and a replay of the task start from the same state."""
-    options = _options(task)
+    options = task_options(task)
     user = await db.fetchrow("SELECT role, email FROM users WHERE id = $1::uuid", task["user_id"])
     return task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
                       user_email=user["email"], max_iterations=options.get("max_iterations", 15),
                       token_budget=token_budget, input_flags=options.get("input_flags"))
 
 
-def _options(task: Any) -> dict[str, Any]:
-    options = task["options"]
-    return options if isinstance(options, dict) else json.loads(options or "{}")
-
 
 def _budget(task: Any, allowance: DailyAllowance | None) -> int | None:
     """The run's token budget: the task's own, cut to what the daily quota leaves."""
-    own = _options(task).get("token_budget")
+    own = task_options(task).get("token_budget")
     return own if allowance is None else allowance.budget(own)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app.store.steps import task_steps
+from app.store.tasks import task_options
 from graph.steps import PlanMade, ToolHeld, ToolProposed, ToolRan
 from tools.contract import Toolset
 from tools.embeddings import Embedder, EmbeddingUnavailable, literal
@@ -85,7 +86,7 @@ class TaskCache:
         """What the cache knows for `task` (a `tasks` row): a hit when `wanted`, and a plan
         to start from either way. A task in the middle of a conversation, or a fork, gets
         neither: what it means depends on what came before."""
-        options = _options(task)
+        options = task_options(task)
         bypassed = options.get("cache") is False
         wanted = wanted and not bypassed
         told: Outcome | None = "bypassed" if bypassed else None
@@ -144,7 +145,7 @@ class TaskCache:
         its answer only when it may be served again); lookups see it once its end is
         recorded. False when it is not kept (it did not open its conversation, or it was
         itself answered from the cache)."""
-        options = _options(task)
+        options = task_options(task)
         if options.get("cached_from") or options.get("fork") or \
                 not await self._opens_conversation(task):
             return False
@@ -311,7 +312,3 @@ def shared_scope(options: dict[str, Any]) -> str | None:
     name = options.get("cache_scope")
     return f"shared:{name}" if name else None
 
-
-def _options(task: Any) -> dict[str, Any]:
-    options = task["options"]
-    return options if isinstance(options, dict) else json.loads(options or "{}")

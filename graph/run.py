@@ -60,6 +60,8 @@ class RunResult:
     usage: Usage
     plan: list[PlanStep]
     approval: ApprovalRequest | None
+    # Where untrusted content in the conversation's context came from, as the run left it.
+    untrusted: list[str]
 
 
 def task_input(
@@ -298,4 +300,5 @@ async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
         usage=values.get("usage") or empty_usage(),
         plan=values.get("plan") or [],
         approval=ApprovalRequest.model_validate(pending) if pending is not None else None,
+        untrusted=list(values.get("untrusted") or []),
     )

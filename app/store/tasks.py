@@ -35,6 +35,12 @@ def task_row(row: asyncpg.Record) -> dict[str, Any]:
     return task
 
 
+def task_options(task: Any) -> dict[str, Any]:
+    """A `tasks` row's options, whether its JSON column came decoded or not."""
+    options = task["options"]
+    return options if isinstance(options, dict) else json.loads(options or "{}")
+
+
 def approval_row(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]), "task_id": str(row["task_id"]), "tool_call_id": row["tool_call_id"],

@@ -63,22 +63,20 @@ def call_tokens(message: AIMessage, window: Sequence[BaseMessage]) -> tuple[int,
     return estimate_tokens(window), estimate_tokens([message]), True
 
 
-def add_usage(state: AgentState, message: AIMessage, window: Sequence[BaseMessage], *,
+def add_usage(state: AgentState, tokens_in: int, tokens_out: int, *,
               cached: bool = False) -> Usage:
     """Count one call's tokens in the task's usage: spent, or read from the model-call cache
     (counted apart, and not against the budget)."""
     usage = state.get("usage") or empty_usage()
-    tokens_in, tokens_out, _ = call_tokens(message, window)
-    counted = Usage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
-                    model_calls=usage["model_calls"])
-    if cached or usage.get("tokens_cached"):
-        counted["tokens_cached"] = usage.get("tokens_cached", 0)
     if cached:
-        counted["tokens_cached"] = counted.get("tokens_cached", 0) + tokens_in + tokens_out
-    else:
-        counted["tokens_in"] += tokens_in
-        counted["tokens_out"] += tokens_out
-        counted["model_calls"] += 1
+        return Usage(tokens_in=usage["tokens_in"], tokens_out=usage["tokens_out"],
+                     model_calls=usage["model_calls"],
+                     tokens_cached=usage.get("tokens_cached", 0) + tokens_in + tokens_out)
+    counted = Usage(tokens_in=usage["tokens_in"] + tokens_in,
+                    tokens_out=usage["tokens_out"] + tokens_out,
+                    model_calls=usage["model_calls"] + 1)
+    if usage.get("tokens_cached"):
+        counted["tokens_cached"] = usage["tokens_cached"]
     return counted
 
 
@@ -129,12 +127,14 @@ class Asked:
     message: AIMessage
     window: Window
     latency_ms: int
+    # What it cost, as recorded on its step.
+    tokens_in: int
+    tokens_out: int
     # Answered by the model-call cache: no model was asked.
     cached: bool = False
 
     def state_update(self, state: AgentState) -> dict[str, Any]:
-        return {"usage": add_usage(state, self.message, self.window.messages,
-                                   cached=self.cached),
+        return {"usage": add_usage(state, self.tokens_in, self.tokens_out, cached=self.cached),
                 **window_state(self.window)}
 
 
@@ -175,4 +175,5 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
                     tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
                     finish_reason=finish_reason, cached=hit is not None,
                     text=str(message.content), tool_calls=len(message.tool_calls))
-    return Asked(message=message, window=window, latency_ms=latency_ms, cached=hit is not None)
+    return Asked(message=message, window=window, latency_ms=latency_ms, tokens_in=tokens_in,
+                 tokens_out=tokens_out, cached=hit is not None)
