@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from graph.fence import LeaseLost
 from graph.status import TERMINAL, TaskStatus
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     NotRunWhy,
@@ -39,7 +41,7 @@ TTL_AFTER_END_SECONDS = 24 * 3600
 SCHEMA_VERSION = 1
 
 EventType = Literal["status", "plan", "thought", "token", "tool_call", "tool_result",
-                    "model_call", "approval_required", "final", "error", "cache"]
+                    "model_call", "approval_required", "final", "error", "cache", "agent"]
 
 
 class EventData(BaseModel):
@@ -126,6 +128,25 @@ class ModelCallData(_StepData):
     finish_reason: str | None = None
 
 
+class AgentData(_StepData):
+    """A team's worker agent (`to`, its path) started a step of the manager's plan
+    (`started`, with its `task`), or came back (`returned` with its `result`, or `failed`
+    with why it stopped and what it had). `agent` is the manager; the worker's own steps
+    carry its path as their `agent`."""
+
+    event_type: ClassVar[EventType] = "agent"
+    to: str
+    profile: str = ""
+    plan_step: int
+    status: Literal["started", "returned", "failed"]
+    task: str = ""
+    result: str = ""
+    stop: str | None = None
+    message: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
 class ApprovalRequiredData(EventData):
     """A tool call waits for a person: decide it at /v1/tasks/{id}/approvals/{approval_id}."""
 
@@ -136,6 +157,8 @@ class ApprovalRequiredData(EventData):
     risk: Risk
     reason: str
     rule: str | None = None
+    # Which agent asks: a team's worker by its path.
+    agent: str = "cadre"
 
 
 class FinalData(EventData):
@@ -182,6 +205,15 @@ def cache_text(data: CacheData) -> str:
     return "not in the cache"
 
 
+def agent_text(data: AgentData) -> str:
+    """A worker agent's start or return in a line of words (MCP progress, A2A status)."""
+    if data.status == "started":
+        return f"{data.to} started step {data.plan_step}: {data.task}"
+    if data.status == "returned":
+        return f"{data.to} returned step {data.plan_step}"
+    return f"{data.to} stopped on step {data.plan_step} ({data.stop}): {data.message}"
+
+
 class ErrorData(EventData):
     """Why the task failed or was cancelled (`type`, e.g. budget_exceeded), with what it had
     produced so far (`partial`)."""
@@ -194,10 +226,11 @@ class ErrorData(EventData):
 
 # Every event's data is one of these; consumers match them all (`assert_never`).
 AnyEventData = (StatusData | PlanData | ThoughtData | TokenData | ToolCallData | ToolResultData
-                | ModelCallData | ApprovalRequiredData | FinalData | ErrorData | CacheData)
+                | ModelCallData | ApprovalRequiredData | FinalData | ErrorData | CacheData
+                | AgentData)
 EVENT_MODELS: dict[str, type[AnyEventData]] = {m.event_type: m for m in (
     StatusData, PlanData, ThoughtData, TokenData, ToolCallData, ToolResultData, ModelCallData,
-    ApprovalRequiredData, FinalData, ErrorData, CacheData)}
+    ApprovalRequiredData, FinalData, ErrorData, CacheData, AgentData)}
 
 
 def step_events(step: Step) -> list[AnyEventData]:
@@ -234,6 +267,14 @@ def step_events(step: Step) -> list[AnyEventData]:
         case AnswerChecked():
             return [ThoughtData(node="verify", text=f"goal met: {step.met}. {step.reason}",
                                 met=step.met, step=n, agent=agent)]
+        case AgentDelegated():
+            return [AgentData(to=step.to, profile=step.profile, plan_step=step.plan_step,
+                              status="started", task=step.task, step=n, agent=agent)]
+        case AgentReturned():
+            return [AgentData(to=step.to, plan_step=step.plan_step,
+                              status="returned" if step.ok else "failed", result=step.result,
+                              stop=step.stop, message=step.message, tokens_in=step.tokens_in,
+                              tokens_out=step.tokens_out, step=n, agent=agent)]
         case RunStopped():
             return []
         case _:

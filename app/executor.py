@@ -48,7 +48,7 @@ from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.fork import ForkError, fork_thread
 from graph.model_cache import ModelCache
 from graph.recorder import Recorders
-from graph.run import RunInterrupted, RunResult, run_task, thread_config
+from graph.run import RunInterrupted, RunResult, run_task, thread_config, waiting
 from graph.speculation import Speculator
 from graph.state import AgentState
 from graph.status import TERMINAL
@@ -415,8 +415,8 @@ class Executor:
         snapshot = await self.graph.aget_state(thread_config(thread_id))
         if snapshot.values.get("task_id") != task_id or not snapshot.interrupts:
             return None
-        waiting = snapshot.interrupts[0].value
-        call_id = waiting.get("tool_call_id") if isinstance(waiting, dict) else None
+        held = waiting(snapshot).value
+        call_id = held.get("tool_call_id") if isinstance(held, dict) else None
         return await self.store.decision_for(task_id, call_id) if call_id else None
 
     async def _trace_wait(self, approval_id: str) -> None:

@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.auth import Principal
 from app.events import (
+    AgentData,
     AnyEventData,
     ApprovalRequiredData,
     CacheData,
@@ -47,6 +48,7 @@ from app.events import (
     TokenData,
     ToolCallData,
     ToolResultData,
+    agent_text,
     cache_text,
 )
 from app.history import load_conversation
@@ -433,6 +435,8 @@ def _progress(data: AnyEventData) -> str | None:
             return "answered"
         case CacheData():
             return cache_text(data)
+        case AgentData():
+            return agent_text(data)
         case ErrorData():
             return f"{data.type}: {_short(data.message)}"
         case TokenData():

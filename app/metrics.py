@@ -16,6 +16,8 @@ from prometheus_client.registry import Collector
 
 from graph.speculation import METRICS
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     PlanMade,
@@ -70,7 +72,8 @@ class StepMetrics:
                 pipe.hincrby(TOOL_CALLS, f"{step.tool}|held", 1)
             case RunStopped():
                 pipe.hincrby(STOPS, step.stop, 1)
-            case PlanMade() | ToolProposed() | AnswerChecked():
+            case PlanMade() | ToolProposed() | AnswerChecked() | AgentDelegated() \
+                    | AgentReturned():
                 return True  # no metric of their own: their model call is counted
             case _:
                 assert_never(step)

@@ -28,6 +28,8 @@ from graph.run import RunResult, run_task, task_input
 from graph.speculation import Speculator
 from graph.state import AgentState
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     PlanMade,
@@ -83,6 +85,11 @@ def describe(step: Step) -> str:
             return f"{'ran':<10}{step.tool}{mark}{replay} -> {_short(step.content)}"
         case AnswerChecked():
             return f"{'check':<10}goal met: {step.met}. {step.reason}"
+        case AgentDelegated():
+            return f"{'delegate':<10}{step.to}: {_short(step.task)}"
+        case AgentReturned():
+            said = _short(step.result) if step.ok else f"stopped ({step.stop}): {step.message}"
+            return f"{'returned':<10}{step.to}: {said}"
         case RunStopped():
             return f"{'stopped':<10}{step.stop}: {step.message}"
         case _:

@@ -13,6 +13,8 @@ from typing import Any, assert_never
 from app.history import ConversationLog, TaskLog
 from graph.status import TERMINAL, TaskStatus
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     PlanMade,
@@ -112,6 +114,12 @@ def _entry(step: Step, task: TaskLog) -> dict[str, Any] | None:
         case ToolNotRun():
             return {"kind": "not_run", "tool": step.tool, "input": step.arguments,
                     "text": step.message}
+        case AgentDelegated():
+            return {"kind": "delegated", "to": step.to, "text": step.task}
+        case AgentReturned():
+            return {"kind": "returned", "to": step.to, "ok": step.ok,
+                    "text": step.result if step.ok else f"stopped ({step.stop}): {step.message}"
+                    + (f"\n{step.result}" if step.result else "")}
         case ToolProposed() | ToolHeld() | RunStopped():
             # The call shows with its result, the hold with its approval, the stop as the
             # task's error.

@@ -24,6 +24,9 @@ class ApprovalRequest(BaseModel):
     risk: Risk = "side_effect"
     reason: str = ""
     rule: str | None = None
+    # Which agent asks: "cadre" for a single agent, a team's worker by its path (its
+    # `tool_call_id` is then prefixed with the path, unique in the task).
+    agent: str = "cadre"
 
 
 class ApprovalDecision(BaseModel):

@@ -31,8 +31,14 @@ from graph.nodes.observe import observe
 from graph.nodes.plan import plan
 from graph.nodes.verify import verify
 from graph.state import AgentState
+from graph.team import add_team
 
 AgentGraph = CompiledStateGraph[AgentState, GraphDeps, AgentState, AgentState]
+
+
+def _planner(state: AgentState) -> str:
+    """A team's manager plans with its own node."""
+    return "team_plan" if state.get("mode") == "team" else "plan"
 
 
 def _after_plan(state: AgentState) -> str:
@@ -57,7 +63,7 @@ def _after_observe(state: AgentState) -> str:
 def _after_verify(state: AgentState) -> str:
     if state.get("stop") or state.get("final_answer") is not None:
         return END
-    return "plan"
+    return _planner(state)
 
 
 def build_graph() -> StateGraph[AgentState, GraphDeps, AgentState, AgentState]:
@@ -68,13 +74,14 @@ def build_graph() -> StateGraph[AgentState, GraphDeps, AgentState, AgentState]:
     graph.add_node("execute", execute)
     graph.add_node("observe", observe)
     graph.add_node("verify", verify)
-    graph.add_edge(START, "plan")
+    add_team(graph)
+    graph.add_conditional_edges(START, _planner, ["plan", "team_plan"])
     graph.add_conditional_edges("plan", _after_plan)
     graph.add_conditional_edges("act", _after_act)
     graph.add_edge("approve", "execute")
     graph.add_edge("execute", "observe")
     graph.add_conditional_edges("observe", _after_observe)
-    graph.add_conditional_edges("verify", _after_verify)
+    graph.add_conditional_edges("verify", _after_verify, [END, "plan", "team_plan"])
     return graph
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from redis.asyncio import Redis
 
+from graph.agents import Team
 from graph.fence import Fence, Unfenced
 from graph.model_cache import ModelCache
 from graph.recorder import StepRecorder
@@ -46,6 +47,8 @@ class GraphDeps:
     speculator: Speculator | None = None
     # The exact model-call cache (graph/model_cache.py); None: every call asks the model.
     model_cache: ModelCache | None = None
+    # The worker agents a team's manager may delegate to (graph/team.py); None: no team mode.
+    team: Team | None = None
 
     @property
     def model_name(self) -> str:

@@ -61,13 +61,18 @@ def plan_prompt(tool_lines: str, replan_reason: str | None,
     return text + "\nCall submit_plan with the steps."
 
 
-def act_prompt(plan: list[PlanStep], current_step: int, observations: list[str]) -> str:
+def act_prompt(plan: list[PlanStep], current_step: int, observations: list[str], *,
+               instructions: str | None = None) -> str:
     lines = "\n".join(
         f"{s['number']}. [{s['status']}] {s['description']}" for s in plan
     ) or "(no plan)"
+    # A team's worker agent is told its profile's instructions; its plan is its sub-task.
+    who = (f"You are a worker agent of Cadre's team. {instructions.strip()}\n"
+           "Your task is the step below; the user's message holds it and its inputs.\n"
+           if instructions else "You are Cadre, an agent that completes the user's task with tools.\n")
     text = (
-        "You are Cadre, an agent that completes the user's task with tools.\n"
-        f"Plan:\n{lines}\nYou are on step {current_step}.\n"
+        who
+        + f"Plan:\n{lines}\nYou are on step {current_step}.\n"
         "Call the tools needed for the current step. When the whole task is done, answer the "
         "user directly with the final result and call no tool. Never invent tool results.\n"
         + SPOTLIGHT_RULE

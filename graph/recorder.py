@@ -38,10 +38,11 @@ class Recorders:
 class Steps:
     """A node's steps: numbered on from the state's last one, recorded as they are made."""
 
-    def __init__(self, recorder: StepRecorder, state: AgentState, *, agent: str = MAIN_AGENT) -> None:
+    def __init__(self, recorder: StepRecorder, state: AgentState, *,
+                 agent: str | None = None) -> None:
         self._recorder = recorder
         self._task_id = state["task_id"]
-        self._agent = agent
+        self._agent = agent or state.get("agent") or MAIN_AGENT
         self.last = state.get("step", 0)
 
     async def add(self, kind: type[S], **fields: Any) -> S:

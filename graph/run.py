@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, cast
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.types import Command
+from langgraph.types import Command, Interrupt, StateSnapshot
 from opentelemetry.trace import Status, StatusCode
 
 from graph import fence
@@ -29,7 +29,7 @@ from graph.recorder import Steps
 from graph.speculation import Speculator
 from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
 from graph.status import TaskStatus
-from graph.steps import RunStopped
+from graph.steps import MAIN_AGENT, MANAGER, RunStopped
 from graph.tracing import agent_span
 
 DEFAULT_MAX_ITERATIONS = 15
@@ -62,6 +62,8 @@ class RunResult:
     approval: ApprovalRequest | None
     # Where untrusted content in the conversation's context came from, as the run left it.
     untrusted: list[str]
+    # A team's usage per agent path (the manager's own and each worker's); {} for one agent.
+    agents: dict[str, Usage] = field(default_factory=dict)
 
 
 def task_input(
@@ -75,6 +77,7 @@ def task_input(
     deadline_seconds: float | None = None,
     input_flags: list[str] | None = None,
     reference_plan: dict[str, Any] | None = None,
+    mode: str = "single",
 ) -> AgentState:
     """The input that starts a task on a conversation's thread, resetting per-task fields.
     `input_flags` (injection phrasings found in `text`) make the text itself untrusted."""
@@ -90,6 +93,9 @@ def task_input(
         plan=[], current_step=0, iterations=0, usage=empty_usage(), observations=[], errors=[],
         decisions=[], recent_calls=[], repeat_replans=0, verify_failures=0, replan_reason=None,
         step=0, final_answer=None, stop=None, reference_plan=reference_plan,
+        # A team's manager takes the task's own steps; its workers get paths under it.
+        mode=mode, agent=MANAGER if mode == "team" else MAIN_AGENT, agent_results=[],
+        delegations={}, team_replans=0, agent_usage={}, wave=[],
     )
 
 
@@ -115,7 +121,8 @@ async def run_task(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, task_i
         if decision is None:
             return await outcome(graph, thread_id)  # still waiting for a person
         changed = token_budget is not None and token_budget != snapshot.values.get("token_budget")
-        payload = Command(resume=decision.model_dump(),
+        # Worker agents of a team may wait at once: the decision answers the one reported.
+        payload = Command(resume={waiting(snapshot).id: decision.model_dump()},
                           update={"token_budget": token_budget} if changed else None)
     elif ours and snapshot.tasks:
         # Stopped mid-run (crash or shutdown): continue from the last checkpoint. A step
@@ -184,7 +191,10 @@ class _AnswerTokens(AsyncCallbackHandler):
                                   messages: list[list[BaseMessage]], *, run_id: UUID,
                                   metadata: dict[str, Any] | None = None,
                                   **kwargs: Any) -> None:
-        if (metadata or {}).get("langgraph_node") == "act":
+        metadata = metadata or {}
+        # The answer's tokens: a single agent's, or a team manager's (not its workers').
+        if metadata.get("langgraph_node") in ("act", "team_answer") and \
+                "worker:" not in str(metadata.get("langgraph_checkpoint_ns", "")):
             self.answering.add(run_id)
 
     async def on_llm_new_token(self, token: str | list[str | dict[str, Any]], *,
@@ -254,8 +264,16 @@ async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
 
 async def resume(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
                  decision: ApprovalDecision) -> RunResult:
-    """Answer the pending approval."""
-    return await drive(graph, deps, thread_id, Command(resume=decision.model_dump()))
+    """Answer the pending approval (the one `outcome` reports, when several wait)."""
+    snapshot = await graph.aget_state(thread_config(thread_id))
+    return await drive(graph, deps, thread_id,
+                       Command(resume={waiting(snapshot).id: decision.model_dump()}))
+
+
+def waiting(snapshot: StateSnapshot) -> Interrupt:
+    """The approval a run waits for; when a team's workers wait for several, always the same
+    one of them (the first by interrupt id) until it is answered."""
+    return min(snapshot.interrupts, key=lambda i: i.id)
 
 
 async def proceed(graph: AgentGraph, deps: GraphDeps, *, thread_id: str) -> RunResult:
@@ -284,7 +302,7 @@ async def _record_stop(graph: AgentGraph, deps: GraphDeps, thread_id: str, kind:
 async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
     snapshot = await graph.aget_state(thread_config(thread_id))
     values = cast(AgentState, snapshot.values)
-    pending = next((i.value for i in snapshot.interrupts), None)
+    pending = waiting(snapshot).value if snapshot.interrupts else None
     stop = values.get("stop")
     if pending is not None:
         status = TaskStatus.PENDING_APPROVAL
@@ -301,4 +319,19 @@ async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
         plan=values.get("plan") or [],
         approval=ApprovalRequest.model_validate(pending) if pending is not None else None,
         untrusted=list(values.get("untrusted") or []),
+        agents=_agent_usage(values),
     )
+
+
+def _agent_usage(values: AgentState) -> dict[str, Usage]:
+    """A team's usage per agent: each worker's, and the manager's own (the rest of the total);
+    empty for a single agent."""
+    workers = values.get("agent_usage") or {}
+    if not workers:
+        return {}
+    total = values.get("usage") or empty_usage()
+    own = Usage(
+        tokens_in=total["tokens_in"] - sum(u["tokens_in"] for u in workers.values()),
+        tokens_out=total["tokens_out"] - sum(u["tokens_out"] for u in workers.values()),
+        model_calls=total["model_calls"] - sum(u["model_calls"] for u in workers.values()))
+    return {values.get("agent") or MANAGER: own, **workers}

@@ -15,6 +15,10 @@ class PlanStep(TypedDict):
     number: int
     description: str
     status: StepStatus
+    # A team's plan: the worker agent profile the step is delegated to, and the steps whose
+    # results it needs (graph/team.py).
+    agent: NotRequired[str]
+    depends_on: NotRequired[list[int]]
 
 
 class Usage(TypedDict):
@@ -40,6 +44,30 @@ class Stop(TypedDict):
     message: str
 
 
+class AgentResult(TypedDict):
+    """What one worker agent of a team brought back to the manager (graph/team.py)."""
+
+    number: int  # the plan step it was given
+    path: str  # e.g. "manager/researcher#1"
+    profile: str
+    ok: bool
+    result: str
+    stop: Stop | None
+    usage: Usage
+    iterations: int
+    # Where untrusted content entered the worker's context while it worked.
+    untrusted: list[str]
+
+
+def _results(old: list[AgentResult] | None, new: list[AgentResult] | None) -> list[AgentResult]:
+    """Workers of one wave report at once; an empty list (a new task, a new plan) clears."""
+    if new is None:
+        return list(old or [])
+    if not new:
+        return []
+    return [*(old or []), *new]
+
+
 def _sources(old: list[str] | None, new: list[str] | None) -> list[str]:
     """Untrusted sources only accumulate: what the model has read stays in its context."""
     merged = list(old or [])
@@ -63,6 +91,25 @@ class AgentState(TypedDict, total=False):
     # The plan of a similar earlier task to start from (plan reuse): its task_id,
     # similarity and steps; None when there is none.
     reference_plan: dict[str, Any] | None
+    # "team": a manager delegates the plan's steps to worker agents (graph/team.py).
+    mode: str
+    # Who takes this run's steps: absent for a single agent ("cadre"); "manager" for a team's
+    # manager; "manager/researcher#1" for a worker agent, which also has its profile's name
+    # and instructions here.
+    agent: str
+    profile: str
+    instructions: str
+    # A team's manager: what its workers brought back for the current plan, how many worker
+    # agents the task has started (their paths' numbers), and how often it re-planned.
+    agent_results: Annotated[list[AgentResult], _results]
+    delegations: dict[str, int]
+    team_replans: int
+    # The workers `delegate` starts at once (graph/team.py `WorkerInput`s).
+    wave: list[Any]
+    # A worker agent's last step number of its own range.
+    step_limit: int
+    # Usage per agent path (the task's `usage` is the team's total).
+    agent_usage: dict[str, Usage]
     # Progress.
     plan: list[PlanStep]
     current_step: int

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from graph.state import StepStatus
 from guardrails import Risk
 
-# The single agent of a task; a team's workers get paths like "manager/researcher#1".
+# The single agent of a task; a team's manager is "manager", its workers get paths like
+# "manager/researcher#1".
 MAIN_AGENT = "cadre"
+MANAGER = "manager"
 
 
 def _now() -> datetime:
@@ -40,6 +42,9 @@ class PlanItem(BaseModel):
     number: int
     description: str
     status: StepStatus
+    # A team's plan: the worker agent profile the step goes to, and the steps it waits for.
+    agent: str | None = None
+    depends_on: list[int] = Field(default_factory=list)
 
 
 class PlanMade(StepBase):
@@ -133,6 +138,38 @@ class AnswerChecked(StepBase):
     answer: str = ""
 
 
+class AgentDelegated(StepBase):
+    """A team's manager handed one step of its plan to a worker agent (`to`, its path)."""
+
+    kind: Literal["agent_delegated"] = "agent_delegated"
+    to: str
+    profile: str
+    plan_step: int
+    task: str
+    # What the worker may spend: its share of the team's remaining token budget (None: no
+    # budget) and of the task's remaining iterations.
+    token_share: int | None = None
+    max_iterations: int
+
+
+class AgentReturned(StepBase):
+    """A worker agent finished its sub-task and reported to the manager: its answer, or why it
+    stopped and what it had by then."""
+
+    kind: Literal["agent_returned"] = "agent_returned"
+    to: str = Field(description="The worker's path, e.g. manager/researcher#1")
+    plan_step: int
+    ok: bool
+    result: str
+    stop: str | None = None
+    message: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    model_calls: int = 0
+    # Untrusted content the worker read: it taints what the manager does next.
+    untrusted: list[str] = Field(default_factory=list)
+
+
 class RunStopped(StepBase):
     """The run ended without an accepted answer: a cap, the budget, the deadline, repeated
     calls, a goal judged not met, the model unavailable, or a cancellation."""
@@ -143,10 +180,11 @@ class RunStopped(StepBase):
 
 
 Step = Annotated[PlanMade | ModelCalled | ToolProposed | ToolHeld | ToolNotRun | ToolRan
-                 | AnswerChecked | RunStopped, Field(discriminator="kind")]
+                 | AnswerChecked | AgentDelegated | AgentReturned | RunStopped,
+                 Field(discriminator="kind")]
 STEPS: TypeAdapter[Step] = TypeAdapter(Step)
 STEP_KINDS = (PlanMade, ModelCalled, ToolProposed, ToolHeld, ToolNotRun, ToolRan, AnswerChecked,
-              RunStopped)
+              AgentDelegated, AgentReturned, RunStopped)
 
 
 def parse_step(data: Any) -> Step:

@@ -56,6 +56,12 @@ class ScriptedModel(BaseChatModel):
     # Awaited after each streamed chunk with its index, before the next: a test holds the
     # stream mid-message with it.
     between_chunks: Callable[[int], Awaitable[None]] | None = None
+    # Awaited when a call arrives, before it is answered: a test that proves two calls run
+    # at once answers neither until both have arrived.
+    on_call: Callable[[], Awaitable[None]] | None = None
+    # Responses for calls whose first user message contains the key, taken before `script`:
+    # agents that run at once (a team's workers) get their own answers whatever the order.
+    keyed: dict[str, list[AIMessage | Exception]] = Field(default_factory=dict)
 
     @property
     def _llm_type(self) -> str:
@@ -70,21 +76,35 @@ class ScriptedModel(BaseChatModel):
         self.script.extend(responses)
         return self
 
+    def add_for(self, key: str, *responses: AIMessage | Exception) -> ScriptedModel:
+        """Responses for the calls whose first user message contains `key`."""
+        self.keyed.setdefault(key, []).extend(responses)
+        return self
+
     def assert_done(self) -> None:
-        if self.script:
-            raise AssertionError(f"{len(self.script)} scripted response(s) were never used: "
-                                 f"{[_describe(r) for r in self.script]}")
+        left = [*self.script, *(r for queue in self.keyed.values() for r in queue)]
+        if left:
+            raise AssertionError(f"{len(left)} scripted response(s) were never used: "
+                                 f"{[_describe(r) for r in left]}")
+
+    def _queue(self, messages: list[BaseMessage]) -> list[AIMessage | Exception]:
+        first = next((str(m.content) for m in messages if m.type == "human"), "")
+        for key, queue in self.keyed.items():
+            if queue and key in first:
+                return queue
+        return self.script
 
     def _next(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
         tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
         choice = kwargs.get("tool_choice")
         self.calls.append(RecordedCall(messages=list(messages), tools=tools, tool_choice=choice))
-        if not self.script:
+        script = self._queue(messages)
+        if not script:
             last = str(messages[-1].content)[:200] if messages else ""
             raise UnexpectedModelCall(
                 f"model call #{len(self.calls)} has no scripted response "
                 f"(tools offered: {tools}, tool_choice: {choice}, last message: {last!r})")
-        response = self.script.pop(0)
+        response = script.pop(0)
         if isinstance(response, Exception):
             raise response
         if choice and choice not in ("auto", "none", "required") and \
@@ -100,11 +120,15 @@ class ScriptedModel(BaseChatModel):
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
+        if self.on_call is not None:
+            await self.on_call()
         return self._generate(messages, stop, **kwargs)
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        if self.on_call is not None:
+            await self.on_call()
         message = self._next(messages, kwargs)
         if self.latency:
             await asyncio.sleep(self.latency)
@@ -187,6 +211,14 @@ def malformed(name: str, raw_args: str, *, id: str | None = None) -> AIMessage:
 def plan(*steps: str, tokens: tuple[int, int] = (30, 15)) -> AIMessage:
     """The planner's structured answer."""
     return call("submit_plan", {"steps": list(steps)}, tokens=tokens)
+
+
+def team_plan(*steps: tuple[str, str, list[int]], tokens: tuple[int, int] = (30, 15)
+              ) -> AIMessage:
+    """A team manager's plan: `(task, agent, depends_on)` per step."""
+    return call("submit_team_plan", {"steps": [
+        {"task": task, "agent": agent, "depends_on": needs} for task, agent, needs in steps]},
+        tokens=tokens)
 
 
 def verdict(goal_met: bool, reason: str = "", *, tokens: tuple[int, int] = (30, 5)) -> AIMessage:

@@ -51,9 +51,11 @@ def span(name: str, *, kind: SpanKind = SpanKind.INTERNAL,
 
 
 def agent_span(tracing: Tracing, *, task_id: str, conversation_id: str,
-               model: str) -> Any:
-    return span(f"invoke_agent {tracing.agent}", attributes={
-        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": tracing.agent,
+               model: str, agent: str | None = None) -> Any:
+    """A run's span; a team's worker agent's (`agent`, its path) nests under the manager's."""
+    name = agent or tracing.agent
+    return span(f"invoke_agent {name}", attributes={
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
         "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
         "gen_ai.conversation.id": conversation_id, "cadre.task.id": task_id})
 

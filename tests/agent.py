@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from app.store import StepStore, task_steps
 from graph import ApprovalDecision, GraphDeps, compile_graph, postgres_checkpointer, task_input
+from graph.agents import Team
 from graph.builder import AgentGraph
 from graph.run import RunResult, proceed, resume, start
 from graph.steps import Step
@@ -30,6 +31,8 @@ class Outbox:
 
     sent: list[dict[str, str]] = field(default_factory=list)
     slow: asyncio.Event = field(default_factory=asyncio.Event)
+    # Every price lookup that ran, by its idempotency key (a replayed one does not run).
+    looked_up: list[str] = field(default_factory=list)
 
 
 def make_toolset(outbox: Outbox) -> Toolset:
@@ -38,6 +41,7 @@ def make_toolset(outbox: Outbox) -> Toolset:
     @toolset.tool(risk="read_only", timeout=5, live_data=False)
     async def lookup_price(ctx: ToolContext, item: str) -> dict[str, Any]:
         """Look up the unit price of a fruit in euros."""
+        outbox.looked_up.append(ctx.idempotency_key)
         if item not in PRICES:
             raise ToolError(f"no price for {item!r}; known items: {', '.join(PRICES)}")
         return {"item": item, "price_eur": PRICES[item]}
@@ -79,12 +83,14 @@ class Agent:
     user_id: str
     conversation_id: str
     task_id: str = ""
+    # The worker agents of team tasks (`mode="team"`).
+    team: Team | None = None
 
     def deps(self, model: ScriptedModel | None = None) -> GraphDeps:
         return GraphDeps(model=model or self.model, toolset=make_toolset(self.outbox),
                          policy=DefaultPolicy(), ledger=Ledger(self.db),
                          recorder=StepStore(self.db), redis=self.redis,
-                         context_tokens=4_000)
+                         context_tokens=4_000, team=self.team)
 
     async def new_task(self, text: str) -> str:
         self.task_id = str(await self.db.fetchval(

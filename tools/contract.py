@@ -31,7 +31,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, TypeVar, get_args, get_origin, get_type_hints
 
@@ -207,6 +207,12 @@ class Toolset:
 
     def schemas(self) -> list[dict[str, Any]]:
         return [tool.schema() for tool in self.tools.values()]
+
+    def only(self, names: Iterable[str]) -> Toolset:
+        """The tools of this set named in `names` (a worker agent's allowlist), in this set's
+        order; names it does not hold are left out."""
+        wanted = set(names)
+        return Toolset({name: tool for name, tool in self.tools.items() if name in wanted})
 
     def __iter__(self) -> Iterator[Tool]:
         return iter(self.tools.values())

@@ -27,6 +27,7 @@ from a2a.types import (
 from pydantic import ValidationError
 
 from app.events import (
+    AgentData,
     ApprovalRequiredData,
     CacheData,
     ErrorData,
@@ -39,6 +40,7 @@ from app.events import (
     TokenData,
     ToolCallData,
     ToolResultData,
+    agent_text,
     cache_text,
 )
 from graph.approvals import ApprovalDecision
@@ -173,6 +175,9 @@ def describe(data: Any) -> str | None:
             return f"Model call ({data.node}): {data.tokens_in} tokens in, {data.tokens_out} out"
         case CacheData():
             return cache_text(data).capitalize()
+        case AgentData():
+            text = agent_text(data)
+            return text[:1].upper() + text[1:]
         case TokenData():
             return None
     return None

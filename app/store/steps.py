@@ -14,6 +14,8 @@ import asyncpg
 
 from graph.fence import HELD_SQL, LeaseLost
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     NotRunWhy,
@@ -67,6 +69,12 @@ def columns(step: Step) -> Columns:
                            tool_output=output, latency_ms=step.latency_ms)
         case AnswerChecked():
             return Columns(node="verify", thought=f"goal met: {step.met}. {step.reason}")
+        case AgentDelegated():
+            return Columns(node="delegate", tool_name=step.to, thought=step.task)
+        case AgentReturned():
+            # Its tokens are the worker's model calls' rows: not counted twice.
+            return Columns(node="collect", tool_name=step.to,
+                           thought=step.result or step.message or None)
         case RunStopped():
             return Columns(node="stop", thought=step.message)
         case _:

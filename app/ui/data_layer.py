@@ -35,6 +35,8 @@ from app.store import TaskStore
 from app.ui import render
 from graph.status import TaskStatus
 from graph.steps import (
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     PlanMade,
@@ -206,9 +208,10 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
     user[1]["parentId"] = None
     out = [user]
     plans = [s for s in task.steps if isinstance(s, PlanMade)]
+    returned = {s.to: s for s in task.steps if isinstance(s, AgentReturned)}
     for log in task.steps:
         shown = _shown(log, task, latest_plan=plans[-1] if plans else None,
-                       revised=len(plans) > 1)
+                       revised=len(plans) > 1, returned=returned)
         if shown is not None:
             id_, type_, name, output, more = shown
             out.append(step(log.at, id_, type_, name, output, **more))
@@ -237,9 +240,22 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
     return out
 
 
-def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: bool
+def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: bool,
+           returned: dict[str, AgentReturned] | None = None,
            ) -> tuple[str, str, str, str, dict[str, Any]] | None:
-    """How a recorded step appears in the thread (id, type, name, output, more), if at all."""
+    """How a recorded step appears in the thread (id, type, name, output, more), if at all.
+    A team's worker agent is one step (its delegation, with what it returned), and its own
+    steps nest in it."""
+    shown = _shown_step(log, task, latest_plan=latest_plan, revised=revised,
+                        returned=returned or {})
+    if shown is not None and render.is_worker(log.agent):
+        shown[4]["parentId"] = render.agent_step_id(task.id, log.agent)
+    return shown
+
+
+def _shown_step(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: bool,
+                returned: dict[str, AgentReturned],
+                ) -> tuple[str, str, str, str, dict[str, Any]] | None:
     at = f"step-{task.id}-{log.number}"
     match log:
         case PlanMade():
@@ -247,6 +263,14 @@ def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: b
                 return None
             return (render.plan_id(task.id), "assistant_message", render.CHAT_NAME,
                     render.plan_text([i.description for i in log.steps], revised=revised), {})
+        case AgentDelegated():
+            back = returned.get(log.to)
+            output = render.agent_output(back.ok, back.result, back.stop, back.message) \
+                if back is not None else "Working..."
+            return (render.agent_step_id(task.id, log.to), "run", log.to, output,
+                    {"input": log.task, "is_error": back is not None and not back.ok})
+        case AgentReturned():
+            return None  # shown as its delegation's output
         case ToolRan():
             shown, language = render.tool_input(log.arguments)
             return (at, "tool", log.tool, _text(log.content),
@@ -258,6 +282,8 @@ def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: b
         case ModelCalled():
             if log.purpose != "act" or not log.text or log.text == task.final_output:
                 return None
+            if render.is_worker(log.agent) and not log.tool_calls:
+                return None  # a worker's answer: its step's output
             return at, "llm", "reasoning", log.text, {}
         case AnswerChecked():
             return at, "llm", "check", f"goal met: {log.met}. {log.reason}", {}

@@ -34,8 +34,25 @@ def approval_message_id(approval_id: str) -> str:
     return f"approval-{approval_id}"
 
 
-def tool_step_id(task_id: str, call_id: str) -> str:
-    return f"call-{task_id}-{call_id}"
+def tool_step_id(task_id: str, call_id: str, agent: str = "cadre") -> str:
+    """A tool call's step; a team worker's call ids are its model's, so its path joins in."""
+    return f"call-{task_id}-{call_id}" if "/" not in agent else f"call-{task_id}-{agent}-{call_id}"
+
+
+def agent_step_id(task_id: str, path: str) -> str:
+    """A team's worker agent as one collapsible step, its own steps nested in it."""
+    return f"agent-{task_id}-{path}"
+
+
+def is_worker(agent: str) -> bool:
+    """A team's worker agent (`manager/researcher#1`), not a single agent or a manager."""
+    return "/" in agent
+
+
+def agent_output(ok: bool, result: str, stop: str | None, message: str) -> str:
+    if ok:
+        return result or "(no answer)"
+    return f"Stopped ({stop}): {message}" + (f"\n\nWhat it had: {result}" if result else "")
 
 
 def element_id(task_id: str, name: str) -> str:

@@ -10,7 +10,10 @@ clients read) rendered as Chainlit messages and steps.
 - an approval: a message with the tool, its arguments and the reason, and Approve / Reject
   buttons. Every session following the task sees the decision, so the buttons disappear from
   every open tab however the decision was made (a click, another tab, the API);
-- failures: a readable message naming the kind of failure.
+- failures: a readable message naming the kind of failure;
+- a team's worker agents: each one collapsible step (`run`), named by its path, with its
+  sub-task as input, "Working..." until it returns, then its result (red when it failed);
+  its tool calls nest inside it.
 
 The "working" indicator (and with it Chainlit's Stop button) follows the task: on while it is
 queued or running, off while it waits for a person or has ended, since Chainlit disables
@@ -31,6 +34,7 @@ from chainlit.utils import utc_now
 
 from app.auth import Principal
 from app.events import (
+    AgentData,
     ApprovalRequiredData,
     CacheData,
     ErrorData,
@@ -97,6 +101,8 @@ class TaskView:
     working: bool = False
     plans: int = 0
     _tools: dict[str, cl.Step] = field(default_factory=dict)
+    # A team's worker agents, by path.
+    _agents: dict[str, cl.Step] = field(default_factory=dict)
     _answer: cl.Message | None = None
     _answer_sent: bool = False
     # The act step's text, until we know whether it was reasoning or the answer being checked.
@@ -134,10 +140,18 @@ class TaskView:
                 await self._status(data)
             case PlanData():
                 await self._plan([item.description for item in data.plan])
+            case ThoughtData() if render.is_worker(data.agent):
+                if data.node == "act":
+                    await self._llm_step("reasoning", data.text,
+                                         parent=render.agent_step_id(self.task_id, data.agent))
             case ThoughtData():
                 await self._thought(data)
-            case ToolCallData():
+            case AgentData():
                 await self._settle_draft()
+                await self._agent(data)
+            case ToolCallData():
+                if not render.is_worker(data.agent):
+                    await self._settle_draft()
                 await self._tool_call(data)
             case ToolResultData():
                 await self._tool_result(data)
@@ -187,12 +201,36 @@ class TaskView:
         self._act_thought = ""
         await self._llm_step("check", text)
 
+    def _parent(self, agent: str) -> str:
+        """Where an agent's steps hang: a team's worker's in its own step."""
+        return render.agent_step_id(self.task_id, agent) if render.is_worker(agent) \
+            else self.parent_id
+
+    async def _agent(self, data: AgentData) -> None:
+        step = self._agents.get(data.to)
+        if step is None:
+            step = cl.Step(name=data.to, type="run", id=render.agent_step_id(self.task_id, data.to),
+                           parent_id=self.parent_id, default_open=True)
+            step.input = data.task
+            step.start = _now()
+            self._agents[data.to] = step
+        if data.status == "started":
+            step.output = "Working..."
+            await step.send()
+            return
+        step.output = render.agent_output(data.status == "returned", data.result, data.stop,
+                                          data.message)
+        step.is_error = data.status == "failed"
+        step.end = _now()
+        await step.update()
+
     async def _tool_call(self, data: ToolCallData) -> None:
-        call_id = data.id or str(len(self._tools))
+        call_id = f"{data.agent}:{data.id or len(self._tools)}"
         text, language = render.tool_input(data.arguments)
         step = cl.Step(name=data.name or "tool", type="tool",
-                       id=render.tool_step_id(self.task_id, call_id), parent_id=self.parent_id,
-                       show_input=language)
+                       id=render.tool_step_id(self.task_id, data.id or str(len(self._tools)),
+                                              data.agent),
+                       parent_id=self._parent(data.agent), show_input=language)
         step.input = text
         step.start = _now()
         self._tools[call_id] = step
@@ -200,11 +238,12 @@ class TaskView:
 
     async def _tool_result(self, data: ToolResultData) -> None:
         call_id = data.id
-        step = self._tools.get(call_id)
+        step = self._tools.get(f"{data.agent}:{call_id}")
         if step is None:  # its call was shown before this session started following
             step = cl.Step(name=data.name or "tool", type="tool",
-                           id=render.tool_step_id(self.task_id, call_id or str(len(self._tools))),
-                           parent_id=self.parent_id, show_input="json")
+                           id=render.tool_step_id(self.task_id, call_id or str(len(self._tools)),
+                                                  data.agent),
+                           parent_id=self._parent(data.agent), show_input="json")
             step.start = _now()
             await step.send()
         step.output = data.content or "(no output)"
@@ -310,8 +349,8 @@ class TaskView:
         if text:
             await self._llm_step("reasoning", text)
 
-    async def _llm_step(self, name: str, text: str) -> None:
-        step = cl.Step(name=name, type="llm", parent_id=self.parent_id)
+    async def _llm_step(self, name: str, text: str, *, parent: str | None = None) -> None:
+        step = cl.Step(name=name, type="llm", parent_id=parent or self.parent_id)
         step.output = text
         step.start = step.end = _now()
         await step.send()

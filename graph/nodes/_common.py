@@ -89,7 +89,10 @@ async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
         limit=deps.context_tokens,
     )
     if deps.redis is not None:
-        await mirror_window(deps.redis, state["task_id"], window, deps.context_ttl_seconds)
+        # A team's worker agents each have their own window, under their path.
+        key = state["task_id"] if not state.get("profile") \
+            else f"{state['task_id']}/{state.get('agent')}"
+        await mirror_window(deps.redis, key, window, deps.context_ttl_seconds)
     return window
 
 
@@ -112,7 +115,11 @@ def last_ai(state: AgentState) -> AIMessage | None:
 
 
 def partial_result(state: AgentState) -> str:
-    """What the task has produced so far, for a run that stops before finishing."""
+    """What the task has produced so far, for a run that stops before finishing: a team's,
+    each worker's result by path."""
+    if results := state.get("agent_results"):
+        return "\n\n".join(f"{r['path']}: {r['result']}" for r in
+                           sorted(results, key=lambda r: r["number"]) if r["result"])
     ai = last_ai(state)
     if ai is not None and str(ai.content).strip():
         return str(ai.content).strip()

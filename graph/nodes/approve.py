@@ -10,12 +10,13 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import ValidationError
 
+from graph.agents import for_agent
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.deps import GraphDeps
 from graph.nodes._common import last_ai
 from graph.recorder import Steps
 from graph.state import AgentState, Decision
-from graph.steps import NotRunWhy, ToolHeld, ToolNotRun
+from graph.steps import MAIN_AGENT, NotRunWhy, ToolHeld, ToolNotRun
 from graph.tracing import span
 from guardrails import Allow, Deny, PolicyCall, RequireApproval, Risk, Verdict
 from guardrails.verdict import require_approval
@@ -23,7 +24,7 @@ from tools.contract import describe_validation_error
 
 
 async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
-    deps = runtime.context
+    deps = for_agent(runtime.context, state)
     steps = Steps(deps.recorder, state)
     message = last_ai(state)
     assert message is not None, "approve runs after act"
@@ -50,9 +51,16 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
         tool = deps.toolset.get(call["name"])
         if tool is None:
             names = ", ".join(t.name for t in deps.toolset) or "none"
-            decision["message"] = f"unknown tool {call['name']!r}; available tools: {names}"
+            if state.get("profile") and runtime.context.toolset.get(call["name"]) is not None:
+                # A worker agent cannot widen its tools beyond its profile.
+                decision["message"] = (f"{call['name']!r} is not among the tools of the "
+                                       f"{state.get('profile')} agent ({names}); do this "
+                                       "with those, or answer with what you have")
+                not_run[decision["tool_call_id"]] = "denied"
+            else:
+                decision["message"] = f"unknown tool {call['name']!r}; available tools: {names}"
+                not_run[decision["tool_call_id"]] = "unknown_tool"
             decisions.append(decision)
-            not_run[decision["tool_call_id"]] = "unknown_tool"
             continue
         try:
             tool.validate(call["args"])
@@ -82,10 +90,14 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             decision["message"] = f"denied by policy ({verdict.rule}): {verdict.message}"
             not_run[decision["tool_call_id"]] = "denied"
         elif isinstance(verdict, RequireApproval):
-            request = ApprovalRequest(tool_call_id=decision["tool_call_id"], tool=tool.name,
-                                      arguments=decision["arguments"], risk=tool.risk,
-                                      reason=verdict.reason, rule=verdict.rule)
-            await steps.add(ToolHeld, call_id=request.tool_call_id, tool=request.tool,
+            agent = state.get("agent") or MAIN_AGENT
+            request = ApprovalRequest(
+                # A worker's call ids are its model's: its path makes them unique in the task.
+                tool_call_id=f"{agent}:{decision['tool_call_id']}" if state.get("profile")
+                else decision["tool_call_id"], tool=tool.name, agent=agent,
+                arguments=decision["arguments"], risk=tool.risk,
+                reason=verdict.reason, rule=verdict.rule)
+            await steps.add(ToolHeld, call_id=decision["tool_call_id"], tool=request.tool,
                             arguments=request.arguments, risk=request.risk,
                             reason=request.reason, rule=request.rule)
             answer = read_decision(interrupt(request.model_dump()))

@@ -18,6 +18,7 @@ from typing import Any
 from langchain_core.messages import ToolMessage
 from langgraph.runtime import Runtime
 
+from graph.agents import for_agent
 from graph.deps import GraphDeps
 from graph.recorder import Steps
 from graph.speculation import Speculated
@@ -43,7 +44,7 @@ class _Ran:
 
 
 async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
-    deps = runtime.context
+    deps = for_agent(runtime.context, state)
     steps = Steps(deps.recorder, state)
     results: list[ToolMessage] = []
     sources: list[str] = []
@@ -107,7 +108,12 @@ async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Too
     started = time.monotonic()
     # A run another worker took over starts no call: that worker will.
     await deps.fence.check()
-    ctx = ToolContext(task_id=state["task_id"], tool_call_id=decision["tool_call_id"],
+    # A worker agent's call ids are its model's: the agent's path makes them (and so the
+    # ledger's keys) unique in the task.
+    agent = state.get("agent")
+    call_id = f"{agent}:{decision['tool_call_id']}" if state.get("profile") and agent \
+        else decision["tool_call_id"]
+    ctx = ToolContext(task_id=state["task_id"], tool_call_id=call_id,
                       role=state.get("role", "analyst"), deps=deps.tool_deps,
                       untrusted=untrusted)
     ahead = deps.speculator.take(tool.name, decision["arguments"]) \

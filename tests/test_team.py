@@ -1,0 +1,193 @@
+"""A team of agents on the real graph and checkpointer, with scripted models: a manager that
+delegates its plan's steps to worker agents (graph/team.py), independent ones at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from graph.agents import Team
+from graph.run import RunResult, start, task_input
+from graph.steps import AgentDelegated, AgentReturned, ModelCalled, Step, ToolNotRun
+from graph.testing import ScriptedModel, call, reply, team_plan, verdict
+from guardrails.agents import parse_agents
+from tests.agent import Agent
+
+PROFILES = '''version = 1
+
+[[agents]]
+name = "researcher"
+description = "Looks up prices."
+instructions = "Find the figure you are asked for with lookup_price."
+tools = ["lookup_price"]
+model = "cheap-model"
+
+[[agents]]
+name = "analyst"
+description = "Computes with figures and sends reports."
+instructions = "Compute from the inputs you are given."
+tools = ["multiply", "send_report"]
+'''
+
+APPLE, PEAR = "Find the apple price", "Find the pear price"
+PRODUCT = "Multiply the apple price by the pear price"
+
+
+@pytest.fixture
+def researcher(agent: Agent) -> ScriptedModel:
+    """The researchers' model (their profile names another model than the manager's)."""
+    model = ScriptedModel(model_name="cheap-model")
+    agent.team = Team(profiles=parse_agents(PROFILES, known_tools={
+        "lookup_price", "multiply", "send_report", "wait_a_while", "drop_everything"}),
+        models={"researcher": model})
+    yield model
+    model.assert_done()
+
+
+def both_at_once(model: ScriptedModel) -> None:
+    """The model answers neither of its first two calls until both have arrived: two workers
+    that ran one after the other would fail here (the first waits in vain), without timing."""
+    arrived = 0
+    both = asyncio.Event()
+
+    async def on_call() -> None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both.set()
+        if arrived <= 2:
+            try:
+                await asyncio.wait_for(both.wait(), 20)
+            except TimeoutError:
+                raise AssertionError("the second worker's call never came while the first "
+                                     "waited: the workers did not run at once") from None
+    model.on_call = on_call
+
+
+async def run_team(agent: Agent, text: str, **limits: object) -> RunResult:
+    task_id = await agent.new_task(text)
+    return await start(agent.graph, agent.deps(), thread_id=agent.conversation_id,
+                       input=task_input(task_id=task_id, text=text, mode="team", **limits))  # type: ignore[arg-type]
+
+
+def trail(steps: list[Step]) -> list[tuple[str, str]]:
+    return [(s.agent, s.kind) for s in steps]
+
+
+async def test_two_researchers_at_once_then_an_analyst_then_the_answer(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", []),
+                              (PRODUCT, "analyst", [1, 2])))
+    both_at_once(researcher)
+    researcher.add_for(APPLE, call("lookup_price", {"item": "apple"}, id="c1"),
+                       reply("An apple costs 1.25 EUR."))
+    researcher.add_for(PEAR, call("lookup_price", {"item": "pear"}, id="c1"),
+                       reply("A pear costs 2.0 EUR."))
+    agent.model.add(call("multiply", {"a": 1.25, "b": 2.0}), reply("The product is 2.5."),
+                    reply("An apple costs 1.25 EUR and a pear 2.0 EUR; their product is 2.5."),
+                    verdict(True, "all three figures"))
+
+    done = await run_team(agent, "Price an apple and a pear, and multiply the two prices.")
+
+    assert done.status == "SUCCEEDED", done
+    assert done.final_answer == "An apple costs 1.25 EUR and a pear 2.0 EUR; their product is 2.5."
+    steps = await agent.steps()
+    r1, r2, a1 = "manager/researcher#1", "manager/researcher#2", "manager/analyst#1"
+    worker = [("model_called", "tool_proposed", "tool_ran", "model_called")]
+    assert trail(steps) == [
+        ("manager", "model_called"), ("manager", "plan_made"),
+        ("manager", "agent_delegated"), ("manager", "agent_delegated"),
+        *[(r1, kind) for kind in worker[0]], *[(r2, kind) for kind in worker[0]],
+        ("manager", "agent_returned"), ("manager", "agent_returned"),
+        ("manager", "agent_delegated"),
+        *[(a1, kind) for kind in worker[0]],
+        ("manager", "agent_returned"),
+        ("manager", "model_called"), ("manager", "model_called"), ("manager", "answer_checked")]
+    delegated = [s for s in steps if isinstance(s, AgentDelegated)]
+    assert [(d.to, d.plan_step, d.task) for d in delegated] == [
+        (r1, 1, APPLE), (r2, 2, PEAR), (a1, 3, PRODUCT)]
+    returned = [s for s in steps if isinstance(s, AgentReturned)]
+    assert [(r.to, r.ok, r.result) for r in returned] == [
+        (r1, True, "An apple costs 1.25 EUR."), (r2, True, "A pear costs 2.0 EUR."),
+        (a1, True, "The product is 2.5.")]
+    # Each worker saw only its sub-task (and its inputs), and only its profile's tools.
+    assert all(c.tools == ["lookup_price"] for c in researcher.calls)
+    analyst_first = agent.model.calls[1]
+    assert analyst_first.tools == ["multiply", "send_report"]
+    task_message = str(analyst_first.messages[-1].content)
+    assert PRODUCT in task_message and "1.25 EUR" in task_message and "2.0 EUR" in task_message
+    assert APPLE not in str([m.content for m in analyst_first.messages])
+    # Steps of agents that ran at once never share a number; their models are their own.
+    assert len({s.number for s in steps}) == len(steps)
+    assert {s.model for s in steps if isinstance(s, ModelCalled) and s.agent in (r1, r2)} \
+        == {"cheap-model"}
+    # Usage per agent and in total; ledger keys carry the agent's path.
+    assert set(done.agents) == {"manager", r1, r2, a1}
+    assert done.agents[r1] == {"tokens_in": 40, "tokens_out": 20, "model_calls": 2}
+    assert done.usage["model_calls"] == 9
+    assert sum(u["tokens_in"] for u in done.agents.values()) == done.usage["tokens_in"]
+    assert sorted(agent.outbox.looked_up) == sorted(
+        [f"{agent.task_id}:{r1}:c1", f"{agent.task_id}:{r2}:c1"])
+
+
+async def test_the_team_shares_one_budget(agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", []),
+                              (PRODUCT, "analyst", [1, 2])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    # The second researcher's first call is large: its next one would pass its share.
+    researcher.add_for(PEAR, call("lookup_price", {"item": "pear"}, tokens=(400, 10)))
+
+    # The plan costs 45; the two workers get (1245 - 45) / 2 = 600 each.
+    result = await run_team(agent, "Price an apple and a pear, and multiply them.",
+                            token_budget=1245)
+
+    assert result.status == "FAILED"
+    assert result.stop is not None and result.stop["kind"] == "budget_exceeded"
+    assert "manager/researcher#2" in result.stop["message"]
+    assert "manager/researcher#1: An apple costs 1.25 EUR." in result.partial
+    assert "manager/researcher#2: lookup_price returned" in result.partial
+    steps = await agent.steps()
+    assert [d.token_share for d in steps if isinstance(d, AgentDelegated)] == [600, 600]
+    stopped = [s for s in steps if s.kind == "run_stopped"]
+    assert [(s.agent, s.stop) for s in stopped] == [  # type: ignore[union-attr]
+        ("manager/researcher#2", "budget_exceeded"), ("manager", "budget_exceeded")]
+    assert result.usage["tokens_in"] + result.usage["tokens_out"] <= 1245
+    assert not any(s.agent.startswith("manager/analyst") for s in steps), "no third worker"
+
+
+async def test_a_failed_worker_makes_the_manager_replan(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan(("Find the kiwi price", "researcher", [])))
+    researcher.add_for("kiwi", call("lookup_price", {"item": "kiwi"}), reply(""))
+    agent.model.add(team_plan((APPLE, "researcher", [])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    agent.model.add(reply("There is no kiwi price; an apple costs 1.25 EUR."),
+                    verdict(True, "answered"))
+
+    done = await run_team(agent, "What does a kiwi cost? Else an apple.")
+
+    assert done.status == "SUCCEEDED", done
+    steps = await agent.steps()
+    returned = [s for s in steps if isinstance(s, AgentReturned)]
+    assert [(r.to, r.ok) for r in returned] == [
+        ("manager/researcher#1", False), ("manager/researcher#2", True)]
+    replanned = agent.model.calls[1]
+    assert "manager/researcher#1 could not do step 1" in str(replanned.messages[0].content)
+    plans = [s for s in steps if s.kind == "plan_made"]
+    assert [p.revised for p in plans] == [False, True]  # type: ignore[union-attr]
+
+
+async def test_a_worker_may_not_widen_its_tools(agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", [])))
+    researcher.add_for(APPLE, call("send_report", {"to": "a@example.com", "body": "x"}),
+                       reply("An apple costs 1.25 EUR."))
+    agent.model.add(reply("An apple costs 1.25 EUR."), verdict(True, "answered"))
+
+    done = await run_team(agent, "What does an apple cost?")
+
+    assert done.status == "SUCCEEDED", done
+    refused = [s for s in await agent.steps() if isinstance(s, ToolNotRun)]
+    assert [(s.agent, s.why) for s in refused] == [("manager/researcher#1", "denied")]
+    assert "not among the tools of the researcher agent (lookup_price)" in refused[0].message
+    assert agent.outbox.sent == []
