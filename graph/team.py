@@ -300,7 +300,8 @@ def _result(job: WorkerInput, final: dict[str, Any]) -> AgentResult:
         if isinstance(message, AIMessage) and not message.tool_calls else ""
     ok = stop is None and bool(answer)
     if stop is None and not ok:
-        stop = Stop(kind="goal_not_met", message="the worker agent gave no answer")
+        stop = Stop(kind="goal_not_met",
+                    message=final.get("replan_reason") or "the worker agent gave no answer")
     seen = set(job["untrusted"])
     return AgentResult(
         number=job["number"], path=job["path"], profile=job["profile"], ok=ok,
@@ -427,7 +428,9 @@ def _worker_after_act(state: AgentState) -> str:
 
 
 def _worker_after_observe(state: AgentState) -> str:
-    return END if state.get("stop") else "act"
+    # A call a person rejected, or the same call again and again: the approach must change,
+    # and that is the manager's to decide.
+    return END if state.get("stop") or state.get("replan_reason") else "act"
 
 
 def _worker_graph() -> CompiledStateGraph[AgentState, GraphDeps, AgentState, AgentState]:

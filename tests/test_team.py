@@ -191,3 +191,104 @@ async def test_a_worker_may_not_widen_its_tools(agent: Agent, researcher: Script
     assert [(s.agent, s.why) for s in refused] == [("manager/researcher#1", "denied")]
     assert "not among the tools of the researcher agent (lookup_price)" in refused[0].message
     assert agent.outbox.sent == []
+
+
+REPORT = "Send Ana the report 'prices checked'"
+
+
+async def test_an_approval_holds_only_the_worker_that_asks(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", []), (REPORT, "analyst", [])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    agent.model.add_for(REPORT, call("send_report", {"to": "ana@example.com",
+                                                     "body": "prices checked"}, id="s1"))
+
+    held = await run_team(agent, "Price an apple and tell Ana the prices were checked.")
+
+    assert held.status == "PENDING_APPROVAL", held
+    assert held.approval is not None
+    assert held.approval.agent == "manager/analyst#1"
+    assert held.approval.tool_call_id == "manager/analyst#1:s1"
+    assert held.approval.tool == "send_report"
+    steps = await agent.steps()
+    # The researcher went on to its answer while the analyst waited.
+    assert ("manager/researcher#1", "model_called") in trail(steps)
+    assert not researcher.script and not any(researcher.keyed.values())
+    assert agent.outbox.sent == []
+
+    agent.model.add_for(REPORT, reply("Sent."))
+    agent.model.add(reply("An apple costs 1.25 EUR; Ana was told."), verdict(True, "done"))
+    done = await agent.resume("approve")
+
+    assert done.status == "SUCCEEDED", done
+    assert [m["key"] for m in agent.outbox.sent] == [f"{agent.task_id}:manager/analyst#1:s1"]
+    returned = [s for s in await agent.steps() if isinstance(s, AgentReturned)]
+    assert [(r.to, r.ok) for r in returned] == [
+        ("manager/researcher#1", True), ("manager/analyst#1", True)]
+    assert len(researcher.calls) == 1, "the researcher was not run again"
+
+
+async def test_a_rejected_call_comes_back_to_the_manager(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((REPORT, "analyst", [])))
+    agent.model.add_for(REPORT, call("send_report", {"to": "ana@example.com",
+                                                     "body": "prices checked"}))
+    held = await run_team(agent, "Tell Ana the prices were checked.")
+    assert held.status == "PENDING_APPROVAL"
+
+    agent.model.add(team_plan((APPLE, "researcher", [])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    agent.model.add(reply("Ana was not told (you refused); an apple costs 1.25 EUR."),
+                    verdict(True, "done"))
+    done = await agent.resume("reject", "not now")
+
+    assert done.status == "SUCCEEDED", done
+    assert agent.outbox.sent == []
+    replanned = agent.model.calls[-3]
+    assert "a person rejected send_report (not now)" in str(replanned.messages[0].content)
+
+
+async def test_a_run_stopped_mid_wave_goes_on_from_each_worker_s_last_step(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    """A crash while two workers run: each goes on from its own checkpoint, and no call that
+    finished runs again (counted at the tool)."""
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", [])))
+    release = asyncio.Event()
+    looked: list[str] = []
+
+    async def on_call() -> None:
+        # The workers' second calls (after their lookups) wait: the "crash" comes then.
+        looked.append("call")
+        if len(looked) > 2:
+            await release.wait()
+    researcher.on_call = on_call
+    researcher.add_for(APPLE, call("lookup_price", {"item": "apple"}, id="c1"),
+                       reply("An apple costs 1.25 EUR."))
+    researcher.add_for(PEAR, call("lookup_price", {"item": "pear"}, id="c1"),
+                       reply("A pear costs 2.0 EUR."))
+    text = "Price an apple and a pear."
+    task_id = await agent.new_task(text)
+    run = asyncio.create_task(start(agent.graph, agent.deps(), thread_id=agent.conversation_id,
+                                    input=task_input(task_id=task_id, text=text, mode="team")))
+    for _ in range(400):
+        if len(looked) == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert len(agent.outbox.looked_up) == 2
+    run.cancel()  # the process dies: nothing more is written
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    # Their second calls were waiting (not yet answered): the new run asks them again.
+    release.set()
+    agent.model.add(reply("An apple costs 1.25 EUR and a pear 2.0 EUR."), verdict(True, "ok"))
+    done = await agent.proceed()
+
+    assert done.status == "SUCCEEDED", done
+    assert len(agent.outbox.looked_up) == 2, "no lookup ran twice"
+    # Each worker went on from its own last checkpoint: its next call saw its lookup's result.
+    assert len(researcher.calls) == 4  # (a call is recorded when answered)
+    assert all(c.messages[-1].type == "tool" for c in researcher.calls[2:])
+    steps = await agent.steps()
+    assert [s.kind for s in steps if s.agent == "manager/researcher#1"] == [
+        "model_called", "tool_proposed", "tool_ran", "model_called"]
