@@ -167,6 +167,8 @@ class FinalData(EventData):
     event_type: ClassVar[EventType] = "final"
     output: str | None
     usage: dict[str, int] | None = None
+    # A team's usage per agent path: the manager's own and each worker's.
+    agents: dict[str, dict[str, int]] | None = None
     # Answered from the semantic task cache: the earlier task and when it answered.
     cached_from: dict[str, Any] | None = None
 
@@ -247,7 +249,9 @@ def step_events(step: Step) -> list[AnyEventData]:
                 tokens_out=step.tokens_out, tokens_estimated=step.tokens_estimated,
                 latency_ms=step.latency_ms,
                 finish_reason=step.finish_reason, step=n, agent=agent)]
-            if step.purpose == "act" and step.text:
+            # A team worker's answer comes back in its `agent` event; what it said beside
+            # tool calls is its reasoning.
+            if step.purpose == "act" and step.text and ("/" not in agent or step.tool_calls):
                 events.append(ThoughtData(node="act", text=step.text, step=n, agent=agent))
             return events
         case ToolProposed():

@@ -43,6 +43,7 @@ from app.store.webhooks import WebhookStore
 from app.task_cache import Earlier, Lookup, TaskCache
 from app.telemetry import attach, detach, record_wait
 from graph import ApprovalDecision, GraphDeps, TaskStatus, fence, task_input
+from graph.agents import Team
 from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.fork import ForkError, fork_thread
@@ -78,6 +79,8 @@ class Executor:
     quotas: UserQuotas | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tracing: Tracing = field(default_factory=Tracing)
+    # The worker agents a team task's manager delegates to (CADRE_AGENTS_FILE).
+    team: Team | None = None
     # The leases this worker holds, renewed together by the worker's heartbeat.
     leases: Leases | None = None
 
@@ -221,7 +224,7 @@ class Executor:
             # Kept before the end is recorded: a task sent after this one ended finds it.
             await self._keep_for_cache(task, result, lookup)
             await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease,
-                               output=result.final_answer, error=None, usage=result.usage)
+                               output=result.final_answer, error=None, usage=_usage(result))
         else:
             assert result.stop is not None
             error = {"type": result.stop["kind"], "message": result.stop["message"]}
@@ -229,7 +232,7 @@ class Executor:
                     await self._quota_was_the_budget(task):
                 error["message"] = allowance.exhausted(_tokens(result.usage))
             await self._finish(task_id, TaskStatus.FAILED, lease=lease,
-                               output=result.partial or None, error=error, usage=result.usage)
+                               output=result.partial or None, error=error, usage=_usage(result))
         await self.deps.queue.delete(message)
 
     async def _seed_fork(self, task: Any, lease: Lease) -> None:
@@ -378,6 +381,7 @@ class Executor:
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
             tracing=self.tracing, fence=lease, parallel_tools=self.deps.settings.parallel_tools,
             speculator=self._speculator(task), model_cache=self._model_cache(task),
+            team=self.team,
         )
 
         plan_from = lookup.plan_from if lookup is not None else None
@@ -453,7 +457,7 @@ class Executor:
             raise LeaseLost(f"task {task_id} is no longer leased to {lease.worker}")
         await self.events.publish_all(task_id, [ApprovalRequiredData(
             approval_id=str(approval_id), tool=approval.tool, arguments=approval.arguments,
-            risk=approval.risk, reason=approval.reason, rule=approval.rule),
+            risk=approval.risk, reason=approval.reason, rule=approval.rule, agent=approval.agent),
             StatusData(status=TaskStatus.PENDING_APPROVAL)])
 
     async def _finish(self, task_id: str, status: TaskStatus, *, output: str | None,
@@ -491,8 +495,9 @@ class Executor:
                             cached_from: dict[str, Any] | None = None) -> None:
         end: AnyEventData
         if status == TaskStatus.SUCCEEDED:
-            end = FinalData(output=output, usage={k: int(v) for k, v in (usage or {}).items()},
-                            cached_from=cached_from)
+            end = FinalData(output=output, usage={k: int(v) for k, v in (usage or {}).items()
+                                                  if isinstance(v, int)},
+                            agents=(usage or {}).get("agents"), cached_from=cached_from)
         else:
             end = ErrorData(type=str((error or {}).get("type", "failed")),
                             message=str((error or {}).get("message", "")), partial=output)
@@ -578,7 +583,8 @@ async def start_state(db: asyncpg.Pool, task: Any, *, token_budget: int | None) 
     user = await db.fetchrow("SELECT role, email FROM users WHERE id = $1::uuid", task["user_id"])
     return task_input(task_id=str(task["id"]), text=task["input"], role=user["role"],
                       user_email=user["email"], max_iterations=options.get("max_iterations", 15),
-                      token_budget=token_budget, input_flags=options.get("input_flags"))
+                      token_budget=token_budget, input_flags=options.get("input_flags"),
+                      mode=options.get("mode", "single"))
 
 
 
@@ -586,6 +592,11 @@ def _budget(task: Any, allowance: DailyAllowance | None) -> int | None:
     """The run's token budget: the task's own, cut to what the daily quota leaves."""
     own = task_options(task).get("token_budget")
     return own if allowance is None else allowance.budget(own)
+
+
+def _usage(result: RunResult) -> dict[str, Any]:
+    """A run's usage as the task keeps it: the total, and a team's per agent (`agents`)."""
+    return {**result.usage, "agents": result.agents} if result.agents else dict(result.usage)
 
 
 def _tokens(usage: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from app.store import TaskStore, task_steps
+from graph.approvals import asking_agent
 from graph.steps import Step
 
 
@@ -27,6 +28,8 @@ class ApprovalLog:
     comment: str | None
     created_at: datetime
     decided_at: datetime | None
+    # Which agent asked: a team's worker by its path.
+    agent: str = "cadre"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,7 +114,8 @@ async def load_conversation(db: asyncpg.Pool, conversation_id: str) -> Conversat
         by_task[row["task_id"]].approvals.append(ApprovalLog(
             id=str(row["id"]), tool=row["tool_name"], arguments=_json(row["tool_input"]),
             reason=row["reason"], status=row["status"], comment=row["comment"],
-            created_at=row["created_at"], decided_at=row["decided_at"]))
+            created_at=row["created_at"], decided_at=row["decided_at"],
+            agent=asking_agent(row["tool_call_id"])))
     for row in artifacts:
         by_task[row["task_id"]].artifacts.append(ArtifactLog(
             name=row["name"], content_type=row["content_type"], size_bytes=row["size_bytes"],

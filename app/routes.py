@@ -81,6 +81,10 @@ class TaskCreate(BaseModel):
                           "yours meant the same (see docs/caching.md); false: run it anew, "
                           "past the cache (\"run again\"); omitted: the deployment's "
                           "CADRE_SEMANTIC_CACHE")
+    mode: Literal["single", "team"] = Field(
+        "single", description="team: a manager agent splits the task among the deployment's "
+        "worker agents (CADRE_AGENTS_FILE), independent parts at once, on the task's one "
+        "budget (see docs/agents.md)")
     cache_scope: str | None = Field(
         None, max_length=100, description="Share cached answers with everyone who names this "
         "scope, one of the deployment's CADRE_CACHE_SHARED_SCOPES, instead of with yourself "
@@ -183,7 +187,7 @@ async def create_task(body: TaskCreate, request: Request, who: Who, service: Ser
         max_iterations=body.max_iterations, token_budget=body.token_budget,
         strategy=body.multitask_strategy, files=[str(f) for f in body.files],
         webhook_url=body.webhook_url, speculation=body.speculation, cache=body.cache,
-        cache_scope=body.cache_scope)
+        cache_scope=body.cache_scope, mode=body.mode)
     return _accepted(request, task)
 
 

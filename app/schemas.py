@@ -94,6 +94,9 @@ class Usage(BaseModel):
     tokens_in: int = 0
     tokens_out: int = 0
     model_calls: int = 0
+    agents: dict[str, dict[str, int]] | None = Field(
+        None, description="A team task's usage per agent path (the manager's own and each "
+                          "worker agent's); the fields above are the team's total")
 
 
 class Task(BaseModel):

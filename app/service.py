@@ -101,10 +101,13 @@ class TaskService:
                      strategy: Strategy = "enqueue", files: list[str] | None = None,
                      webhook_url: str | None = None,
                      speculation: bool | None = None,
-                     cache: bool | None = None, cache_scope: str | None = None) -> dict[str, Any]:
+                     cache: bool | None = None, cache_scope: str | None = None,
+                     mode: Literal["single", "team"] = "single") -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
+        if mode == "team":
+            options["mode"] = mode
         if speculation is not None:
             options["speculation"] = speculation
         if cache is not None:
@@ -384,7 +387,7 @@ class TaskService:
                 await self.events.publish_all(task_id, [ApprovalRequiredData(
                     approval_id=approval["id"], tool=approval["tool"],
                     arguments=approval["arguments"], risk=approval["risk"],
-                    reason=approval["reason"] or ""),
+                    reason=approval["reason"] or "", agent=approval["agent"]),
                     StatusData(status=TaskStatus.PENDING_APPROVAL)])
 
 

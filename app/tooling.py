@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from pydantic import SecretStr
 from app.errors import ConfigError, StackError, first_line
 from app.settings import Settings, redact_url
 from app.stack.embeddings import MODEL_NAME as EMBEDDED_MODEL
+from graph.agents import Team
+from graph.llm import ModelConfig, make_chat_model
 from guardrails import FilePolicy, PolicyError, load_policy
 from guardrails.agents import AgentProfiles, AgentsError, load_agents
 from guardrails.screening import ClassifierScreen, RuleScreen, Screen
@@ -148,6 +151,15 @@ def worker_agents(settings: Settings, toolset: Toolset) -> AgentProfiles:
         return load_agents(settings.agents_file, known_tools=known_tools(toolset))
     except AgentsError as exc:
         raise ConfigError(f"{exc} (CADRE_AGENTS_FILE)") from None
+
+
+def worker_team(agents: AgentProfiles, config: ModelConfig | None) -> Team:
+    """The team a worker's manager agents delegate to: the profiles, and a client for each
+    profile that names its own model, on the deployment's endpoint (`config`). Without a
+    configured endpoint (a worker given its model, as in tests) every agent uses that one."""
+    models = {p.name: make_chat_model(dataclasses.replace(config, model=p.model))
+              for p in agents if p.model and config is not None and p.model != config.model}
+    return Team(profiles=agents, models=models)
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

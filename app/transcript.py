@@ -35,7 +35,8 @@ section{background:#fff;border:1px solid #d1d9e0;border-radius:8px;padding:1rem 
 margin-bottom:1.25rem}.ask{font-weight:600;white-space:pre-wrap}.when{color:#59636e;
 font-size:.8rem;font-weight:400}.step{border-left:3px solid #d1d9e0;padding:.1rem .75rem;
 margin:.75rem 0}.step.tool{border-color:#0969da}.step.approval{border-color:#9a6700}
-.step.failed{border-color:#cf222e}.label{font-size:.8rem;text-transform:uppercase;
+.step.failed{border-color:#cf222e}.step.agent{border-color:#8250df}
+.nested{margin-left:1.5rem}.label{font-size:.8rem;text-transform:uppercase;
 letter-spacing:.04em;color:#59636e}pre{background:#f6f8fa;border-radius:6px;padding:.5rem;
 overflow-x:auto;white-space:pre-wrap;word-break:break-word;font-size:.85rem;margin:.25rem 0}
 .answer{white-space:pre-wrap;border-top:1px solid #d1d9e0;padding-top:.75rem;margin-top:.75rem}
@@ -72,12 +73,17 @@ def _document(conversation: ConversationLog) -> dict[str, Any]:
 
 
 def _task(task: TaskLog) -> dict[str, Any]:
-    entries: list[tuple[datetime, dict[str, Any]]] = []
+    # In time order, except that a team's worker agent's steps follow its delegation: each
+    # worker's steps together, nested under it.
+    entries: list[tuple[tuple[datetime, datetime], dict[str, Any]]] = []
+    delegated = {s.to: s.at for s in task.steps if isinstance(s, AgentDelegated)}
     for step in task.steps:
         if (entry := _entry(step, task)) is not None:
-            entries.append((step.at, entry))
+            if "/" in step.agent:
+                entry["agent"] = step.agent
+            entries.append(((delegated.get(step.agent, step.at), step.at), entry))
     for approval in task.approvals:
-        entries.append((approval.created_at, {
+        entries.append(((approval.created_at, approval.created_at), {
             "kind": "approval", "tool": approval.tool, "input": _structured(approval.arguments),
             "text": approval.reason, "status": approval.status.lower(),
             "comment": approval.comment or ""}))
@@ -162,20 +168,35 @@ def _page(doc: dict[str, Any]) -> str:
 
 
 def _step(step: dict[str, Any]) -> str:
+    if step.get("agent"):  # a team worker's step, nested under its delegation
+        return f"<div class='nested'>{_step_html(step)}</div>"
+    return _step_html(step)
+
+
+def _step_html(step: dict[str, Any]) -> str:
     kind = step["kind"]
+    by = f" · {escape(step['agent'])}" if step.get("agent") else ""
+    if kind == "delegated":
+        return (f"<div class='step agent'><div class='label'>Delegated to "
+                f"{escape(step['to'])}</div><pre>{escape(step['text'])}</pre></div>")
+    if kind == "returned":
+        failed = "" if step["ok"] else " failed"
+        return (f"<div class='step agent{failed}'><div class='label'>{escape(step['to'])} "
+                f"{'returned' if step['ok'] else 'stopped'}</div>"
+                f"<pre>{escape(step['text'])}</pre></div>")
     if kind in ("plan", "thought", "check"):
         label = {"plan": "Plan", "thought": "Reasoning", "check": "Check"}[kind]
-        return (f"<div class='step'><div class='label'>{label}</div>"
+        return (f"<div class='step'><div class='label'>{label}{by}</div>"
                 f"<pre>{escape(step['text'])}</pre></div>")
     if kind == "tool":
         outcome = "" if step["ok"] else " failed"
         return (f"<div class='step tool{outcome}'><div class='label'>Tool "
-                f"{escape(step['tool'])}{' (failed)' if outcome else ''}</div>"
+                f"{escape(step['tool'])}{' (failed)' if outcome else ''}{by}</div>"
                 f"<div class='label'>input</div><pre>{escape(_pretty(step['input']))}</pre>"
                 f"<div class='label'>output</div><pre>{escape(_pretty(step['output']))}</pre></div>")
     if kind == "not_run":
         return (f"<div class='step failed'><div class='label'>Tool {escape(step['tool'])} "
-                f"did not run</div><pre>{escape(_pretty(step['input']))}</pre>"
+                f"did not run{by}</div><pre>{escape(_pretty(step['input']))}</pre>"
                 f"<div>{escape(step['text'])}</div></div>")
     comment = f" ({escape(step['comment'])})" if step["comment"] else ""
     return (f"<div class='step approval'><div class='label'>Approval asked for "
@@ -205,7 +226,20 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 
 def _markdown_step(step: dict[str, Any]) -> list[str]:
+    if not step.get("agent"):
+        return _markdown_lines(step)
+    # A team worker's step: quoted under its delegation, and named after the worker.
+    return [f"> {line}" if line else ">" for line in
+            [f"_{step['agent']}_", "", *_markdown_lines(step)]]
+
+
+def _markdown_lines(step: dict[str, Any]) -> list[str]:
     kind = step["kind"]
+    if kind == "delegated":
+        return [f"**Delegated to {step['to']}**", "", _fenced(step["text"]), ""]
+    if kind == "returned":
+        return [f"**{step['to']} {'returned' if step['ok'] else 'stopped'}**", "",
+                _fenced(step["text"]), ""]
     if kind in ("plan", "thought", "check"):
         label = {"plan": "Plan", "thought": "Reasoning", "check": "Check"}[kind]
         return [f"**{label}**", "", _fenced(step["text"]), ""]

@@ -32,10 +32,12 @@ from app.tooling import (
     worker_agents,
     worker_policy,
     worker_screen,
+    worker_team,
     worker_toolset,
 )
 from app.webhooks import Deliverer
 from graph import compile_graph, make_chat_model, postgres_checkpointer
+from graph.llm import ModelConfig
 from guardrails.limits import UserQuotas
 from tools import Toolset
 
@@ -67,6 +69,7 @@ async def run_worker(
     stop = stop or asyncio.Event()
     problem = ""
     model_url: str | None = None
+    config: ModelConfig | None = None
     if model is None:
         try:
             config = model_config(settings)
@@ -81,6 +84,7 @@ async def run_worker(
     policy = await asyncio.to_thread(worker_policy, settings, toolset)
     # Checked now, so a mistake stops the worker at start, naming the line.
     agents = await asyncio.to_thread(worker_agents, settings, toolset)
+    team = await asyncio.to_thread(worker_team, agents, config)
     async with open_deps(settings) as deps, postgres_checkpointer(
         require_database_url(settings), pool_size=settings.checkpoint_pool_size,
         idle_transaction_seconds=settings.db_idle_transaction_seconds
@@ -96,7 +100,7 @@ async def run_worker(
             quotas=UserQuotas(max_concurrent_tasks=settings.max_concurrent_tasks,
                               daily_tokens=settings.daily_token_quota,
                               counts=TaskStore(deps.db)),
-            tracing=graph_tracing(settings, model_url),
+            tracing=graph_tracing(settings, model_url), team=team,
         )
         log.info("worker %s ready: queue %s, %d tools, up to %d tasks at once; policy %s; "
                  "agent profiles %s (%d); injection screening: %s", me, deps.queue.url,

@@ -29,6 +29,13 @@ class ApprovalRequest(BaseModel):
     agent: str = "cadre"
 
 
+def asking_agent(tool_call_id: str) -> str:
+    """The agent an approval's call belongs to: a team worker's call id carries its path
+    (`manager/analyst#1:call_1`); any other is the single agent's."""
+    head, colon, _ = tool_call_id.partition(":")
+    return head if colon and "/" in head else "cadre"
+
+
 class ApprovalDecision(BaseModel):
     """A person's answer to an `ApprovalRequest`."""
 

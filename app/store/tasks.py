@@ -12,7 +12,7 @@ from typing import Any, Literal
 import asyncpg
 
 from app.store.webhooks import Db, WebhookStore
-from graph.approvals import ApprovalDecision
+from graph.approvals import ApprovalDecision, asking_agent
 from graph.fence import BOUNDED_SQL
 from graph.status import ACTIVE, TaskStatus
 
@@ -44,6 +44,7 @@ def task_options(task: Any) -> dict[str, Any]:
 def approval_row(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]), "task_id": str(row["task_id"]), "tool_call_id": row["tool_call_id"],
+        "agent": asking_agent(row["tool_call_id"]),
         "tool": row["tool_name"], "arguments": json.loads(row["tool_input"]),
         "risk": row["risk"], "reason": row["reason"], "status": row["status"],
         "comment": row["comment"], "created_at": row["created_at"],
@@ -447,8 +448,9 @@ class TaskStore:
 
     async def approvals_in(self, task_ids: list[Any]) -> list[asyncpg.Record]:
         return list(await self.db.fetch(
-            "SELECT id, task_id, tool_name, tool_input, reason, status, comment, created_at, "
-            "decided_at FROM approvals WHERE task_id = ANY($1::uuid[]) ORDER BY created_at",
+            "SELECT id, task_id, tool_call_id, tool_name, tool_input, reason, status, comment, "
+            "created_at, decided_at FROM approvals WHERE task_id = ANY($1::uuid[]) "
+            "ORDER BY created_at",
             task_ids))
 
     async def approval_for_update(self, conn: Db, approval_id: uuid.UUID,

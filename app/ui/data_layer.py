@@ -219,7 +219,8 @@ def _task_steps(conversation: ConversationLog, task: TaskLog) -> list[tuple[date
         out.append(step(approval.created_at, render.approval_message_id(approval.id),
                         "assistant_message", render.CHAT_NAME, render.approval_text(
                             approval.tool, approval.arguments, approval.reason,
-                            status=approval.status, comment=approval.comment)))
+                            status=approval.status, comment=approval.comment,
+                            agent=approval.agent)))
     if task.artifacts:
         # Live, the files show after the tool call that wrote them (which is logged after it
         # saved them): so here too.

@@ -15,6 +15,7 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.context import context
+from chainlit.input_widget import InputWidget, Switch
 from chainlit.types import ThreadDict
 
 from app.auth import Principal
@@ -59,10 +60,25 @@ async def header_login(headers: Any) -> cl.User | None:
     return cl.User(identifier=who.email, display_name=who.email, metadata={"role": who.role})
 
 
+def _settings() -> cl.ChatSettings:
+    """The chat's settings panel: the task mode (a team of agents or one agent)."""
+    widgets: list[InputWidget] = [Switch(
+        id="team", label="Team of agents", initial=bool(cl.user_session.get("team")),
+        description="A manager agent splits each task among worker agents (researcher, "
+                    "analyst, writer), independent parts at once")]
+    return cl.ChatSettings(widgets)
+
+
 @cl.on_chat_start
 async def start() -> None:
+    await _settings().send()
     await cl.Message(content=render.model_notice(services().settings) + "\n\n"
                      + render.COMMANDS_HINT, author=render.CHAT_NAME).send()
+
+
+@cl.on_settings_update
+async def settings_changed(values: dict[str, Any]) -> None:
+    cl.user_session.set("team", bool(values.get("team")))
 
 
 @cl.on_message
@@ -88,7 +104,8 @@ async def on_message(message: cl.Message) -> None:
         files = [await ui.files.save_path(who.user_id, element.name, Path(element.path))
                  for element in message.elements if element.path]
         task = await ui.service.submit(who, message.content, conversation_id=conversation,
-                                       files=[f["id"] for f in files])
+                                       files=[f["id"] for f in files],
+                                       mode="team" if cl.user_session.get("team") else "single")
     except Problem as problem:
         await _say_problem(problem)
         return
@@ -106,6 +123,7 @@ async def on_chat_resume(thread: ThreadDict) -> None:
     if who is None:
         return
     ui = services()
+    await _settings().send()
     active = await ui.service.active_in(who, thread["id"])
     # The history shows the tasks up to now: follow each from its stream's current end.
     ends: dict[str, str | None] = {}

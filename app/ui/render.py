@@ -139,9 +139,10 @@ def plan_text(steps: list[str], *, revised: bool = False) -> str:
 
 
 def approval_text(tool: str, arguments: Any, reason: str, *, status: str = "PENDING",
-                  comment: str | None = None) -> str:
+                  comment: str | None = None, agent: str = "cadre") -> str:
     shown = json.dumps(arguments, indent=2, ensure_ascii=False, default=str)
-    lines = [f"**Approval needed:** the agent wants to run `{tool}`.", ""]
+    who = f"the worker agent `{agent}`" if is_worker(agent) else "the agent"
+    lines = [f"**Approval needed:** {who} wants to run `{tool}`.", ""]
     if reason:
         lines += [f"Why it waits for you: {reason}", ""]
     lines += ["```json", shown, "```"]

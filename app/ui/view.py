@@ -109,8 +109,8 @@ class TaskView:
     _act_thought: str = ""
     _shown_files: dict[str, str] = field(default_factory=dict)
     _files_sent: bool = False
-    # Approvals shown with buttons, by id: (tool, arguments, reason).
-    _pending: dict[str, tuple[str, Any, str]] = field(default_factory=dict)
+    # Approvals shown with buttons, by id: (tool, arguments, reason, the agent asking).
+    _pending: dict[str, tuple[str, Any, str, str]] = field(default_factory=dict)
 
     async def follow(self, after: str | None = None) -> None:
         """Render the task's events after `after` (all when None) until it ends, or until this
@@ -140,10 +140,9 @@ class TaskView:
                 await self._status(data)
             case PlanData():
                 await self._plan([item.description for item in data.plan])
-            case ThoughtData() if render.is_worker(data.agent):
-                if data.node == "act":
-                    await self._llm_step("reasoning", data.text,
-                                         parent=render.agent_step_id(self.task_id, data.agent))
+            case ThoughtData() if render.is_worker(data.agent):  # beside its tool calls
+                await self._llm_step("reasoning", data.text,
+                                     parent=render.agent_step_id(self.task_id, data.agent))
             case ThoughtData():
                 await self._thought(data)
             case AgentData():
@@ -254,13 +253,13 @@ class TaskView:
 
     async def _approval(self, data: ApprovalRequiredData) -> None:
         approval_id = data.approval_id
-        shown = (data.tool, data.arguments, data.reason)
+        shown = (data.tool, data.arguments, data.reason, data.agent)
         self._pending[approval_id] = shown
         for step in self._tools.values():
             if step.name == shown[0] and step.end is None and not step.output:
                 step.output = "Waiting for your approval (below)."
                 await step.update()
-        await cl.Message(content=render.approval_text(*shown),
+        await cl.Message(content=render.approval_text(*shown[:3], agent=data.agent),
                          id=render.approval_message_id(approval_id), parent_id=self.parent_id,
                          author=render.CHAT_NAME,
                          actions=approval_actions(self.task_id, approval_id)).send()
@@ -270,7 +269,7 @@ class TaskView:
         messages from the history, but Chainlit keeps no actions)."""
         for approval in approvals:
             self._pending[approval["id"]] = (approval["tool"], approval["arguments"],
-                                             approval["reason"])
+                                             approval["reason"], approval.get("agent", "cadre"))
             for action in approval_actions(self.task_id, approval["id"]):
                 await action.send(for_id=render.approval_message_id(approval["id"]))
 
@@ -287,7 +286,8 @@ class TaskView:
             for action in approval_actions(self.task_id, approval["id"]):
                 await action.remove()
             await cl.Message(content=render.approval_text(
-                *shown, status=approval["status"], comment=approval["comment"]),
+                *shown[:3], status=approval["status"], comment=approval["comment"],
+                agent=shown[3]),
                 id=render.approval_message_id(approval["id"]), parent_id=self.parent_id,
                 author=render.CHAT_NAME).update()
 
