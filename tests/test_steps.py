@@ -20,6 +20,8 @@ from app.transcript import _entry
 from app.ui.data_layer import _shown
 from graph.steps import (
     STEP_KINDS,
+    AgentDelegated,
+    AgentReturned,
     AnswerChecked,
     ModelCalled,
     PlanItem,
@@ -49,6 +51,11 @@ SAMPLES: list[Step] = [
             content="hits", untrusted=True, flags=["override-instructions"], latency_ms=12, at=AT),
     AnswerChecked(number=8, met=False, reason="no figure", answer="It depends.", at=AT),
     RunStopped(number=9, stop="iteration_limit", message="stopped after 15 iterations", at=AT),
+    AgentDelegated(number=10, agent="manager", to="manager/researcher#1", profile="researcher",
+                   plan_step=1, task="Find the price", token_share=500, max_iterations=4, at=AT),
+    AgentReturned(number=11, agent="manager", to="manager/researcher#1", plan_step=1, ok=True,
+                  result="1.25 EUR", tokens_in=40, tokens_out=20, model_calls=2,
+                  untrusted=["search output"], at=AT),
 ]
 
 
@@ -74,7 +81,8 @@ async def test_steps_survive_the_store_and_fill_the_named_columns(database_url: 
         rows = await db.fetch("SELECT node, kind, thought, tool_name, tokens_in FROM agent_logs "
                               "WHERE task_id = $1::uuid ORDER BY step_number", task)
         assert [r["node"] for r in rows] == ["plan", "plan", "act", "act", "approve", "approve",
-                                             "execute", "verify", "stop"]
+                                             "execute", "verify", "stop", "delegate", "collect"]
+        assert rows[10]["tokens_in"] == 0, "a worker's tokens are its model calls' rows"
         assert [r["kind"] for r in rows] == [s.kind for s in SAMPLES]
         assert rows[1]["thought"] == "1. Look it up" and rows[0]["tokens_in"] == 30
         assert rows[3]["tool_name"] == "search"
@@ -130,7 +138,8 @@ def test_every_step_kind_reaches_every_consumer() -> None:
     assert events == {
         "model_called": ["model_call", "thought"], "plan_made": ["plan"],
         "tool_proposed": ["tool_call"], "tool_held": [], "tool_not_run": ["tool_result"],
-        "tool_ran": ["tool_result"], "answer_checked": ["thought"], "run_stopped": []}
+        "tool_ran": ["tool_result"], "answer_checked": ["thought"], "run_stopped": [],
+        "agent_delegated": ["agent"], "agent_returned": ["agent"]}
     assert [e.event_type for e in step_events(SAMPLES[0])] == ["model_call"], \
         "a planning call shows its cost, not a thought"
     lines = [describe(s) for s in SAMPLES]
@@ -138,21 +147,24 @@ def test_every_step_kind_reaches_every_consumer() -> None:
     assert lines[6].startswith("ran") and "search" in lines[6]
     assert lines[8].startswith("stopped") and "iteration_limit" in lines[8]
     transcript = [(_entry(s, task) or {}).get("kind") for s in SAMPLES]
-    assert transcript == [None, "plan", "thought", None, None, "not_run", "tool", "check", None]
+    assert transcript == [None, "plan", "thought", None, None, "not_run", "tool", "check", None,
+                          "delegated", "returned"]
     plans = [s for s in SAMPLES if isinstance(s, PlanMade)]
     history = [(shown[1], shown[2]) if (shown := _shown(s, task, latest_plan=plans[-1],
                                                          revised=False)) else None
                for s in SAMPLES]
     assert history == [None, ("assistant_message", "Cadre"), ("llm", "reasoning"), None, None,
-                       ("tool", "send_email"), ("tool", "search"), ("llm", "check"), None]
+                       ("tool", "send_email"), ("tool", "search"), ("llm", "check"), None,
+                       ("run", "manager/researcher#1"), None]
+    assert lines[9].startswith("delegate") and "manager/researcher#1" in lines[9]
     assert {columns(s).node for s in SAMPLES} == {"plan", "act", "approve", "execute", "verify",
-                                                   "stop"}
+                                                   "stop", "delegate", "collect"}
 
 
 def test_every_event_type_encodes_and_decodes() -> None:
     made = [data for s in SAMPLES for data in step_events(s)]
     kinds = {d.event_type for d in made}
-    assert kinds == {"model_call", "thought", "plan", "tool_call", "tool_result"}
+    assert kinds == {"model_call", "thought", "plan", "tool_call", "tool_result", "agent"}
     for data in made:
         event = Event(id="1700000000000-1", data=data)
         frame = event.sse.decode()
