@@ -54,10 +54,12 @@ def agent_span(tracing: Tracing, *, task_id: str, conversation_id: str,
                model: str, agent: str | None = None) -> Any:
     """A run's span; a team's worker agent's (`agent`, its path) nests under the manager's."""
     name = agent or tracing.agent
-    return span(f"invoke_agent {name}", attributes={
-        "gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
-        "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
-        "gen_ai.conversation.id": conversation_id, "cadre.task.id": task_id})
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name,
+                  "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
+                  "cadre.task.id": task_id}
+    if conversation_id:
+        attributes["gen_ai.conversation.id"] = conversation_id
+    return span(f"invoke_agent {name}", attributes=attributes)
 
 
 def chat_span(tracing: Tracing, *, model: str, purpose: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from graph.agents import Team
 from graph.run import RunResult, start, task_input
@@ -292,3 +293,32 @@ async def test_a_run_stopped_mid_wave_goes_on_from_each_worker_s_last_step(
     steps = await agent.steps()
     assert [s.kind for s in steps if s.agent == "manager/researcher#1"] == [
         "model_called", "tool_proposed", "tool_ran", "model_called"]
+
+
+async def test_each_worker_s_spans_nest_under_the_manager_s(
+        agent: Agent, researcher: ScriptedModel, spans: InMemorySpanExporter) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", [])))
+    researcher.add_for(APPLE, call("lookup_price", {"item": "apple"}), reply("1.25 EUR."))
+    researcher.add_for(PEAR, call("lookup_price", {"item": "pear"}), reply("2.0 EUR."))
+    agent.model.add(reply("1.25 EUR and 2.0 EUR."), verdict(True, "both"))
+    spans.clear()
+
+    done = await run_team(agent, "Price an apple and a pear.")
+
+    assert done.status == "SUCCEEDED"
+    finished = [s for s in spans.get_finished_spans()
+                if s.attributes and s.attributes.get("cadre.task.id") in (None, agent.task_id)]
+    by_id = {s.context.span_id: s for s in finished}
+    runs = {s.name: s for s in finished if s.name.startswith("invoke_agent")}
+    manager = runs["invoke_agent cadre"]
+    for path in ("manager/researcher#1", "manager/researcher#2"):
+        run = runs[f"invoke_agent {path}"]
+        assert run.parent is not None and run.parent.span_id == manager.context.span_id
+        assert run.attributes is not None and run.attributes["gen_ai.agent.name"] == path
+        assert run.attributes["gen_ai.request.model"] == "cheap-model"
+    # A worker's model calls and tools are in its own span.
+    for prefix, count in (("chat cheap-model", 4), ("execute_tool lookup_price", 2)):
+        found = [s for s in finished if s.name == prefix]
+        assert len(found) == count, [s.name for s in finished]
+        assert all(s.parent is not None and by_id[s.parent.span_id].name.startswith(
+            "invoke_agent manager/researcher#") for s in found)
