@@ -322,3 +322,28 @@ async def test_each_worker_s_spans_nest_under_the_manager_s(
         assert len(found) == count, [s.name for s in finished]
         assert all(s.parent is not None and by_id[s.parent.span_id].name.startswith(
             "invoke_agent manager/researcher#") for s in found)
+
+
+async def test_two_workers_waiting_are_asked_one_after_the_other(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    ana, bo = "Send Ana the report 'checked'", "Send Bo the report 'checked'"
+    agent.model.add(team_plan((ana, "analyst", []), (bo, "analyst", [])))
+    agent.model.add_for(ana, call("send_report", {"to": "ana@example.com", "body": "checked"},
+                                  id="s1"), reply("Ana told."))
+    agent.model.add_for(bo, call("send_report", {"to": "bo@example.com", "body": "checked"},
+                                 id="s1"), reply("Bo told."))
+
+    first = await run_team(agent, "Tell Ana and Bo it was checked.")
+    assert first.status == "PENDING_APPROVAL" and first.approval is not None
+    second = await agent.resume("approve")
+    assert second.status == "PENDING_APPROVAL" and second.approval is not None
+    assert {first.approval.agent, second.approval.agent} == {
+        "manager/analyst#1", "manager/analyst#2"}
+    assert len(agent.outbox.sent) == 1
+
+    agent.model.add(reply("Both told."), verdict(True, "done"))
+    done = await agent.resume("approve")
+
+    assert done.status == "SUCCEEDED", done
+    assert sorted(m["to"] for m in agent.outbox.sent) == ["ana@example.com", "bo@example.com"]
+    assert len({m["key"] for m in agent.outbox.sent}) == 2
