@@ -81,10 +81,11 @@ class TaskCreate(BaseModel):
                           "yours meant the same (see docs/caching.md); false: run it anew, "
                           "past the cache (\"run again\"); omitted: the deployment's "
                           "CADRE_SEMANTIC_CACHE")
-    mode: Literal["single", "team"] = Field(
+    mode: Literal["single", "team", "auto"] = Field(
         "single", description="team: a manager agent splits the task among the deployment's "
         "worker agents (CADRE_AGENTS_FILE), independent parts at once, on the task's one "
-        "budget (see docs/agents.md)")
+        "budget (see docs/agents.md); auto: the planner chooses, a team when the task has "
+        "independent parts; single: one agent")
     cache_scope: str | None = Field(
         None, max_length=100, description="Share cached answers with everyone who names this "
         "scope, one of the deployment's CADRE_CACHE_SHARED_SCOPES, instead of with yourself "

@@ -102,11 +102,11 @@ class TaskService:
                      webhook_url: str | None = None,
                      speculation: bool | None = None,
                      cache: bool | None = None, cache_scope: str | None = None,
-                     mode: Literal["single", "team"] = "single") -> dict[str, Any]:
+                     mode: Literal["single", "team", "auto"] = "single") -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_iterations": max_iterations or self.default_max_iterations,
             "token_budget": token_budget or self.default_token_budget}
-        if mode == "team":
+        if mode != "single":
             options["mode"] = mode
         if speculation is not None:
             options["speculation"] = speculation

@@ -42,7 +42,10 @@ def _planner(state: AgentState) -> str:
 
 
 def _after_plan(state: AgentState) -> str:
-    return END if state.get("stop") else "act"
+    if state.get("stop"):
+        return END
+    # A planner in `auto` mode that chose a team hands the task to the manager's delegation.
+    return "delegate" if state.get("mode") == "team" else "act"
 
 
 def _after_act(state: AgentState) -> str:

@@ -33,6 +33,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from graph.agents import Team
 from graph.deps import GraphDeps
 from graph.errors import (
     BudgetExceeded,
@@ -109,6 +110,21 @@ class WorkerInput(TypedDict):
     step: int
 
 
+def team_lines(team: Team) -> str:
+    """The worker agents as the manager (or a choosing planner) reads them."""
+    return "\n".join(f"- {p.name}: {p.description} (tools: {', '.join(p.tools) or 'none'})"
+                     for p in team.profiles)
+
+
+def choose_team_prompt(agents: str) -> str:
+    """What a planner in `auto` mode is told besides its own instructions."""
+    return ("You may instead hand the task to a team of worker agents: do so, by calling "
+            "submit_team_plan instead of submit_plan, only when the task has parts that "
+            "different agents could do independently, at the same time. Each step goes to "
+            "one agent and names the earlier steps whose results it needs.\n"
+            f"Worker agents:\n{agents}")
+
+
 def team_plan_prompt(agents: str, reason: str | None, notes: list[str]) -> str:
     text = (
         "You are Cadre's manager agent. Split the user's latest task into sub-tasks for your "
@@ -157,16 +173,15 @@ async def team_plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str,
     if deps.team is None or not len(deps.team.profiles):
         return await stopped(steps_log, GoalNotMet(
             "a team task needs worker agent profiles, and this deployment has none"))
-    agents = "\n".join(
-        f"- {p.name}: {p.description} (tools: {', '.join(p.tools) or 'none'})"
-        for p in deps.team.profiles)
+    agents = team_lines(deps.team)
     reason = state.get("replan_reason")
     asked = await ask(deps, state, steps_log,
                       team_plan_prompt(agents, reason, state.get("observations") or []),
                       purpose="plan", tools=[SUBMIT_TEAM_PLAN], tool_choice="submit_team_plan")
     if not isinstance(asked, Asked):
         return asked
-    steps, problem = _parse(asked.message.tool_calls, {p.name for p in deps.team.profiles})
+    steps, problem = parse_team_plan(asked.message.tool_calls,
+                                     {p.name for p in deps.team.profiles})
     if problem:
         replans = state.get("team_replans", 0) + 1
         if replans > MAX_TEAM_REPLANS:
@@ -180,7 +195,8 @@ async def team_plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str,
             "wave": [], "step": steps_log.last, **asked.state_update(state)}
 
 
-def _parse(calls: list[Any], names: set[str]) -> tuple[list[PlanStep], str | None]:
+def parse_team_plan(calls: list[Any], names: set[str]) -> tuple[list[PlanStep], str | None]:
+    """The steps of a `submit_team_plan` call, or why they cannot be used."""
     for call in calls:
         if call["name"] != "submit_team_plan":
             continue

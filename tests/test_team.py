@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from graph.agents import Team
 from graph.run import RunResult, start, task_input
 from graph.steps import AgentDelegated, AgentReturned, ModelCalled, Step, ToolNotRun
-from graph.testing import ScriptedModel, call, reply, team_plan, verdict
+from graph.testing import ScriptedModel, call, plan, reply, team_plan, verdict
 from guardrails.agents import parse_agents
 from tests.agent import Agent
 
@@ -347,3 +347,40 @@ async def test_two_workers_waiting_are_asked_one_after_the_other(
     assert done.status == "SUCCEEDED", done
     assert sorted(m["to"] for m in agent.outbox.sent) == ["ana@example.com", "bo@example.com"]
     assert len({m["key"] for m in agent.outbox.sent}) == 2
+
+
+async def test_in_auto_mode_the_planner_chooses_a_team(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", [])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    researcher.add_for(PEAR, reply("A pear costs 2.0 EUR."))
+    agent.model.add(reply("1.25 EUR and 2.0 EUR."), verdict(True, "both"))
+    task_id = await agent.new_task("Price an apple and a pear.")
+
+    done = await start(agent.graph, agent.deps(), thread_id=agent.conversation_id,
+                       input=task_input(task_id=task_id, text="Price an apple and a pear.",
+                                        mode="auto"))
+
+    assert done.status == "SUCCEEDED", done
+    first = agent.model.calls[0]
+    assert first.tools == ["submit_plan", "submit_team_plan"] and first.tool_choice == "required"
+    assert "researcher: Looks up prices." in str(first.messages[0].content)
+    assert trail(await agent.steps())[:4] == [
+        ("cadre", "model_called"), ("manager", "plan_made"),
+        ("manager", "agent_delegated"), ("manager", "agent_delegated")]
+
+
+async def test_in_auto_mode_a_plain_plan_runs_as_one_agent(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(plan("Look up the apple price"), call("lookup_price", {"item": "apple"}),
+                    reply("An apple costs 1.25 EUR."), verdict(True, "answered"))
+    task_id = await agent.new_task("What does an apple cost?")
+
+    done = await start(agent.graph, agent.deps(), thread_id=agent.conversation_id,
+                       input=task_input(task_id=task_id, text="What does an apple cost?",
+                                        mode="auto"))
+
+    assert done.status == "SUCCEEDED", done
+    assert {s.agent for s in await agent.steps()} == {"cadre"}
+    assert [c.tool_choice for c in agent.model.calls] == ["required", None, None,
+                                                          "submit_verdict"]

@@ -1,4 +1,6 @@
-"""plan: the model writes (or revises) a numbered plan as a structured tool call."""
+"""plan: the model writes (or revises) a numbered plan as a structured tool call. A task in
+`auto` mode may instead get a team plan: the planner is shown the worker agents and chooses
+(graph/team.py); the task then goes on as a team, its manager's steps as `manager`."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from graph.nodes._common import Asked, ask, deadline_passed, stopped, task_input
 from graph.prompts import SUBMIT_PLAN, plan_prompt
 from graph.recorder import Steps
 from graph.state import AgentState, PlanStep
-from graph.steps import PlanItem, PlanMade
+from graph.steps import MANAGER, PlanItem, PlanMade
+from graph.team import SUBMIT_TEAM_PLAN, choose_team_prompt, parse_team_plan, team_lines
 
 
 async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
@@ -27,11 +30,28 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     reason = state.get("replan_reason")
     # The first plan of a task like an earlier one starts from that task's plan.
     reference = None if state.get("plan") else (state.get("reference_plan") or {}).get("steps")
-    asked = await ask(deps, state, steps_log, plan_prompt(tool_lines, reason, reference),
-                      purpose="plan",
-                      tools=[SUBMIT_PLAN], tool_choice="submit_plan")
+    team = deps.team if state.get("mode") == "auto" and not state.get("plan") else None
+    system = plan_prompt(tool_lines, reason, reference)
+    if team is not None and len(team.profiles):
+        system += "\n\n" + choose_team_prompt(team_lines(team))
+        asked = await ask(deps, state, steps_log, system, purpose="plan",
+                          tools=[SUBMIT_PLAN, SUBMIT_TEAM_PLAN], tool_choice="required")
+    else:
+        asked = await ask(deps, state, steps_log, system, purpose="plan",
+                          tools=[SUBMIT_PLAN], tool_choice="submit_plan")
     if not isinstance(asked, Asked):
         return asked
+    if team is not None and any(c["name"] == "submit_team_plan" for c in asked.message.tool_calls):
+        team_steps, problem = parse_team_plan(asked.message.tool_calls,
+                                              {p.name for p in team.profiles})
+        if not problem:
+            # The planner chose a team: from here the task is the manager's.
+            manager = Steps(deps.recorder, state, agent=MANAGER)
+            manager.last = steps_log.last
+            await manager.add(PlanMade, steps=[PlanItem(**p) for p in team_steps])
+            return {"plan": team_steps, "current_step": 1, "replan_reason": None,
+                    "mode": "team", "agent": MANAGER, "agent_results": [], "wave": [],
+                    "step": manager.last, **asked.state_update(state)}
     steps, problem = _parse(asked.message.tool_calls)
     errors = list(state.get("errors") or [])
     if problem:
