@@ -15,6 +15,7 @@ from app.store import TaskStore, task_steps
 from app.tooling import local_toolset, worker_policy
 from graph import ApprovalDecision
 from graph.replay import ReplayReport, replay
+from graph.steps import MAIN_AGENT
 from graph.status import TERMINAL
 from guardrails import Policy
 from tools import Toolset
@@ -36,6 +37,10 @@ async def replay_task(db: asyncpg.Pool, task: dict[str, Any], *, toolset: Toolse
     recorded = (await task_steps(db, [task["id"]])).get(str(task["id"]), [])
     if not recorded:
         raise Problem("conflict", 409, f"task {task['id']} has no recorded steps to replay")
+    if any(step.agent != MAIN_AGENT for step in recorded):
+        # Workers that ran at once answered in an order a replay cannot reproduce.
+        raise Problem("conflict", 409, f"task {task['id']} ran as a team of agents: replay "
+                      "covers single-agent tasks only")
     decisions = {a["tool_call_id"]: ApprovalDecision(
         decision="approve" if a["status"] == "APPROVED" else "reject",
         comment=a["comment"] or "", approval_id=a["id"])

@@ -92,6 +92,11 @@ async def test_a_team_task_streams_its_agents_nested(team_service: Service) -> N
         < page.index(f"Delegated to {r2}") < page.index(f"Tool lookup_price · {r2}")
     assert f"{w1} returned" in page
 
+    replayed = await service.http.post(f"/v1/tasks/{created['id']}/replay",
+                                       headers=service.auth())
+    assert replayed.status_code == 409
+    assert "ran as a team of agents" in replayed.json()["detail"]
+
 
 async def test_a_team_task_without_usable_profiles_fails_clearly(service: Service) -> None:
     """The bundled profiles' tools are not in this test toolset: the manager may still plan,
