@@ -15,8 +15,8 @@ from app.store import TaskStore, task_steps
 from app.tooling import local_toolset, worker_policy
 from graph import ApprovalDecision
 from graph.replay import ReplayReport, replay
-from graph.steps import MAIN_AGENT
 from graph.status import TERMINAL
+from graph.steps import MAIN_AGENT
 from guardrails import Policy
 from tools import Toolset
 
