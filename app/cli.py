@@ -147,6 +147,9 @@ def run(
     token_budget: Annotated[int | None, typer.Option(min=1, help="Model token budget.")] = None,
     approve_all: Annotated[bool, typer.Option(help="Approve every held call.")] = False,
     reject_all: Annotated[bool, typer.Option(help="Reject every held call.")] = False,
+    mode: Annotated[str, typer.Option(
+        help="single: one agent; team: a manager delegates to the worker agent profiles "
+             "(CADRE_AGENTS_FILE); auto: the planner chooses.")] = "single",
 ) -> None:
     """Run one task in this process, printing each step; held calls ask for approval here.
     Exit 0 when the task succeeds, 1 when it fails."""
@@ -156,6 +159,8 @@ def run(
 
     if approve_all and reject_all:
         raise typer.BadParameter("--approve-all and --reject-all exclude each other")
+    if mode not in ("single", "team", "auto"):
+        raise typer.BadParameter(f"--mode is single, team or auto, not {mode!r}")
 
     async def decide(approval: ApprovalRequest) -> ApprovalDecision:
         _echo(f"approval needed: {approval.tool}({approval.arguments}) -- {approval.reason}")
@@ -176,7 +181,8 @@ def run(
     try:
         done = asyncio.run(run_local(load_settings(), text, email=email,
                                      conversation_id=conversation, max_iterations=max_iterations,
-                                     token_budget=token_budget, decide=decide, echo=_echo))
+                                     token_budget=token_budget, decide=decide, echo=_echo,
+                                     mode=mode))
     finally:
         shutdown_tracing(provider)
     result = done.result

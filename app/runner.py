@@ -20,7 +20,14 @@ from app.models import model_config
 from app.settings import Settings
 from app.store import PolicyAudit, StepStore, TaskStore
 from app.telemetry import carrier, graph_tracing
-from app.tooling import open_tool_deps, worker_policy, worker_screen, worker_toolset
+from app.tooling import (
+    open_tool_deps,
+    worker_agents,
+    worker_policy,
+    worker_screen,
+    worker_team,
+    worker_toolset,
+)
 from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.recorder import Recorders
@@ -59,7 +66,8 @@ class EchoRecorder:
         self._echo = echo
 
     async def record(self, task_id: str, step: Step) -> bool:
-        self._echo(f"[{step.number:>2}] {describe(step)}")
+        who = f" {step.agent}" if "/" in step.agent else ""
+        self._echo(f"[{step.number:>2}]{who} {describe(step)}")
         return True
 
 
@@ -113,6 +121,7 @@ async def run_local(
     decide: Decide,
     echo: Callable[[str], None],
     toolset: Toolset | None = None,
+    mode: str = "single",
 ) -> LocalRun:
     """Create the task for `email`'s user, run it to a terminal state, store the outcome."""
     database_url = require_database_url(settings)
@@ -122,6 +131,11 @@ async def run_local(
     toolset = toolset if toolset is not None else await worker_toolset(settings)
     policy = await asyncio.to_thread(worker_policy, settings, toolset)
     echo(f"tools: {', '.join(t.name for t in toolset) or 'none'}; policy {policy.source}")
+    team = None
+    if mode != "single":
+        agents = await asyncio.to_thread(worker_agents, settings, toolset)
+        team = await asyncio.to_thread(worker_team, agents, config)
+        echo(f"agents: {', '.join(p.name for p in agents) or 'none'} ({agents.source})")
     db = await connect_db(settings)
     rds = redis_client(require_redis_url(settings), 4)
     try:
@@ -132,7 +146,8 @@ async def run_local(
         store = TaskStore(db)
         conv = await _conversation(store, user["id"], conversation_id, text)
         task_id = (await store.insert(db, user_id=user["id"], conversation=conv, text=text,
-                                      options={}, trace=carrier(),
+                                      options={"mode": mode} if mode != "single" else {},
+                                      trace=carrier(),
                                       status=TaskStatus.RUNNING))["id"]
         echo(f"task {task_id} in conversation {conv}")
         events = EventLog(rds)
@@ -149,14 +164,14 @@ async def run_local(
                 parallel_tools=settings.parallel_tools,
                 speculator=Speculator(toolset=toolset, policy=policy, tool_deps=tool_deps, db=db,
                                       redis=rds, limit=settings.speculation_max)
-                if settings.speculation else None)
+                if settings.speculation else None, team=team)
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:
                 return task_input(task_id=task_id, text=text, role=user["role"],
                                   user_email=email,
                                   max_iterations=max_iterations or settings.max_iterations,
-                                  token_budget=token_budget or settings.token_budget)
+                                  token_budget=token_budget or settings.token_budget, mode=mode)
 
             decision: ApprovalDecision | None = None
             while True:

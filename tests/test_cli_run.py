@@ -113,3 +113,26 @@ async def test_run_without_a_model_or_user_is_one_line(service_env: dict[str, st
     no_user = await run_cadre("run", "x", "--email", "ghost@example.com",
                               env={**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
     assert no_user.code == 2 and "no user 'ghost@example.com'" in no_user.stderr
+
+
+async def test_run_as_a_team_prints_each_agent_s_steps(service_env: dict[str, str],
+                                                        database_url: str) -> None:
+    await _admin(database_url)
+    plan = json.dumps({"steps": [{"task": "Write one line about tea", "agent": "writer"}]})
+    async with FakeOpenAIServer() as server:
+        server.queue(
+            FakeResponse(body=completion(tool_calls=[("submit_team_plan", plan)])),
+            FakeResponse(body=completion("Tea steeps; time slows.")),
+            FakeResponse(body=completion("Tea steeps; time slows.")),
+            FakeResponse(body=completion(tool_calls=[
+                ("submit_verdict", '{"goal_met": true, "reason": "a line"}')])),
+        )
+        env = {**service_env, "OPENAI_BASE_URL": server.base_url, "CADRE_MODEL": "fake"}
+        result = await run_cadre("run", "--mode", "team", "A line about tea.", env=env)
+    assert result.code == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("agents: researcher, analyst, writer") for line in lines)
+    assert any("delegate  manager/writer#1: Write one line about tea" in line for line in lines)
+    assert any("manager/writer#1 model     act:" in line for line in lines)
+    assert any("returned  manager/writer#1: Tea steeps; time slows." in line for line in lines)
+    assert "answer: Tea steeps; time slows." in lines
