@@ -109,6 +109,8 @@ def _entry(step: Step, task: TaskLog) -> dict[str, Any] | None:
             return {"kind": "plan", "text": "\n".join(
                 f"{item.number}. {item.description}" for item in step.steps)}
         case ModelCalled():
+            if "/" in step.agent and not step.tool_calls:
+                return None  # a team worker's answer: shown where it returns
             if step.purpose == "act" and step.text and step.text != task.final_output:
                 return {"kind": "thought", "text": step.text}
             return None

@@ -91,6 +91,7 @@ async def test_a_team_task_streams_its_agents_nested(team_service: Service) -> N
     assert page.index(f"Delegated to {r1}") < page.index(f"Tool lookup_price · {r1}") \
         < page.index(f"Delegated to {r2}") < page.index(f"Tool lookup_price · {r2}")
     assert f"{w1} returned" in page
+    assert f"Reasoning · {r1}" not in page, "a worker's answer shows once, where it returns"
 
     replayed = await service.http.post(f"/v1/tasks/{created['id']}/replay",
                                        headers=service.auth())

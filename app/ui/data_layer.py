@@ -269,7 +269,8 @@ def _shown_step(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revis
             output = render.agent_output(back.ok, back.result, back.stop, back.message) \
                 if back is not None else "Working..."
             return (render.agent_step_id(task.id, log.to), "run", log.to, output,
-                    {"input": log.task, "is_error": back is not None and not back.ok})
+                    {"input": log.task, "is_error": back is not None and not back.ok,
+                     "defaultOpen": True})
         case AgentReturned():
             return None  # shown as its delegation's output
         case ToolRan():
