@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from graph import fence
 from graph.deps import GraphDeps
-from graph.nodes._common import last_ai
+from graph.nodes._common import proposes_calls
 from graph.nodes.act import act
 from graph.nodes.approve import approve
 from graph.nodes.execute import execute
@@ -51,10 +51,7 @@ def _after_plan(state: AgentState) -> str:
 def _after_act(state: AgentState) -> str:
     if state.get("stop"):
         return END
-    message = last_ai(state)
-    if message is not None and (message.tool_calls or message.invalid_tool_calls):
-        return "approve"
-    return "verify"
+    return "approve" if proposes_calls(state) else "verify"
 
 
 def _after_observe(state: AgentState) -> str:

@@ -42,7 +42,15 @@ from graph.errors import (
     IterationLimit,
     RunFailure,
 )
-from graph.nodes._common import Asked, ask, deadline_passed, last_ai, partial_result, stopped
+from graph.nodes._common import (
+    Asked,
+    ask,
+    deadline_passed,
+    last_ai,
+    partial_result,
+    proposes_calls,
+    stopped,
+)
 from graph.nodes.act import act
 from graph.nodes.approve import approve
 from graph.nodes.execute import execute
@@ -435,12 +443,7 @@ def add_team(graph: StateGraph[AgentState, GraphDeps, AgentState, AgentState]) -
 # judges its result).
 
 def _worker_after_act(state: AgentState) -> str:
-    if state.get("stop"):
-        return END
-    message = last_ai(state)
-    if message is not None and (message.tool_calls or message.invalid_tool_calls):
-        return "approve"
-    return END
+    return "approve" if not state.get("stop") and proposes_calls(state) else END
 
 
 def _worker_after_observe(state: AgentState) -> str:

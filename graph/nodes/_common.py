@@ -114,6 +114,12 @@ def last_ai(state: AgentState) -> AIMessage | None:
     return None
 
 
+def proposes_calls(state: AgentState) -> bool:
+    """The model's last turn asked for tool calls (well-formed or not)."""
+    message = last_ai(state)
+    return message is not None and bool(message.tool_calls or message.invalid_tool_calls)
+
+
 def partial_result(state: AgentState) -> str:
     """What the task has produced so far, for a run that stops before finishing: a team's,
     each worker's result by path."""
