@@ -127,6 +127,8 @@ class Approval(BaseModel):
     id: uuid.UUID
     task_id: uuid.UUID
     tool_call_id: str
+    agent: str = Field("cadre", description="Which agent asks: a team's worker by its path "
+                                            "(manager/analyst#1), whose call id it prefixes")
     tool: str
     arguments: Any
     risk: str

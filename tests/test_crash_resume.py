@@ -26,6 +26,7 @@ from app.deps import open_deps
 from app.events import EventLog, StatusData
 from app.keys import create_key
 from app.settings import Settings
+from graph.status import TaskStatus
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving
 
 pytestmark = pytest.mark.slow
@@ -162,8 +163,8 @@ async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
     assert all(r["n"] == 1 and r["status"] == "SUCCEEDED" for r in ledger) and len(ledger) == TASKS
     for task_id, history in histories.items():
         types = [e.type for e in history]
-        assert types[0] == "status" and history[0].data == StatusData(status="QUEUED")
-        assert history[-1].data == StatusData(status="SUCCEEDED") and types[-2] == "final"
+        assert types[0] == "status" and history[0].data == StatusData(status=TaskStatus.QUEUED)
+        assert history[-1].data == StatusData(status=TaskStatus.SUCCEEDED) and types[-2] == "final"
         for needed in ("plan", "tool_call", "approval_required", "tool_result"):
             assert needed in types, f"{task_id} has no {needed} event: {types}"
         assert len({e.id for e in history}) == len(history)
