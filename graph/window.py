@@ -105,10 +105,13 @@ def _join(summary: str, lines: list[str], limit: int) -> str:
 async def mirror_window(redis: Redis, task_id: str, window: Window, ttl_seconds: int) -> None:
     """Keep the task's current window in Redis, for a worker that picks the task up."""
     key = f"cadre:context:{task_id}"
-    await redis.hset(key, mapping={
-        "summary": window.summary,
-        "summarized_upto": window.summarized_upto,
-        "messages": json.dumps(messages_to_dict(window.messages), default=str),
-        "updated_at": time.time(),
-    })
-    await redis.expire(key, ttl_seconds)
+    # One round trip for both commands.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping={
+            "summary": window.summary,
+            "summarized_upto": window.summarized_upto,
+            "messages": json.dumps(messages_to_dict(window.messages), default=str),
+            "updated_at": time.time(),
+        })
+        pipe.expire(key, ttl_seconds)
+        await pipe.execute()
