@@ -131,7 +131,9 @@ class Settings(BaseSettings):
     # Behind an authenticating proxy: the request header naming the user's email.
     ui_auth_header: str | None = Field(None, validation_alias=_env("CADRE_UI_AUTH_HEADER"))
     tools: str = Field("", validation_alias=_env("CADRE_TOOLS"))
-    worker_concurrency: int = Field(4, ge=1, le=256,
+    # Tasks mostly wait for the model: 32 at once per process, from bench/throughput.py
+    # (docs/performance.md, "Worker concurrency").
+    worker_concurrency: int = Field(32, ge=1, le=256,
                                     validation_alias=_env("CADRE_WORKER_CONCURRENCY"))
     # MCP sessions one user may have open at once (active within the last 30 minutes).
     mcp_sessions_per_user: int = Field(20, ge=1, le=10_000,

@@ -124,7 +124,7 @@ async def test_the_chart_renders_valid_and_linted_manifests(tmp_path: Path) -> N
     (scaled,) = _find(prod, "ScaledObject")
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "aws-sqs-queue" and trigger["metadata"]["scaleOnInFlight"] == "true"
-    assert trigger["metadata"]["queueLength"] == "4"  # CADRE_WORKER_CONCURRENCY
+    assert trigger["metadata"]["queueLength"] == "32"  # CADRE_WORKER_CONCURRENCY
     assert scaled["spec"]["maxReplicaCount"] == 50
     (ingress,) = _find(prod, "Ingress")
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/affinity"] == "cookie"
