@@ -226,8 +226,11 @@ async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: 
                    on_token: OnToken | None, at_boundary: AtBoundary | None) -> None:
     config = thread_config(thread_id)
     config["callbacks"] = [_AnswerTokens(on_token, deps.speculator)]
+    # `subgraphs`: a team's workers report each of their steps too, so a cancellation or a
+    # shutdown stops the run at a worker's step, not only once the whole wave is done.
     stream = cast(AsyncGenerator[Any, None], graph.astream(
-        payload, config, context=deps, stream_mode="updates", durability="sync"))
+        payload, config, context=deps, stream_mode="updates", durability="sync",
+        subgraphs=True))
     token = fence.CURRENT.set(deps.fence)  # the checkpointer writes only under the lease
     try:
         await _consume(stream, graph, deps, thread_id, at_boundary)
@@ -240,8 +243,9 @@ async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: G
     why: Literal["cancelled", "shutdown"] | None = None
     last_step = 0  # the newest step number a node reported
     async with contextlib.aclosing(stream):
-        async for chunk in stream:
-            for update in (chunk or {}).values():
+        async for namespace, chunk in stream:
+            # The run's own steps (a worker's numbers are in its range, not the run's).
+            for update in (chunk or {}).values() if not namespace else ():
                 if isinstance(update, dict) and isinstance(update.get("step"), int):
                     last_step = max(last_step, update["step"])
             # A step just finished; its writes are saved (or about to be, and the aclose

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from graph.agents import Team
-from graph.run import RunResult, start, task_input
+from graph.run import RunInterrupted, RunResult, drive, start, task_input
 from graph.steps import AgentDelegated, AgentReturned, ModelCalled, Step, ToolNotRun
 from graph.testing import ScriptedModel, call, plan, reply, team_plan, verdict
 from guardrails.agents import parse_agents
@@ -424,3 +424,33 @@ async def test_what_a_worker_read_taints_what_the_team_does_next(
     agent.model.add(reply("An apple costs 1.25 EUR; Ana was told."), verdict(True, "done"))
     done = await agent.resume("approve")
     assert done.status == "SUCCEEDED", done
+
+
+async def test_a_cancel_stops_the_team_at_a_worker_s_step(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    """The run stops at the next step of any agent, without waiting for the wave to end."""
+    agent.model.add(team_plan((APPLE, "researcher", []), (PEAR, "researcher", [])))
+    release = asyncio.Event()
+    calls = 0
+
+    async def on_call() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 2:  # the workers' second calls never come back
+            await release.wait()
+    researcher.on_call = on_call
+    researcher.add_for(APPLE, call("lookup_price", {"item": "apple"}))
+    researcher.add_for(PEAR, call("lookup_price", {"item": "pear"}))
+    task_id = await agent.new_task("Price an apple and a pear.")
+
+    async def cancelled_after_a_lookup() -> Literal["cancelled"] | None:
+        return "cancelled" if agent.outbox.looked_up else None
+
+    with pytest.raises(RunInterrupted):
+        await asyncio.wait_for(drive(
+            agent.graph, agent.deps(), agent.conversation_id,
+            task_input(task_id=task_id, text="Price an apple and a pear.", mode="team"),
+            task_id=task_id, at_boundary=cancelled_after_a_lookup), 30)
+    steps = await agent.steps()
+    assert steps[-1].kind == "run_stopped" and steps[-1].agent == "manager"
+    assert not any(isinstance(s, AgentReturned) for s in steps), "no wave ended"
