@@ -80,8 +80,10 @@ def task_input(
     mode: str = "single",
 ) -> AgentState:
     """The input that starts a task on a conversation's thread, resetting per-task fields.
-    `input_flags` (injection phrasings found in `text`) make the text itself untrusted."""
-    return AgentState(
+    `input_flags` (injection phrasings found in `text`) make the text itself untrusted. A
+    single agent's input leaves the team's fields out (each is one more channel in every
+    checkpoint): `fresh_input` resets them only where an earlier team task left them."""
+    state = AgentState(
         messages=[HumanMessage(text)],
         untrusted=[f"the task's text ({', '.join(input_flags)})"] if input_flags else [],
         task_id=task_id,
@@ -93,10 +95,26 @@ def task_input(
         plan=[], current_step=0, iterations=0, usage=empty_usage(), observations=[], errors=[],
         decisions=[], recent_calls=[], repeat_replans=0, verify_failures=0, replan_reason=None,
         step=0, final_answer=None, stop=None, reference_plan=reference_plan,
-        # A team's manager takes the task's own steps; its workers get paths under it.
-        mode=mode, agent=MANAGER if mode == "team" else MAIN_AGENT, agent_results=[],
-        delegations={}, team_replans=0, agent_usage={}, wave=[],
     )
+    if mode != "single":
+        # A team's manager takes the task's own steps; its workers get paths under it.
+        state.update(cast(AgentState, {**TEAM_FIELDS, "mode": mode,
+                                       "agent": MANAGER if mode == "team" else MAIN_AGENT}))
+    return state
+
+
+# The team's per-task fields as a single-agent task has them.
+TEAM_FIELDS: dict[str, Any] = {"mode": "single", "agent": MAIN_AGENT, "agent_results": [],
+                               "delegations": {}, "team_replans": 0, "agent_usage": {},
+                               "wave": []}
+
+
+def fresh_input(earlier: dict[str, Any], input: AgentState) -> AgentState:
+    """`input` with the team's fields reset where the thread's previous task (`earlier`, its
+    last values) left them otherwise."""
+    reset = {key: value for key, value in TEAM_FIELDS.items()
+             if key not in input and earlier.get(key) not in (None, value)}
+    return cast(AgentState, {**input, **reset}) if reset else input
 
 
 def thread_config(thread_id: str) -> RunnableConfig:
@@ -131,7 +149,7 @@ async def run_task(graph: AgentGraph, deps: GraphDeps, *, thread_id: str, task_i
     elif ours:
         return await outcome(graph, thread_id)  # finished, but its end not yet recorded
     else:
-        payload = await fresh()
+        payload = fresh_input(snapshot.values, await fresh())
     return await drive(graph, deps, thread_id, payload, task_id=task_id, on_token=on_token,
                        at_boundary=at_boundary)
 
@@ -263,7 +281,9 @@ async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: G
 
 async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
                 input: AgentState) -> RunResult:
-    return await drive(graph, deps, thread_id, input, task_id=input.get("task_id", ""))
+    earlier = (await graph.aget_state(thread_config(thread_id))).values
+    return await drive(graph, deps, thread_id, fresh_input(earlier, input),
+                       task_id=input.get("task_id", ""))
 
 
 async def resume(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,

@@ -454,3 +454,23 @@ async def test_a_cancel_stops_the_team_at_a_worker_s_step(
     steps = await agent.steps()
     assert steps[-1].kind == "run_stopped" and steps[-1].agent == "manager"
     assert not any(isinstance(s, AgentReturned) for s in steps), "no wave ended"
+
+
+async def test_a_single_agent_task_after_a_team_task_is_a_single_agent_again(
+        agent: Agent, researcher: ScriptedModel) -> None:
+    agent.model.add(team_plan((APPLE, "researcher", [])))
+    researcher.add_for(APPLE, reply("An apple costs 1.25 EUR."))
+    agent.model.add(reply("1.25 EUR."), verdict(True, "ok"))
+    assert (await run_team(agent, "Price an apple.")).status == "SUCCEEDED"
+
+    agent.model.add(plan("Answer"), reply("Hello."), verdict(False, "no"),
+                    plan("Answer"), reply("Hello."), verdict(False, "no"),
+                    plan("Answer"), reply("Hello."), verdict(False, "no"))
+    second = await agent.start("Say hello.")
+
+    assert second.status == "FAILED" and second.agents == {}
+    assert "researcher" not in second.partial, "no result of the team's worker is left"
+    assert {s.agent for s in await agent.steps()} == {"cadre"}
+    state = (await agent.graph.aget_state({"configurable": {
+        "thread_id": agent.conversation_id}})).values
+    assert (state["mode"], state["agent"], state["agent_results"]) == ("single", "cadre", [])
