@@ -33,6 +33,7 @@ from graph.steps import (
     ToolNotRun,
     ToolProposed,
     ToolRan,
+    is_worker,
 )
 from guardrails import Risk
 
@@ -251,7 +252,7 @@ def step_events(step: Step) -> list[AnyEventData]:
                 finish_reason=step.finish_reason, step=n, agent=agent)]
             # A team worker's answer comes back in its `agent` event; what it said beside
             # tool calls is its reasoning.
-            if step.purpose == "act" and step.text and ("/" not in agent or step.tool_calls):
+            if step.purpose == "act" and step.text and (not is_worker(agent) or step.tool_calls):
                 events.append(ThoughtData(node="act", text=step.text, step=n, agent=agent))
             return events
         case ToolProposed():

@@ -224,7 +224,7 @@ class Executor:
             # Kept before the end is recorded: a task sent after this one ended finds it.
             await self._keep_for_cache(task, result, lookup)
             await self._finish(task_id, TaskStatus.SUCCEEDED, lease=lease,
-                               output=result.final_answer, error=None, usage=_usage(result))
+                               output=result.final_answer, error=None, usage=result.recorded_usage())
         else:
             assert result.stop is not None
             error = {"type": result.stop["kind"], "message": result.stop["message"]}
@@ -232,7 +232,7 @@ class Executor:
                     await self._quota_was_the_budget(task):
                 error["message"] = allowance.exhausted(_tokens(result.usage))
             await self._finish(task_id, TaskStatus.FAILED, lease=lease,
-                               output=result.partial or None, error=error, usage=_usage(result))
+                               output=result.partial or None, error=error, usage=result.recorded_usage())
         await self.deps.queue.delete(message)
 
     async def _seed_fork(self, task: Any, lease: Lease) -> None:
@@ -450,7 +450,7 @@ class Executor:
         approval_id = await self.store.hold(
             task_id, tool_call_id=approval.tool_call_id, tool=approval.tool,
             arguments=approval.arguments, reason=approval.reason, risk=approval.risk,
-            usage=dict(result.usage), lease=(lease.worker, lease.epoch))
+            usage=result.recorded_usage(), lease=(lease.worker, lease.epoch))
         if approval_id is None:
             lease.lose(f"task {task_id}: another worker took it over before its approval was "
                        "recorded")
@@ -592,11 +592,6 @@ def _budget(task: Any, allowance: DailyAllowance | None) -> int | None:
     """The run's token budget: the task's own, cut to what the daily quota leaves."""
     own = task_options(task).get("token_budget")
     return own if allowance is None else allowance.budget(own)
-
-
-def _usage(result: RunResult) -> dict[str, Any]:
-    """A run's usage as the task keeps it: the total, and a team's per agent (`agents`)."""
-    return {**result.usage, "agents": result.agents} if result.agents else dict(result.usage)
 
 
 def _tokens(usage: Any) -> int:

@@ -46,6 +46,7 @@ from graph.steps import (
     ToolNotRun,
     ToolProposed,
     ToolRan,
+    is_worker,
 )
 from tools import Ledger, Toolset
 
@@ -66,7 +67,7 @@ class EchoRecorder:
         self._echo = echo
 
     async def record(self, task_id: str, step: Step) -> bool:
-        who = f" {step.agent}" if "/" in step.agent else ""
+        who = f" {step.agent}" if is_worker(step.agent) else ""
         self._echo(f"[{step.number:>2}]{who} {describe(step)}")
         return True
 
@@ -188,7 +189,7 @@ async def run_local(
             task_id, result.status,
             output=result.final_answer if succeeded else (result.partial or None),
             error={"type": result.stop["kind"], "message": result.stop["message"]}
-            if result.stop else None, usage=dict(result.usage))
+            if result.stop else None, usage=result.recorded_usage())
         return LocalRun(task_id=task_id, conversation_id=str(conv), result=result)
     finally:
         await rds.aclose()

@@ -24,6 +24,7 @@ from graph.steps import (
     ToolNotRun,
     ToolProposed,
     ToolRan,
+    is_worker,
 )
 from guardrails.redaction import redact_json
 
@@ -79,7 +80,7 @@ def _task(task: TaskLog) -> dict[str, Any]:
     delegated = {s.to: s.at for s in task.steps if isinstance(s, AgentDelegated)}
     for step in task.steps:
         if (entry := _entry(step, task)) is not None:
-            if "/" in step.agent:
+            if is_worker(step.agent):
                 entry["agent"] = step.agent
             entries.append(((delegated.get(step.agent, step.at), step.at), entry))
     for approval in task.approvals:
@@ -109,7 +110,7 @@ def _entry(step: Step, task: TaskLog) -> dict[str, Any] | None:
             return {"kind": "plan", "text": "\n".join(
                 f"{item.number}. {item.description}" for item in step.steps)}
         case ModelCalled():
-            if "/" in step.agent and not step.tool_calls:
+            if is_worker(step.agent) and not step.tool_calls:
                 return None  # a team worker's answer: shown where it returns
             if step.purpose == "act" and step.text and step.text != task.final_output:
                 return {"kind": "thought", "text": step.text}

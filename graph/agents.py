@@ -29,6 +29,13 @@ class Team:
         return self.profiles.get(name)
 
 
+def call_key(state: AgentState, call_id: str) -> str:
+    """A tool call's id in the task: a team worker's call ids are its model's, so its path
+    makes them (and the ledger keys and approvals built on them) unique in the task."""
+    agent = state.get("agent")
+    return f"{agent}:{call_id}" if state.get("profile") and agent else call_id
+
+
 def for_agent(deps: GraphDeps, state: AgentState) -> GraphDeps:
     """`deps` as the agent of `state` may use them: unchanged for a single agent or a team's
     manager; a worker agent's profile narrows the tools and may change the model."""

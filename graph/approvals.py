@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from graph.steps import MAIN_AGENT, is_worker
 from guardrails import Risk
 from guardrails.screening import control_characters
 
@@ -33,7 +34,7 @@ def asking_agent(tool_call_id: str) -> str:
     """The agent an approval's call belongs to: a team worker's call id carries its path
     (`manager/analyst#1:call_1`); any other is the single agent's."""
     head, colon, _ = tool_call_id.partition(":")
-    return head if colon and "/" in head else "cadre"
+    return head if colon and is_worker(head) else MAIN_AGENT
 
 
 class ApprovalDecision(BaseModel):

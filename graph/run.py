@@ -65,6 +65,10 @@ class RunResult:
     # A team's usage per agent path (the manager's own and each worker's); {} for one agent.
     agents: dict[str, Usage] = field(default_factory=dict)
 
+    def recorded_usage(self) -> dict[str, Any]:
+        """The usage as a task keeps it: the total, and a team's per agent (`agents`)."""
+        return {**self.usage, "agents": self.agents} if self.agents else dict(self.usage)
+
 
 def task_input(
     *,

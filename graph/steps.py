@@ -24,6 +24,11 @@ MAIN_AGENT = "cadre"
 MANAGER = "manager"
 
 
+def is_worker(agent: str) -> bool:
+    """A team's worker agent (`manager/researcher#1`), not a single agent or a manager."""
+    return "/" in agent
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

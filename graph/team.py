@@ -33,7 +33,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
-from graph.agents import Team
+from graph.agents import Team, for_agent
 from graph.deps import GraphDeps
 from graph.errors import (
     BudgetExceeded,
@@ -305,10 +305,8 @@ async def worker(job: WorkerInput, runtime: Runtime[GraphDeps]) -> dict[str, Any
         decisions=[], recent_calls=[], repeat_replans=0, verify_failures=0,
         replan_reason=None, step=job["step"], step_limit=job["step"] + WORKER_STEPS - _STEP_MARGIN,
         final_answer=None, stop=None)
-    model = deps.team.models.get(job["profile"], deps.model) if deps.team else deps.model
     with agent_span(deps.tracing, task_id=job["task_id"], conversation_id="",
-                    model=str(getattr(model, "model_name", "") or type(model).__name__),
-                    agent=job["path"]):
+                    model=for_agent(deps, start).model_name, agent=job["path"]):
         try:
             final = await WORKER_GRAPH.ainvoke(start, context=deps)
         except RunFailure as failure:

@@ -46,6 +46,7 @@ from graph.steps import (
     ToolNotRun,
     ToolProposed,
     ToolRan,
+    is_worker,
 )
 
 
@@ -249,7 +250,7 @@ def _shown(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revised: b
     steps nest in it."""
     shown = _shown_step(log, task, latest_plan=latest_plan, revised=revised,
                         returned=returned or {})
-    if shown is not None and render.is_worker(log.agent):
+    if shown is not None and is_worker(log.agent):
         shown[4]["parentId"] = render.agent_step_id(task.id, log.agent)
     return shown
 
@@ -284,7 +285,7 @@ def _shown_step(log: Step, task: TaskLog, *, latest_plan: PlanMade | None, revis
         case ModelCalled():
             if log.purpose != "act" or not log.text or log.text == task.final_output:
                 return None
-            if render.is_worker(log.agent) and not log.tool_calls:
+            if is_worker(log.agent) and not log.tool_calls:
                 return None  # a worker's answer: its step's output
             return at, "llm", "reasoning", log.text, {}
         case AnswerChecked():

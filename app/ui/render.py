@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from app.settings import Settings
+from graph.steps import is_worker
 
 CHAT_NAME = "Cadre"
 
@@ -36,17 +37,12 @@ def approval_message_id(approval_id: str) -> str:
 
 def tool_step_id(task_id: str, call_id: str, agent: str = "cadre") -> str:
     """A tool call's step; a team worker's call ids are its model's, so its path joins in."""
-    return f"call-{task_id}-{call_id}" if "/" not in agent else f"call-{task_id}-{agent}-{call_id}"
+    return f"call-{task_id}-{agent}-{call_id}" if is_worker(agent) else f"call-{task_id}-{call_id}"
 
 
 def agent_step_id(task_id: str, path: str) -> str:
     """A team's worker agent as one collapsible step, its own steps nested in it."""
     return f"agent-{task_id}-{path}"
-
-
-def is_worker(agent: str) -> bool:
-    """A team's worker agent (`manager/researcher#1`), not a single agent or a manager."""
-    return "/" in agent
 
 
 def agent_output(ok: bool, result: str, stop: str | None, message: str) -> str:

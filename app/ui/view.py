@@ -51,7 +51,7 @@ from app.events import (
 from app.ui import render
 from app.ui.runtime import UIServices
 from graph.status import TaskStatus
-from graph.steps import ToolRan
+from graph.steps import ToolRan, is_worker
 
 log = logging.getLogger("cadre.ui")
 
@@ -140,7 +140,7 @@ class TaskView:
                 await self._status(data)
             case PlanData():
                 await self._plan([item.description for item in data.plan])
-            case ThoughtData() if render.is_worker(data.agent):  # beside its tool calls
+            case ThoughtData() if is_worker(data.agent):  # beside its tool calls
                 await self._llm_step("reasoning", data.text,
                                      parent=render.agent_step_id(self.task_id, data.agent))
             case ThoughtData():
@@ -149,7 +149,7 @@ class TaskView:
                 await self._settle_draft()
                 await self._agent(data)
             case ToolCallData():
-                if not render.is_worker(data.agent):
+                if not is_worker(data.agent):
                     await self._settle_draft()
                 await self._tool_call(data)
             case ToolResultData():
@@ -202,7 +202,7 @@ class TaskView:
 
     def _parent(self, agent: str) -> str:
         """Where an agent's steps hang: a team's worker's in its own step."""
-        return render.agent_step_id(self.task_id, agent) if render.is_worker(agent) \
+        return render.agent_step_id(self.task_id, agent) if is_worker(agent) \
             else self.parent_id
 
     async def _agent(self, data: AgentData) -> None:

@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import ValidationError
 
-from graph.agents import for_agent
+from graph.agents import call_key, for_agent
 from graph.approvals import ApprovalDecision, ApprovalRequest
 from graph.deps import GraphDeps
 from graph.nodes._common import last_ai
@@ -90,11 +90,9 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             decision["message"] = f"denied by policy ({verdict.rule}): {verdict.message}"
             not_run[decision["tool_call_id"]] = "denied"
         elif isinstance(verdict, RequireApproval):
-            agent = state.get("agent") or MAIN_AGENT
             request = ApprovalRequest(
-                # A worker's call ids are its model's: its path makes them unique in the task.
-                tool_call_id=f"{agent}:{decision['tool_call_id']}" if state.get("profile")
-                else decision["tool_call_id"], tool=tool.name, agent=agent,
+                tool_call_id=call_key(state, decision["tool_call_id"]), tool=tool.name,
+                agent=state.get("agent") or MAIN_AGENT,
                 arguments=decision["arguments"], risk=tool.risk,
                 reason=verdict.reason, rule=verdict.rule)
             await steps.add(ToolHeld, call_id=decision["tool_call_id"], tool=request.tool,

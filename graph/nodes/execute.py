@@ -18,7 +18,7 @@ from typing import Any
 from langchain_core.messages import ToolMessage
 from langgraph.runtime import Runtime
 
-from graph.agents import for_agent
+from graph.agents import call_key, for_agent
 from graph.deps import GraphDeps
 from graph.recorder import Steps
 from graph.speculation import Speculated
@@ -108,12 +108,8 @@ async def _run(state: AgentState, deps: GraphDeps, decision: Decision, tool: Too
     started = time.monotonic()
     # A run another worker took over starts no call: that worker will.
     await deps.fence.check()
-    # A worker agent's call ids are its model's: the agent's path makes them (and so the
-    # ledger's keys) unique in the task.
-    agent = state.get("agent")
-    call_id = f"{agent}:{decision['tool_call_id']}" if state.get("profile") and agent \
-        else decision["tool_call_id"]
-    ctx = ToolContext(task_id=state["task_id"], tool_call_id=call_id,
+    ctx = ToolContext(task_id=state["task_id"],
+                      tool_call_id=call_key(state, decision["tool_call_id"]),
                       role=state.get("role", "analyst"), deps=deps.tool_deps,
                       untrusted=untrusted)
     ahead = deps.speculator.take(tool.name, decision["arguments"]) \
