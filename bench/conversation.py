@@ -29,6 +29,7 @@ from app.store import StepStore
 from bench.loop_overhead import _checkpoint_bytes, _toolset
 from graph import GraphDeps, compile_graph, postgres_checkpointer, task_input
 from graph.run import start
+from graph.state import MESSAGES_SNAPSHOT_EVERY
 from graph.testing import ScriptedModel, call, plan, reply, verdict
 from graph.window import estimate_tokens
 from guardrails import DefaultPolicy
@@ -72,14 +73,22 @@ async def _bench(url: str, redis_url: str, tasks: int) -> None:
 
     print(f"one conversation, {tasks} tasks in a row (Postgres checkpointer, durability sync; "
           "model and tool time excluded)")
-    print(f"{'task':>5}{'checkpoint KiB added':>22}{'window messages':>17}{'window tokens':>15}"
-          f"{'ms per step':>13}")
+    print("the task's own figures, then over the ten tasks up to it (a full copy of the messages "
+          f"is written every {MESSAGES_SNAPSHOT_EVERY} additions: amortised there)")
+    print(f"{'task':>5}{'KiB added':>11}{'mean KiB, 10':>14}{'window messages':>17}"
+          f"{'window tokens':>15}{'ms per step':>13}{'median ms, 10':>15}")
     for n, added, messages, tokens, per_step in rows:
         if n in REPORTED or n == tasks:
-            print(f"{n:>5}{added / 1024:>22.1f}{messages:>17}{tokens:>15}{per_step * 1000:>13.2f}")
+            recent = rows[max(0, n - 10):n]
+            print(f"{n:>5}{added / 1024:>11.1f}"
+                  f"{statistics.mean(r[1] for r in recent) / 1024:>14.1f}{messages:>17}"
+                  f"{tokens:>15}{per_step * 1000:>13.2f}"
+                  f"{statistics.median(r[4] for r in recent) * 1000:>15.2f}")
     first, last = rows[0], rows[-1]
+    tail = rows[-10:]
     print(f"task {last[0]} vs task 1: checkpoint bytes x{last[1] / first[1]:.2f}, "
-          f"step time x{last[4] / first[4]:.2f}; median step "
+          f"step time x{last[4] / first[4]:.2f}; the last ten tasks' mean bytes "
+          f"x{statistics.mean(r[1] for r in tail) / first[1]:.2f}; median step "
           f"{statistics.median(r[4] for r in rows) * 1000:.2f} ms; goal: flat")
 
 

@@ -1,8 +1,9 @@
-"""The state graph: plan -> act -> approve -> execute -> observe -> (act | plan), and
+"""The state graph: plan -> act -> tools (approve, execute, observe) -> (act | plan), and
 act -> verify -> (finish | plan). Any node can end the run with a `stop`."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,10 +26,8 @@ from graph import fence
 from graph.deps import GraphDeps
 from graph.nodes._common import proposes_calls
 from graph.nodes.act import act
-from graph.nodes.approve import approve
-from graph.nodes.execute import execute
-from graph.nodes.observe import observe
 from graph.nodes.plan import plan
+from graph.nodes.tools import add_tool_nodes
 from graph.nodes.verify import verify
 from graph.state import AgentState
 from graph.team import add_team
@@ -51,7 +50,7 @@ def _after_plan(state: AgentState) -> str:
 def _after_act(state: AgentState) -> str:
     if state.get("stop"):
         return END
-    return "approve" if proposes_calls(state) else "verify"
+    return "tools" if proposes_calls(state) else "verify"
 
 
 def _after_observe(state: AgentState) -> str:
@@ -70,17 +69,12 @@ def build_graph() -> StateGraph[AgentState, GraphDeps, AgentState, AgentState]:
     graph = StateGraph(AgentState, context_schema=GraphDeps)
     graph.add_node("plan", plan)
     graph.add_node("act", act)
-    graph.add_node("approve", approve)
-    graph.add_node("execute", execute)
-    graph.add_node("observe", observe)
+    add_tool_nodes(graph, _after_observe)
     graph.add_node("verify", verify)
     add_team(graph)
     graph.add_conditional_edges(START, _planner, ["plan", "team_plan"])
     graph.add_conditional_edges("plan", _after_plan)
     graph.add_conditional_edges("act", _after_act)
-    graph.add_edge("approve", "execute")
-    graph.add_edge("execute", "observe")
-    graph.add_conditional_edges("observe", _after_observe)
     graph.add_conditional_edges("verify", _after_verify, [END, "plan", "team_plan"])
     return graph
 
@@ -99,6 +93,18 @@ class FencedPostgresSaver(AsyncPostgresSaver):
     statement locks the task's row if the lease still holds it (`HELD_SQL`). A takeover waits
     for that transaction, and a write after it is refused. Reads are not fenced. (`_cursor` is
     the saver's own seam; langgraph-checkpoint-postgres is pinned in constraints.txt.)"""
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """A channel's next version: 10 digits and 8 random hex digits (19 characters), where
+        the saver's own are 32 digits and a random float (51). Every checkpoint lists the
+        version of each of its ~30 channels, and each node's last-seen versions: with the long
+        form those lists were half of a task's checkpoint bytes (docs/performance.md). The
+        random part keeps a fork's versions apart from its original branch's, as the saver's
+        does. Versions compare as strings: a fixed width keeps that numeric, and a version of
+        this form sorts after any of the long form (its first ten digits are not all zero),
+        so threads written before keep their order."""
+        number = 0 if current is None else int(str(current).split(".", 1)[0])
+        return f"{number + 1:010}.{random.getrandbits(32):08x}"
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langchain_core.messages import AnyMessage
-from langgraph.graph.message import add_messages
+from langgraph.channels.delta import DeltaChannel
+from langgraph.graph.message import _messages_delta_reducer
 
 StepStatus = Literal["pending", "in_progress", "done", "failed"]
 
@@ -68,18 +69,27 @@ def _results(old: list[AgentResult] | None, new: list[AgentResult] | None) -> li
     return [*(old or []), *new]
 
 
-def _sources(old: list[str] | None, new: list[str] | None) -> list[str]:
+def merge_sources(old: list[str] | None, new: list[str] | None) -> list[str]:
     """Untrusted sources only accumulate: what the model has read stays in its context."""
     merged = list(old or [])
     merged += [s for s in new or [] if s not in merged]
     return merged
 
 
+# A conversation's messages are saved as what each step added (a delta channel), not as the
+# whole list in every checkpoint: a checkpoint's bytes stay flat as the conversation grows.
+# Loading a thread replays the additions since the last full copy, which is written every
+# MESSAGES_SNAPSHOT_EVERY additions (docs/performance.md, "Checkpoint bytes").
+MESSAGES_SNAPSHOT_EVERY = 100
+
+
 class AgentState(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage],
+                        DeltaChannel(_messages_delta_reducer,
+                                     snapshot_frequency=MESSAGES_SNAPSHOT_EVERY)]
     # Where untrusted content entered this conversation's context (a fetched page, search
     # results, uploaded files, a flagged task): side effects after it need approval.
-    untrusted: Annotated[list[str], _sources]
+    untrusted: Annotated[list[str], merge_sources]
     # Per task, set by the task's input.
     task_id: str
     role: str

@@ -11,7 +11,7 @@ In the task's graph the manager has four nodes:
   (`manager/researcher#1`), its sub-task and those inputs, a share of what the task may
   still spend (tokens, iterations; the deadline is the task's), and a range of step numbers
   of its own (`WORKER_STEPS`), so steps of agents running at once never share a number.
-- `worker`: the worker's own graph (act -> approve -> execute -> observe -> act, no planner
+- `worker`: the worker's own graph (act -> tools -> act, no planner
   and no checker), run as a subgraph: its checkpoints are on the task's thread under its own
   namespace, so after a crash each worker goes on from its own last step; its tool calls'
   ledger keys and approvals carry its path.
@@ -52,9 +52,7 @@ from graph.nodes._common import (
     stopped,
 )
 from graph.nodes.act import act
-from graph.nodes.approve import approve
-from graph.nodes.execute import execute
-from graph.nodes.observe import observe
+from graph.nodes.tools import add_tool_nodes
 from graph.recorder import Steps
 from graph.state import AgentResult, AgentState, PlanStep, Stop, Usage, empty_usage
 from graph.steps import MANAGER, AgentDelegated, AgentReturned, PlanItem, PlanMade
@@ -441,7 +439,7 @@ def add_team(graph: StateGraph[AgentState, GraphDeps, AgentState, AgentState]) -
 # judges its result).
 
 def _worker_after_act(state: AgentState) -> str:
-    return "approve" if not state.get("stop") and proposes_calls(state) else END
+    return "tools" if not state.get("stop") and proposes_calls(state) else END
 
 
 def _worker_after_observe(state: AgentState) -> str:
@@ -453,14 +451,9 @@ def _worker_after_observe(state: AgentState) -> str:
 def _worker_graph() -> CompiledStateGraph[AgentState, GraphDeps, AgentState, AgentState]:
     graph = StateGraph(AgentState, context_schema=GraphDeps)
     graph.add_node("act", act)
-    graph.add_node("approve", approve)
-    graph.add_node("execute", execute)
-    graph.add_node("observe", observe)
+    add_tool_nodes(graph, _worker_after_observe)
     graph.add_edge(START, "act")
     graph.add_conditional_edges("act", _worker_after_act)
-    graph.add_edge("approve", "execute")
-    graph.add_edge("execute", "observe")
-    graph.add_conditional_edges("observe", _worker_after_observe)
     # Its checkpointer is the task graph's (a subgraph's checkpoints live on its thread).
     return graph.compile(name="worker")
 

@@ -24,6 +24,15 @@ from tools.contract import describe_validation_error
 
 
 async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
+    decided = await decide(state, runtime, ask=True)
+    assert decided is not None, "with ask, every call is decided"
+    return decided
+
+
+async def decide(state: AgentState, runtime: Runtime[GraphDeps], *,
+                 ask: bool) -> dict[str, Any] | None:
+    """The turn's decisions. A call that must wait for a person interrupts the run when
+    `ask`; without it, None: the `tools` node leaves the turn to this node."""
     deps = for_agent(runtime.context, state)
     steps = Steps(deps.recorder, state)
     message = last_ai(state)
@@ -90,6 +99,8 @@ async def approve(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             decision["message"] = f"denied by policy ({verdict.rule}): {verdict.message}"
             not_run[decision["tool_call_id"]] = "denied"
         elif isinstance(verdict, RequireApproval):
+            if not ask:
+                return None
             request = ApprovalRequest(
                 tool_call_id=call_key(state, decision["tool_call_id"]), tool=tool.name,
                 agent=state.get("agent") or MAIN_AGENT,

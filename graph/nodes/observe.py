@@ -1,4 +1,5 @@
-"""observe: take in the turn's results, move the plan on, and decide — loop, re-plan or stop."""
+"""observe: take in the turn's results, move the plan on, and decide — loop, re-plan or stop.
+It runs as part of the `tools` node (graph/nodes/tools.py)."""
 
 from __future__ import annotations
 
