@@ -156,6 +156,19 @@ async def test_memory_bomb_is_a_memory_error_and_state_survives(sandbox: BwrapSa
     assert (await sandbox.run("t1", "keep")).value == "7"
 
 
+async def test_a_call_after_one_that_used_cpu_runs(sandbox: BwrapSandbox) -> None:
+    # The CPU limit of a call counts from what the kernel used before it: a first call
+    # that used over a second of CPU must not leave the next one refused (the kernel once
+    # exited between the two, so the second call's files were never saved).
+    spent = await sandbox.run("t1", "import time\nt = time.process_time()\n"
+                                    "while time.process_time() - t < 1.5:\n    pass\n"
+                                    "open('out.txt', 'w').write('v1')")
+    assert spent.error is None and spent.died is None, spent
+    again = await sandbox.run("t1", "open('out.txt', 'w').write('v2')\n'ok'")
+    assert (again.value, again.died, again.files) == ("'ok'", None, ["out.txt"])
+    assert (sandbox.artifacts("t1") / "out.txt").read_text() == "v2"
+
+
 async def test_infinite_loops_are_stopped(sandbox: BwrapSandbox) -> None:
     busy = await sandbox.run("t1", "while True:\n    pass")
     assert busy.died is not None and "SIGXCPU" in busy.died

@@ -102,6 +102,21 @@ def _save_figures() -> None:
     pyplot.close("all")
 
 
+def _limit_cpu(seconds: int) -> None:
+    """Let the next cell use `seconds` more CPU time: at the soft limit the kernel gets
+    SIGXCPU and dies (should the cell ignore that signal, the wall-clock limit outside stops
+    it). Only the soft limit moves. An unprivileged process may lower its hard limit but
+    never raise it again: a hard limit set just above one cell's allowance refused the next
+    cell's as soon as the kernel had used a second more, and the kernel exited between two
+    calls (a file rewritten by the second call was never saved)."""
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(used + seconds) + 1
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def _run(code: str, namespace: dict[str, object]) -> str | None:
     tree = ast.parse(code, "<cell>", "exec")
     last: ast.Expression | None = None
@@ -130,9 +145,7 @@ def main() -> None:
         err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-        cpu = int(used + request.get("cpu_seconds", 30)) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))
+        _limit_cpu(request.get("cpu_seconds", 30))
         started = time.monotonic()
         value, error = None, None
         try:
