@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal, assert_never
@@ -458,3 +459,9 @@ class StepPublisher:
         # A step's events go together: a crash leaves none of them or all.
         await self._events.publish_all(task_id, step_events(step), epoch=self._epoch)
         return True
+
+    async def record_all(self, task_id: str, steps: Sequence[Step]) -> list[bool]:
+        """Steps a node made together: their events in one append, in order."""
+        await self._events.publish_all(task_id, [e for s in steps for e in step_events(s)],
+                                       epoch=self._epoch)
+        return [True] * len(steps)

@@ -7,7 +7,7 @@ counter reset."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, assert_never
 
 import redis.asyncio as aioredis
@@ -47,38 +47,47 @@ def _bucket(seconds: float) -> str:
 
 
 class StepMetrics:
-    """A step recorder that counts each new step (one pipelined Redis round trip)."""
+    """A step recorder that counts each new step (one pipelined Redis round trip for the
+    steps a node records together)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
     async def record(self, task_id: str, step: Step) -> bool:
+        return (await self.record_all(task_id, [step]))[0]
+
+    async def record_all(self, task_id: str, steps: Sequence[Step]) -> list[bool]:
         pipe = self._redis.pipeline(transaction=False)
-        match step:
-            case ModelCalled() if step.cached:
-                pipe.hincrby(CACHE, "model_call|hit", 1)
-                pipe.hincrby(TOKENS, f"{step.model}|cached", step.tokens_in + step.tokens_out)
-            case ModelCalled():
-                _latency(pipe, step.purpose, step.latency_ms)
-                pipe.hincrby(TOKENS, f"{step.model}|input", step.tokens_in)
-                pipe.hincrby(TOKENS, f"{step.model}|output", step.tokens_out)
-            case ToolRan():
-                _latency(pipe, "execute", step.latency_ms)
-                outcome = "replayed" if step.replayed else "ok" if step.ok else "error"
-                pipe.hincrby(TOOL_CALLS, f"{step.tool}|{outcome}", 1)
-            case ToolNotRun():
-                pipe.hincrby(TOOL_CALLS, f"{step.tool}|{step.why}", 1)
-            case ToolHeld():
-                pipe.hincrby(TOOL_CALLS, f"{step.tool}|held", 1)
-            case RunStopped():
-                pipe.hincrby(STOPS, step.stop, 1)
-            case PlanMade() | ToolProposed() | AnswerChecked() | AgentDelegated() \
-                    | AgentReturned():
-                return True  # no metric of their own: their model call is counted
-            case _:
-                assert_never(step)
-        await pipe.execute()
-        return True
+        for step in steps:
+            _count(pipe, step)
+        if len(pipe):
+            await pipe.execute()
+        return [True] * len(steps)
+
+
+def _count(pipe: Any, step: Step) -> None:
+    match step:
+        case ModelCalled() if step.cached:
+            pipe.hincrby(CACHE, "model_call|hit", 1)
+            pipe.hincrby(TOKENS, f"{step.model}|cached", step.tokens_in + step.tokens_out)
+        case ModelCalled():
+            _latency(pipe, step.purpose, step.latency_ms)
+            pipe.hincrby(TOKENS, f"{step.model}|input", step.tokens_in)
+            pipe.hincrby(TOKENS, f"{step.model}|output", step.tokens_out)
+        case ToolRan():
+            _latency(pipe, "execute", step.latency_ms)
+            outcome = "replayed" if step.replayed else "ok" if step.ok else "error"
+            pipe.hincrby(TOOL_CALLS, f"{step.tool}|{outcome}", 1)
+        case ToolNotRun():
+            pipe.hincrby(TOOL_CALLS, f"{step.tool}|{step.why}", 1)
+        case ToolHeld():
+            pipe.hincrby(TOOL_CALLS, f"{step.tool}|held", 1)
+        case RunStopped():
+            pipe.hincrby(STOPS, step.stop, 1)
+        case PlanMade() | ToolProposed() | AnswerChecked() | AgentDelegated() | AgentReturned():
+            pass  # no metric of their own: their model call is counted
+        case _:
+            assert_never(step)
 
 
 async def count_cache(redis: aioredis.Redis | None, cache: str, outcome: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import typing
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
@@ -18,6 +19,7 @@ from app.runner import describe
 from app.store import StepStore, columns, task_steps
 from app.transcript import _entry
 from app.ui.data_layer import _shown
+from graph.recorder import Recorders
 from graph.steps import (
     STEP_KINDS,
     AgentDelegated,
@@ -86,6 +88,40 @@ async def test_steps_survive_the_store_and_fill_the_named_columns(database_url: 
         assert [r["kind"] for r in rows] == [s.kind for s in SAMPLES]
         assert rows[1]["thought"] == "1. Look it up" and rows[0]["tokens_in"] == 30
         assert rows[3]["tool_name"] == "search"
+    finally:
+        await db.close()
+
+
+async def test_steps_recorded_together_are_one_write_and_only_new_ones_are_passed_on(
+        database_url: str) -> None:
+    db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        user = await db.fetchval("INSERT INTO users (email) VALUES ('b@example.com') RETURNING id")
+        conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id",
+                                 user)
+        task = str(await db.fetchval("INSERT INTO tasks (user_id, conversation_id, input) "
+                                     "VALUES ($1, $2, 'x') RETURNING id", user, conv))
+        heard: list[list[int]] = []
+
+        class Listener:
+            async def record(self, task_id: str, step: Step) -> bool:
+                heard.append([step.number])
+                return True
+
+            async def record_all(self, task_id: str, steps: Sequence[Step]) -> list[bool]:
+                heard.append([s.number for s in steps])
+                return [True] * len(steps)
+
+        recorders = Recorders(StepStore(db), Listener())
+        assert await recorders.record_all(task, SAMPLES[:3]) == [True] * 3
+        # A node run again (after a crash, or a resume) records its numbers again: the
+        # first three are kept as first written, and only the rest are passed on.
+        again = [SAMPLES[2].model_copy(update={"text": "other"}), *SAMPLES[3:]]
+        assert await recorders.record_all(task, again) == [False] + [True] * (len(again) - 1)
+        assert heard == [[1, 2, 3], [s.number for s in SAMPLES[3:]]]
+        assert (await task_steps(db, [task]))[task] == SAMPLES
+        assert await recorders.record_all(task, SAMPLES[:2]) == [False, False]
+        assert len(heard) == 2, "nothing new, nothing passed on"
     finally:
         await db.close()
 

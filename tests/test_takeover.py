@@ -94,6 +94,8 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
 
         with pytest.raises(fence.LeaseLost):  # a step record
             await StepStore(deps.db, lease=("a:1", 1)).record(task_id, _plan(2))
+        with pytest.raises(fence.LeaseLost):  # steps recorded together
+            await StepStore(deps.db, lease=("a:1", 1)).record_all(task_id, [_plan(2), _plan(3)])
         ran = []
 
         async def effect() -> ToolOutcome:

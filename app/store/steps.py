@@ -7,6 +7,7 @@ back into steps, so old history still renders through the same consumers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -92,29 +93,43 @@ class StepStore:
         self._lease = lease
 
     async def record(self, task_id: str, step: Step) -> bool:
-        c = columns(step)
+        return (await self.record_all(task_id, [step]))[0]
+
+    async def record_all(self, task_id: str, steps: Sequence[Step]) -> list[bool]:
+        """Write `steps` in one statement; True for each that is new."""
         worker, epoch = self._lease or (None, None)
-        inserted = await self._db.fetchval(
+        cols = [columns(step) for step in steps]
+        inserted = {row["step_number"] for row in await self._db.fetch(
             f"""
             INSERT INTO agent_logs (task_id, step_number, node, thought, tool_name, tool_input,
                                     tool_output, tokens_in, tokens_out, latency_ms, kind, agent,
                                     record, created_at)
-            SELECT $1::uuid, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
-                   $13::jsonb, $14
-            WHERE $15::text IS NULL OR {HELD_SQL.format(task="$1", worker="$15", epoch="$16")}
+            SELECT $1::uuid, s.number, s.node, s.thought, s.tool_name, s.tool_input::jsonb,
+                   s.tool_output::jsonb, s.tokens_in, s.tokens_out, s.latency_ms, s.kind,
+                   s.agent, s.record::jsonb, s.at
+              FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[],
+                          $7::text[], $8::int[], $9::int[], $10::int[], $11::text[],
+                          $12::text[], $13::text[], $14::timestamptz[])
+                   WITH ORDINALITY AS s(number, node, thought, tool_name, tool_input,
+                                        tool_output, tokens_in, tokens_out, latency_ms, kind,
+                                        agent, record, at, ord)
+             WHERE $15::text IS NULL OR {HELD_SQL.format(task="$1", worker="$15", epoch="$16")}
+             ORDER BY s.ord
             ON CONFLICT (task_id, step_number) DO NOTHING
-            RETURNING true
+            RETURNING step_number
             """,
-            task_id, step.number, c.node, c.thought, c.tool_name, _json(c.tool_input),
-            _json(c.tool_output), c.tokens_in, c.tokens_out, c.latency_ms, step.kind, step.agent,
-            step.model_dump_json(), step.at, worker, epoch)
-        if inserted:
-            return True
-        if worker is not None and not await self._db.fetchval(
+            task_id, [step.number for step in steps], [c.node for c in cols],
+            [c.thought for c in cols], [c.tool_name for c in cols],
+            [_json(c.tool_input) for c in cols], [_json(c.tool_output) for c in cols],
+            [c.tokens_in for c in cols], [c.tokens_out for c in cols],
+            [c.latency_ms for c in cols], [step.kind for step in steps],
+            [step.agent for step in steps], [step.model_dump_json() for step in steps],
+            [step.at for step in steps], worker, epoch)}
+        if len(inserted) < len(steps) and worker is not None and not await self._db.fetchval(
                 "SELECT true FROM tasks WHERE id = $1::uuid AND lease_owner = $2 AND epoch = $3",
                 task_id, worker, epoch):
             raise LeaseLost(f"task {task_id} is no longer leased to {worker} (epoch {epoch})")
-        return False
+        return [step.number in inserted for step in steps]
 
 
 async def task_steps(db: asyncpg.Pool | asyncpg.Connection, task_ids: list[Any]

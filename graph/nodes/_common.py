@@ -153,9 +153,11 @@ class Asked:
 
 async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
               purpose: Literal["plan", "act", "verify"], tools: Sequence[dict[str, Any]],
-              tool_choice: str | None = None) -> Asked | dict[str, Any]:
-    """Build the window, check the budget, call the model, record the call. Returns the call,
-    or the state update that stops the run when the budget would be exceeded."""
+              tool_choice: str | None = None, defer: bool = False) -> Asked | dict[str, Any]:
+    """Build the window, check the budget, call the model, record the call (with `defer`,
+    queued in `steps` for the node to record with the steps it makes of the answer).
+    Returns the call, or the state update that stops the run when the budget would be
+    exceeded."""
     window = await window_for(deps, state, system)
     if reason := over_budget(state, window.messages):
         return await stopped(steps, BudgetExceeded(reason))
@@ -184,9 +186,11 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
                           tokens_out=tokens_out, estimated=estimated, finish_reason=finish_reason)
     if cache is not None and hit is None:
         await cache.put(key, deps.model_name, message, tokens_in=tokens_in, tokens_out=tokens_out)
-    await steps.add(ModelCalled, purpose=purpose, model=deps.model_name, tokens_in=tokens_in,
-                    tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
-                    finish_reason=finish_reason, cached=hit is not None,
-                    text=str(message.content), tool_calls=len(message.tool_calls))
+    steps.later(ModelCalled, purpose=purpose, model=deps.model_name, tokens_in=tokens_in,
+                tokens_out=tokens_out, tokens_estimated=estimated, latency_ms=latency_ms,
+                finish_reason=finish_reason, cached=hit is not None,
+                text=str(message.content), tool_calls=len(message.tool_calls))
+    if not defer:
+        await steps.flush()
     return Asked(message=message, window=window, latency_ms=latency_ms, tokens_in=tokens_in,
                  tokens_out=tokens_out, cached=hit is not None)

@@ -34,12 +34,14 @@ async def act(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]:
         await deps.speculator.begin_turn(state)
     system = act_prompt(state.get("plan") or [], state.get("current_step", 1),
                         state.get("observations") or [], instructions=state.get("instructions"))
-    asked = await ask(deps, state, steps, system, purpose="act", tools=deps.toolset.schemas())
+    asked = await ask(deps, state, steps, system, purpose="act", tools=deps.toolset.schemas(),
+                      defer=True)
     if not isinstance(asked, Asked):
         return asked
     message = asked.message
     for call in message.tool_calls:
-        await steps.add(ToolProposed, call_id=call["id"] or "", tool=call["name"],
-                        arguments=dict(call["args"]))
+        steps.later(ToolProposed, call_id=call["id"] or "", tool=call["name"],
+                    arguments=dict(call["args"]))
+    await steps.flush()  # the model call and the calls it proposed, in one write
     return {"messages": [message], "iterations": iterations + 1, "step": steps.last,
             **asked.state_update(state)}

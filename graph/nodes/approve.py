@@ -123,9 +123,10 @@ async def decide(state: AgentState, runtime: Runtime[GraphDeps], *,
 
     for d in decisions:
         if not d["run"]:
-            await steps.add(ToolNotRun, call_id=d["tool_call_id"], tool=d["name"],
-                            arguments=d["arguments"], why=not_run[d["tool_call_id"]],
-                            message=d["message"])
+            steps.later(ToolNotRun, call_id=d["tool_call_id"], tool=d["name"],
+                        arguments=d["arguments"], why=not_run[d["tool_call_id"]],
+                        message=d["message"])
+    await steps.flush()
     return {"decisions": decisions, "replan_reason": replan_reason, "step": steps.last}
 
 

@@ -65,16 +65,17 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
             if one.tool is not None:
                 if one.outcome.untrusted:
                     sources.append(f"{one.tool.name} output")
-                await steps.add(ToolRan, call_id=one.decision["tool_call_id"],
-                                tool=one.tool.name, arguments=one.decision["arguments"],
-                                ok=one.outcome.ok, content=one.outcome.content,
-                                replayed=one.replayed, untrusted=one.outcome.untrusted,
-                                flags=one.flags, latency_ms=one.latency_ms,
-                                speculative=one.saved_ms is not None,
-                                saved_ms=one.saved_ms or 0)
+                steps.later(ToolRan, call_id=one.decision["tool_call_id"],
+                            tool=one.tool.name, arguments=one.decision["arguments"],
+                            ok=one.outcome.ok, content=one.outcome.content,
+                            replayed=one.replayed, untrusted=one.outcome.untrusted,
+                            flags=one.flags, latency_ms=one.latency_ms,
+                            speculative=one.saved_ms is not None,
+                            saved_ms=one.saved_ms or 0)
             results.append(ToolMessage(
                 content=one.content, tool_call_id=one.decision["tool_call_id"],
                 name=one.decision["name"], status="success" if one.outcome.ok else "error"))
+        await steps.flush()  # a group's results together, as it ends
     if deps.speculator is not None:
         await deps.speculator.end_turn()  # what the model did not ask for, it never sees
         await deps.speculator.learn(state, [(d["name"], d["arguments"])

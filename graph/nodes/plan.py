@@ -35,10 +35,11 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
     if team is not None and len(team.profiles):
         system += "\n\n" + choose_team_prompt(team_lines(team))
         asked = await ask(deps, state, steps_log, system, purpose="plan",
-                          tools=[SUBMIT_PLAN, SUBMIT_TEAM_PLAN], tool_choice="required")
+                          tools=[SUBMIT_PLAN, SUBMIT_TEAM_PLAN], tool_choice="required",
+                          defer=True)
     else:
         asked = await ask(deps, state, steps_log, system, purpose="plan",
-                          tools=[SUBMIT_PLAN], tool_choice="submit_plan")
+                          tools=[SUBMIT_PLAN], tool_choice="submit_plan", defer=True)
     if not isinstance(asked, Asked):
         return asked
     if team is not None and any(c["name"] == "submit_team_plan" for c in asked.message.tool_calls):
@@ -46,6 +47,7 @@ async def plan(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, Any]
                                               {p.name for p in team.profiles})
         if not problem:
             # The planner chose a team: from here the task is the manager's.
+            await steps_log.flush()  # the planner's call is the task's own
             manager = Steps(deps.recorder, state, agent=MANAGER)
             manager.last = steps_log.last
             await manager.add(PlanMade, steps=[PlanItem(**p) for p in team_steps])

@@ -24,11 +24,12 @@ async def verify(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, An
     answer_message = last_ai(state)
     answer = str(answer_message.content).strip() if answer_message else ""
     asked = await ask(deps, state, steps, verify_prompt(task_input(state), answer),
-                      purpose="verify", tools=[SUBMIT_VERDICT], tool_choice="submit_verdict")
+                      purpose="verify", tools=[SUBMIT_VERDICT], tool_choice="submit_verdict",
+                      defer=True)
     if not isinstance(asked, Asked):
         return asked
     met, why = _parse(asked.message.tool_calls)
-    await steps.add(AnswerChecked, met=met, reason=why, answer=answer)
+    await steps.add(AnswerChecked, met=met, reason=why, answer=answer)  # with the call
     update: dict[str, Any] = {"step": steps.last, **asked.state_update(state)}
     if met and answer:
         plan = [{**s, "status": "done" if s["status"] != "failed" else "failed"}
