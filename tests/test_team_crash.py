@@ -40,6 +40,12 @@ TASKS = 6  # half the operator's (no approvals), half the analyst's (each effect
 PARTS = 3  # worker agents per task, all independent
 WORKERS = 3
 MAX_KILLS = 5
+# How long a worker agent's model calls take, and how far apart tasks are submitted: long
+# enough that tasks with worker agents out overlap the restarts of killed workers (a worker
+# takes seconds to start on a slow machine, and a kill waits for all to be up), so the test
+# finds its kills however fast the machine is.
+WORKER_CALL_SECONDS = 2.0
+SUBMIT_EVERY_SECONDS = 3.0
 PATHS = {f"manager/recorder#{k}" for k in range(1, PARTS + 1)}
 _TEAM = re.compile(r"team-\d+")
 _PART = re.compile(r"team-\d+/part-\d+")
@@ -122,12 +128,13 @@ class TeamModel:
             if tools != ["record_effect"] or label is None:
                 return self._surprise(f"a worker call with tools {tools} for {users[:1]}")
             if messages[-1]["role"] == "tool":
-                return FakeResponse(body=completion(f"Recorded {label.group()}."), delay=0.4)
+                return FakeResponse(body=completion(f"Recorded {label.group()}."),
+                                    delay=WORKER_CALL_SECONDS)
             # A fresh call id per answer, as a real model gives: a call asked again would be
             # another key at the receiver.
             return FakeResponse(body=completion(tool_calls=[
                 ("record_effect", json.dumps({"label": label.group()}),
-                 f"call_{self.calls}")]), delay=0.4)
+                 f"call_{self.calls}")]), delay=WORKER_CALL_SECONDS)
         if "Your worker agents did the steps of your plan" in system:
             return FakeResponse(body=completion("All three effects were recorded."), delay=0.3)
         return self._surprise(f"a call with system prompt {system[:80]!r}")
@@ -200,7 +207,7 @@ async def test_workers_killed_while_sub_agents_run_repeat_no_effect(
                     while not all([await alive(w) for w in workers]):
                         await asyncio.sleep(0.2)
                 next_submit = last_kill = loop.time()
-                async with asyncio.timeout(80):
+                async with asyncio.timeout(150):
                     while True:
                         now = loop.time()
                         if len(ids) < TASKS and now >= next_submit:
@@ -211,7 +218,7 @@ async def test_workers_killed_while_sub_agents_run_repeat_no_effect(
                             assert response.status_code == 202, response.text
                             ids.append(response.json()["id"])
                             owner[ids[-1]] = role
-                            next_submit = now + 1.0
+                            next_submit = now + SUBMIT_EVERY_SECONDS
                         rows = await deps.db.fetch(
                             "SELECT t.id::text AS id, t.status, t.lease_owner, "
                             "count(*) FILTER (WHERE l.kind = 'agent_delegated') AS delegated, "
