@@ -67,14 +67,18 @@ def test_every_step_kind_has_a_sample() -> None:
     assert {type(s) for s in SAMPLES} == set(STEP_KINDS)
 
 
+async def _task(db: asyncpg.Pool, email: str) -> str:
+    """A task of a new user's new conversation."""
+    user = await db.fetchval("INSERT INTO users (email) VALUES ($1) RETURNING id", email)
+    conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user)
+    return str(await db.fetchval("INSERT INTO tasks (user_id, conversation_id, input) "
+                                 "VALUES ($1, $2, 'x') RETURNING id", user, conv))
+
+
 async def test_steps_survive_the_store_and_fill_the_named_columns(database_url: str) -> None:
     db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        user = await db.fetchval("INSERT INTO users (email) VALUES ('s@example.com') RETURNING id")
-        conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id",
-                                 user)
-        task = str(await db.fetchval("INSERT INTO tasks (user_id, conversation_id, input) "
-                                     "VALUES ($1, $2, 'x') RETURNING id", user, conv))
+        task = await _task(db, "s@example.com")
         store = StepStore(db)
         assert [await store.record(task, s) for s in SAMPLES] == [True] * len(SAMPLES)
         again = await store.record(task, SAMPLES[3].model_copy(update={"tool": "other"}))
@@ -96,11 +100,7 @@ async def test_steps_recorded_together_are_one_write_and_only_new_ones_are_passe
         database_url: str) -> None:
     db = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        user = await db.fetchval("INSERT INTO users (email) VALUES ('b@example.com') RETURNING id")
-        conv = await db.fetchval("INSERT INTO conversations (user_id) VALUES ($1) RETURNING id",
-                                 user)
-        task = str(await db.fetchval("INSERT INTO tasks (user_id, conversation_id, input) "
-                                     "VALUES ($1, $2, 'x') RETURNING id", user, conv))
+        task = await _task(db, "b@example.com")
         heard: list[list[int]] = []
 
         class Listener:
