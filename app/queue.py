@@ -1,7 +1,9 @@
 """The task queue: Amazon SQS through boto3, or any endpoint that speaks its API (moto locally).
 
 boto3 is synchronous, so the async `TaskQueue` runs each call in a thread; a long poll
-therefore never blocks the event loop.
+therefore never blocks the event loop. Sends, deletes and visibility changes go out in SQS's
+batch calls (`_Batcher`): one waits only while a call of its kind is in flight, so a lone
+message costs one call as before, and many at once cost one call per ten.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from app.errors import ConfigError
@@ -22,6 +26,10 @@ from app.settings import Settings
 from graph.approvals import ApprovalDecision
 
 DLQ_SUFFIX = "-dlq"
+# SQS takes at most ten entries per batch call, and at most 256 KiB of message bodies in one
+# SendMessageBatch.
+BATCH_ENTRIES = 10
+BATCH_BYTES = 256 * 1024
 
 T = TypeVar("T")
 
@@ -112,6 +120,12 @@ class TaskQueue:
     def __init__(self, client: Any, url: str) -> None:
         self._client = client
         self.url = url
+        self._sends = _Batcher(partial(client.send_message_batch, QueueUrl=url),
+                               "SendMessage", size=lambda entry: len(entry["MessageBody"]))
+        self._deletes = _Batcher(partial(client.delete_message_batch, QueueUrl=url),
+                                 "DeleteMessage")
+        self._hides = _Batcher(partial(client.change_message_visibility_batch, QueueUrl=url),
+                               "ChangeMessageVisibility")
 
     @classmethod
     async def connect(cls, settings: Settings) -> TaskQueue:
@@ -128,10 +142,10 @@ class TaskQueue:
     async def send(self, message: TaskMessage) -> str:
         attributes = {k: {"DataType": "String", "StringValue": v}
                       for k, v in message.trace.items() if k in TRACE_ATTRIBUTES and v}
-        response = await asyncio.to_thread(
-            self._client.send_message, QueueUrl=self.url, MessageBody=message.model_dump_json(),
-            MessageAttributes=attributes)
-        return str(response["MessageId"])
+        entry: dict[str, Any] = {"MessageBody": message.model_dump_json()}
+        if attributes:
+            entry["MessageAttributes"] = attributes
+        return str((await self._sends.put(entry))["MessageId"])
 
     async def receive(self, *, wait_seconds: int, max_messages: int = 1,
                       hide_seconds: int | None = None) -> list[ReceivedMessage]:
@@ -160,21 +174,84 @@ class TaskQueue:
         ]
 
     async def delete(self, message: ReceivedMessage) -> None:
-        await asyncio.to_thread(
-            self._client.delete_message, QueueUrl=self.url, ReceiptHandle=message.receipt_handle
-        )
+        await self._deletes.put({"ReceiptHandle": message.receipt_handle})
 
     async def change_visibility(self, message: ReceivedMessage, seconds: int) -> None:
-        await asyncio.to_thread(
-            self._client.change_message_visibility, QueueUrl=self.url,
-            ReceiptHandle=message.receipt_handle, VisibilityTimeout=seconds,
-        )
+        await self._hides.put({"ReceiptHandle": message.receipt_handle,
+                               "VisibilityTimeout": seconds})
 
     async def attributes(self) -> dict[str, str]:
         response = await asyncio.to_thread(
             self._client.get_queue_attributes, QueueUrl=self.url, AttributeNames=["All"]
         )
         return dict(response.get("Attributes", {}))
+
+
+class _Batcher:
+    """One SQS batch action (SendMessageBatch, DeleteMessageBatch,
+    ChangeMessageVisibilityBatch) behind a call per entry. An entry goes out at once if no
+    call of this action is in flight; otherwise it waits for that call and goes in the next
+    one with the others that came meanwhile (up to `BATCH_ENTRIES` and `BATCH_BYTES` a call).
+    So a lone entry waits for nothing, and under load a worker ending or taking many tasks at
+    once makes a call per ten instead of one each. An entry the batch refused raises the
+    `ClientError` its single call would have raised (the same code and message); a failed
+    call raises its error in every entry's caller. An entry whose caller was cancelled is
+    still sent: a message is not lost because the request that sent it went away."""
+
+    def __init__(self, call: Callable[..., Any], action: str, *,
+                 size: Callable[[dict[str, Any]], int] = lambda entry: 0) -> None:
+        self._call = call
+        self._action = action
+        self._size = size
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._sending: asyncio.Task[None] | None = None
+
+    async def put(self, entry: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # A caller cancelled meanwhile no longer reads the outcome: mark it read.
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._waiting.append((entry, future))
+        if (self._sending is None or self._sending.done()
+                or self._sending.get_loop() is not loop):
+            self._sending = loop.create_task(self._send_all())
+        return await asyncio.shield(future)
+
+    def _next_batch(self) -> list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]:
+        batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        total = 0
+        while self._waiting and len(batch) < BATCH_ENTRIES:
+            size = self._size(self._waiting[0][0])
+            if batch and total + size > BATCH_BYTES:
+                break
+            batch.append(self._waiting.pop(0))
+            total += size
+        return batch
+
+    async def _send_all(self) -> None:
+        while self._waiting:
+            batch = self._next_batch()
+            entries = [{**entry, "Id": str(n)} for n, (entry, _) in enumerate(batch)]
+            try:
+                response = await asyncio.to_thread(self._call, Entries=entries)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            done = {item["Id"]: item for item in response.get("Successful", [])}
+            failed = {item["Id"]: item for item in response.get("Failed", [])}
+            for n, (_, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if str(n) in done:
+                    future.set_result(done[str(n)])
+                else:
+                    why = failed.get(str(n), {"Code": "InternalError",
+                                              "Message": "the batch call left this entry out"})
+                    future.set_exception(ClientError(
+                        {"Error": {"Code": why.get("Code", ""), "Message": why.get("Message", "")}},
+                        self._action))
 
 
 async def _in_daemon_thread(fn: Callable[..., T], **kwargs: Any) -> T:
