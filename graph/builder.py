@@ -4,9 +4,10 @@ act -> verify -> (finish | plan). Any node can end the run with a `stop`."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -119,9 +120,13 @@ class FencedPostgresSaver(AsyncPostgresSaver):
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
         holder = fence.CURRENT.get().holder
-        if not pipeline or holder is None:
-            async with super()._cursor(pipeline=pipeline) as cur:
+        if not pipeline:
+            async with super()._cursor() as cur:
                 yield cur
+            return
+        if holder is None:
+            async with super()._cursor(pipeline=True) as cur:
+                yield _one_statement_writes(cur)
             return
         async with super()._cursor() as cur, cur.connection.transaction():
             # The lock on the task's row must not outlive a process paused mid-transaction.
@@ -133,7 +138,60 @@ class FencedPostgresSaver(AsyncPostgresSaver):
             if not row or not row["held"]:
                 raise fence.LeaseLost(f"task {holder[0]} is no longer leased to {holder[1]} "
                                       f"(epoch {holder[2]}): checkpoint not written")
-            yield cur
+            yield _one_statement_writes(cur)
+
+
+def _as_arrays(sql: str, types: Sequence[str]) -> str:
+    """`INSERT ... VALUES (%s, ...) ON CONFLICT ...` as `INSERT ... SELECT * FROM
+    unnest(%s::type[], ...) ON CONFLICT ...`: the same rows and conflict rule, one statement."""
+    arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+    rewritten, found = re.subn(r"VALUES\s*\(\s*%s(?:\s*,\s*%s)*\s*\)",
+                               f"SELECT * FROM unnest({arrays})", sql)
+    assert found == 1 and rewritten.count("%s") == len(types), "the saver's SQL changed"
+    return rewritten
+
+
+# The saver's multi-row writes (a checkpoint's blobs, a task's writes), by its SQL: the
+# statement that writes them all at once, and for a DO UPDATE the positions of the conflict
+# key (one statement may not update a row twice; those few go row by row, as before).
+_BLOBS = ("text", "text", "text", "text", "text", "bytea")
+_WRITES = ("text", "text", "text", "text", "text", "int4", "text", "text", "bytea")
+_ONE_STATEMENT: dict[str, tuple[str, tuple[int, ...] | None]] = {
+    AsyncPostgresSaver.UPSERT_CHECKPOINT_BLOBS_SQL:
+        (_as_arrays(AsyncPostgresSaver.UPSERT_CHECKPOINT_BLOBS_SQL, _BLOBS), None),
+    AsyncPostgresSaver.INSERT_CHECKPOINT_WRITES_SQL:
+        (_as_arrays(AsyncPostgresSaver.INSERT_CHECKPOINT_WRITES_SQL, _WRITES), None),
+    AsyncPostgresSaver.UPSERT_CHECKPOINT_WRITES_SQL:
+        (_as_arrays(AsyncPostgresSaver.UPSERT_CHECKPOINT_WRITES_SQL, _WRITES), (0, 1, 2, 3, 5)),
+}
+
+
+class _OneStatementCursor:
+    """The saver's cursor for its writes, where `executemany` of the rows of one blob or
+    writes insert is one statement of arrays instead of one statement per row: a 3-call
+    task's 60 row inserts become 9 statements (docs/performance.md). Everything else goes to
+    the cursor as it is."""
+
+    def __init__(self, cursor: AsyncCursor[DictRow]) -> None:
+        self._cursor = cursor
+
+    async def executemany(self, query: str, params_seq: Iterable[Sequence[Any]],
+                          **kwargs: Any) -> None:
+        rows = [tuple(row) for row in params_seq]
+        rewrite = _ONE_STATEMENT.get(query)
+        if rewrite is not None and rows and not kwargs:
+            sql, key = rewrite
+            if key is None or len({tuple(row[i] for i in key) for row in rows}) == len(rows):
+                await self._cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
+                return
+        await self._cursor.executemany(query, rows, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+def _one_statement_writes(cursor: AsyncCursor[DictRow]) -> AsyncCursor[DictRow]:
+    return cast(AsyncCursor[DictRow], _OneStatementCursor(cursor))
 
 
 @asynccontextmanager
@@ -148,7 +206,8 @@ async def postgres_checkpointer(database_url: str, *, pool_size: int = 5,
         min_size=1,
         max_size=pool_size,
         open=False,
-        # The saver needs autocommit and dict rows; prepared statements break behind PgBouncer.
+        # The saver needs autocommit and dict rows; prepare_threshold=0 prepares each of its
+        # statements the first time a connection runs it (LangGraph's documented setting).
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row,
                 "options": "-c idle_in_transaction_session_timeout="
                            f"{int(idle_transaction_seconds * 1000)}"},
