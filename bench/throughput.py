@@ -5,7 +5,7 @@ model calls). Prints tasks/s, time to first event (queued -> a worker's RUNNING 
 task duration per configuration, and what that means per day. Asserts nothing.
 
     .venv/bin/python bench/throughput.py [--workers 1,2,4] [--tasks 10,100] [--latency 1.0]
-                                         [--concurrency 16]
+                                         [--concurrency 32] [--rate 5]
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
 from graph.status import TaskStatus  # noqa: E402
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  # noqa: E402
 
+# The load generator's connections to the API (and its requests in flight). With 200, its
+# httpx pool took about two thirds of the benchmark process's CPU (docs/performance.md).
+CLIENT_CONNECTIONS = 16
+
 
 def _model(latency: float) -> Any:
     def respond(body: dict[str, Any]) -> FakeResponse:
@@ -62,14 +66,22 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def submit_and_wait(http: httpx.AsyncClient, deps: Any, count: int,
-                          label: str = "task") -> tuple[dict[str, float], float, float]:
-    """Submit `count` tasks ("{label} 0", "{label} 1", ...) at once and wait until every one
-    has ended; returns the submit time of each task id, and when the round began and ended."""
+                          label: str = "task", rate: float | None = None,
+                          ) -> tuple[dict[str, float], float, float]:
+    """Submit `count` tasks ("{label} 0", "{label} 1", ...) at once, or `rate` a second
+    evenly spaced, and wait until every one has ended; returns the submit time of each task
+    id, and when the round began and ended."""
     submitted: dict[str, float] = {}
+    # As many requests in flight as the client has connections: more only queue inside
+    # httpx, whose pool scans all its connections for every request and response.
+    connections = asyncio.Semaphore(CLIENT_CONNECTIONS)
 
     async def submit(n: int) -> None:
-        sent = time.time()
-        response = await http.post("/v1/tasks", json={"input": f"{label} {n}"})
+        if rate:
+            await asyncio.sleep(max(0.0, began + n / rate - time.time()))
+        async with connections:
+            sent = time.time()
+            response = await http.post("/v1/tasks", json={"input": f"{label} {n}"})
         response.raise_for_status()
         submitted[response.json()["id"]] = sent
 
@@ -109,11 +121,12 @@ async def summarise(deps: Any, submitted: dict[str, float], began: float,
 _ROUNDS = itertools.count(1)
 
 
-async def _round(http: httpx.AsyncClient, deps: Any, count: int) -> dict[str, float]:
+async def _round(http: httpx.AsyncClient, deps: Any, count: int,
+                 rate: float | None = None) -> dict[str, float]:
     # New words each round: the model-call cache (on by default) would answer a text asked
     # in an earlier round without the model, and the figures would be the cache's.
     label = f"round {next(_ROUNDS)} task"
-    return await summarise(deps, *await submit_and_wait(http, deps, count, label))
+    return await summarise(deps, *await submit_and_wait(http, deps, count, label, rate))
 
 
 def worker_env(env: dict[str, str], model_url: str) -> dict[str, str]:
@@ -148,22 +161,24 @@ async def api_client(deps: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with serving(create_app(deps=deps)) as port, httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=120,
             headers={"Authorization": f"Bearer {key}"},
-            limits=httpx.Limits(max_connections=200)) as http:
+            limits=httpx.Limits(max_connections=CLIENT_CONNECTIONS)) as http:
         yield http
 
 
 async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
-                 tasks_list: list[int], latency: float) -> None:
+                 tasks_list: list[int], latency: float, rate: float | None) -> None:
     async with FakeOpenAIServer() as model, open_deps(settings) as deps, api_client(deps) as http:
         model.responder = _model(latency)
+        arrivals = f"{rate:g} submitted a second" if rate else "each round submitted at once"
         print(f"model latency {latency:g}s per call, 3 calls per task, "
-              f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker")
+              f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker, {arrivals}")
         print(f"{'workers':>7} {'tasks':>6} {'tasks/s':>8} {'TTFE p50':>9} {'TTFE p99':>9} "
               f"{'task p50':>9} {'per day':>10} {'failed':>6}")
         for n_workers in workers_list:
             procs = await start_workers(deps, worker_env(env, model.base_url), n_workers)
+            await _round(http, deps, 10)  # warm-up, not shown: first imports, pools, plans
             for count in tasks_list:
-                r = await _round(http, deps, count)
+                r = await _round(http, deps, count, rate)
                 print(f"{n_workers:>7} {count:>6} {r['tasks_per_s']:>8.2f} "
                       f"{r['ttfe_p50']:>8.2f}s {r['ttfe_p99']:>8.2f}s {r['duration_p50']:>8.2f}s "
                       f"{r['tasks_per_s'] * 86400:>10,.0f} {int(r['failed']):>6}")
@@ -201,12 +216,17 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--tasks", default="10,100")
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int,
+                        default=Settings.model_fields["worker_concurrency"].default,
+                        help="tasks at once per worker (default: CADRE_WORKER_CONCURRENCY's)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="submit this many tasks a second, evenly spaced, instead of each "
+                             "round at once (a load below saturation)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):
         asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
-                           [int(t) for t in args.tasks.split(",")], args.latency))
+                           [int(t) for t in args.tasks.split(",")], args.latency, args.rate))
 
 if __name__ == "__main__":
     main()
