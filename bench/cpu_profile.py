@@ -79,7 +79,7 @@ def _label(proc: psutil.Process, named: dict[int, str]) -> str:
         return "postgres (postmaster + backends)"
     if head.startswith("redis-server"):
         return "redis"
-    if "moto.server" in argv:
+    if "app.stack.sqs_server" in argv or "moto.server" in argv:
         return "sqs endpoint (moto)"
     if head == "py-spy":
         return "py-spy (profiler)"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
+import pytest
 from botocore.exceptions import ClientError
 
 from app.queue import (
@@ -132,3 +134,47 @@ async def test_an_entry_that_comes_while_a_call_is_in_flight_goes_in_the_next(
     release.set()
     await asyncio.gather(first, *later)
     assert sizes == [1, 3]
+
+
+async def test_the_embedded_endpoint_counts_messages_when_asked(
+        settings: Settings, queue: QueueUrls) -> None:
+    """The embedded endpoint works a queue's attributes out when they are read
+    (`app/stack/sqs_server.py`): the counts are those of the moment they are asked for."""
+    tasks = await TaskQueue.connect(settings)
+    await asyncio.gather(*(tasks.send(TaskMessage(task_id=f"t-{n}")) for n in range(5)))
+    taken = await tasks.receive(wait_seconds=1, max_messages=2, hide_seconds=30)
+    attributes = await tasks.attributes()
+    assert (attributes["ApproximateNumberOfMessages"],
+            attributes["ApproximateNumberOfMessagesNotVisible"],
+            attributes["ApproximateNumberOfMessagesDelayed"]) == ("3", str(len(taken)), "0")
+    assert json.loads(attributes["RedrivePolicy"])["maxReceiveCount"] == 5
+    assert attributes["VisibilityTimeout"] == "60"
+    await asyncio.gather(*(tasks.delete(m) for m in taken))
+    assert (await tasks.attributes())["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_a_queue_s_attributes_are_the_same_and_counted_only_when_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.sqs.models import Queue
+
+    from app.stack.sqs_server import install
+
+    queue = Queue("q", region="us-east-1", account_id="123456789012",  # type: ignore[abstract]
+                  VisibilityTimeout="60")
+    before = dict(queue.attributes)
+    monkeypatch.setattr(Queue, "attributes", Queue.attributes)  # restored after the test
+    install()
+    assert dict(queue.attributes) == before, "the same names and values"
+
+    counted: list[str] = []
+
+    def count(_: Queue) -> int:
+        counted.append("visible")
+        return 0
+
+    monkeypatch.setattr(Queue, "approximate_number_of_messages", property(count))
+    assert queue.attributes.get("MessageRetentionPeriod") == before["MessageRetentionPeriod"]
+    assert "ContentBasedDeduplication" not in queue.attributes
+    assert counted == [], "reading one attribute counts no messages"
+    assert queue.attributes["ApproximateNumberOfMessages"] == 0
+    assert counted == ["visible"]

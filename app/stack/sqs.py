@@ -30,7 +30,8 @@ class EmbeddedSQS:
     def process(self) -> ManagedProcess:
         return ManagedProcess(
             name="sqs",
-            argv=[sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            argv=[sys.executable, "-m", "app.stack.sqs_server", "-H", "127.0.0.1", "-p",
+                  str(self.port)],
             log_path=self.log_path,
         )
 
