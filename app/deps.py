@@ -43,7 +43,7 @@ def require_redis_url(settings: Settings) -> str:
     return settings.redis_url
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
+async def keep_session(conn: asyncpg.Connection) -> None:
     """Release without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL):
     Cadre's own queries leave no session state behind (no session SET, LISTEN, cursor or
     session advisory lock; locks and settings are transaction-scoped), and the reset was a
@@ -57,7 +57,7 @@ async def connect_db(settings: Settings) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
             url, min_size=1, max_size=settings.db_pool_size, timeout=10, command_timeout=60,
-            reset=_keep_session, server_settings={
+            reset=keep_session, server_settings={
                 # Held locks of a worker cut off mid-transaction are released (see the setting).
                 "idle_in_transaction_session_timeout": str(
                     int(settings.db_idle_transaction_seconds * 1000)),

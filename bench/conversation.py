@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import migrate
+from app.deps import keep_session
 from app.stack.ephemeral import ephemeral_services
 from app.store import StepStore
 from bench.loop_overhead import _checkpoint_bytes, _toolset
@@ -39,7 +40,7 @@ REPORTED = (1, 10, 25, 50)
 
 
 async def _bench(url: str, redis_url: str, tasks: int) -> None:
-    db = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    db = await asyncpg.create_pool(url, min_size=1, max_size=4, reset=keep_session)
     rds = aioredis.Redis.from_url(redis_url)
     user = await db.fetchval("INSERT INTO users (email) VALUES ('bench@example.com') RETURNING id")
     conv = str(await db.fetchval(

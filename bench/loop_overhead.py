@@ -31,6 +31,7 @@ from langchain_core.tools import tool as lc_tool
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import migrate
+from app.deps import keep_session
 from app.stack.ephemeral import ephemeral_services
 from app.stack.ports import free_port
 from app.store import StepStore
@@ -117,7 +118,7 @@ async def _bench(url: str, redis_url: str, runs: int, port: int) -> None:
 
     modes = _tracers(port)
     by_mode: dict[str, list[float]] = {name: [] for name in modes}
-    db = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    db = await asyncpg.create_pool(url, min_size=1, max_size=4, reset=keep_session)
     rds = aioredis.Redis.from_url(redis_url)
     user = await db.fetchval("INSERT INTO users (email) VALUES ('bench@example.com') RETURNING id")
     cadre_times: list[float] = []
