@@ -168,7 +168,7 @@ async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any
                     model=deps.model_name) as traced:
         try:
             try:
-                await _astream(graph, deps, thread_id, payload, on_token, at_boundary)
+                ended = await _astream(graph, deps, thread_id, payload, on_token, at_boundary)
             finally:
                 if deps.speculator is not None:
                     await deps.speculator.aclose()  # no speculative call outlives its run
@@ -178,7 +178,9 @@ async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any
             traced.set_attribute("cadre.run.interrupted", stopped.why)
             raise
         else:
-            result = await outcome(graph, thread_id)
+            # A run that finished reports from its last values; one that waits, from its
+            # checkpoint (which says what it waits for).
+            result = _result(ended, None) if ended is not None else await outcome(graph, thread_id)
         traced.set_attribute("cadre.run.status", result.status.value)
         if result.stop is not None:
             traced.set_attribute("cadre.run.stop", result.stop["kind"])
@@ -245,27 +247,37 @@ class _AnswerTokens(AsyncCallbackHandler):
 
 
 async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any,
-                   on_token: OnToken | None, at_boundary: AtBoundary | None) -> None:
+                   on_token: OnToken | None, at_boundary: AtBoundary | None) -> AgentState | None:
     config = thread_config(thread_id)
     config["callbacks"] = [_AnswerTokens(on_token, deps.speculator)]
     # `subgraphs`: a team's workers report each of their steps too, so a cancellation or a
     # shutdown stops the run at a worker's step, not only once the whole wave is done.
     stream = cast(AsyncGenerator[Any, None], graph.astream(
-        payload, config, context=deps, stream_mode="updates", durability="sync",
+        payload, config, context=deps, stream_mode=["updates", "values"], durability="sync",
         subgraphs=True))
     token = fence.CURRENT.set(deps.fence)  # the checkpointer writes only under the lease
     try:
-        await _consume(stream, graph, deps, thread_id, at_boundary)
+        return await _consume(stream, graph, deps, thread_id, at_boundary)
     finally:
         fence.CURRENT.reset(token)
 
 
 async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: GraphDeps,
-                   thread_id: str, at_boundary: AtBoundary | None) -> None:
+                   thread_id: str, at_boundary: AtBoundary | None) -> AgentState | None:
+    """Drive the stream to its end; returns the run's last values when it ended (an answer or
+    a stop in them, no interrupt on the way), None when the checkpoint must say how it stands
+    (a run that waits for a person): `outcome` need not load the checkpoint just written."""
     why: Literal["cancelled", "shutdown"] | None = None
     last_step = 0  # the newest step number a node reported
+    values: AgentState | None = None
+    interrupted = False
     async with contextlib.aclosing(stream):
-        async for namespace, chunk in stream:
+        async for namespace, mode, chunk in stream:
+            interrupted = interrupted or "__interrupt__" in (chunk or {})
+            if mode == "values":
+                if not namespace:
+                    values = chunk
+                continue
             # The run's own steps (a worker's numbers are in its range, not the run's).
             for update in (chunk or {}).values() if not namespace else ():
                 if isinstance(update, dict) and isinstance(update.get("step"), int):
@@ -281,6 +293,9 @@ async def _consume(stream: AsyncGenerator[Any, None], graph: AgentGraph, deps: G
             await _record_stop(graph, deps, thread_id, "cancelled", "the task was cancelled",
                                after=last_step)
         raise RunInterrupted(why)
+    ended = values is not None and not interrupted and (
+        values.get("final_answer") is not None or bool(values.get("stop")))
+    return values if ended else None
 
 
 async def start(graph: AgentGraph, deps: GraphDeps, *, thread_id: str,
@@ -329,8 +344,12 @@ async def _record_stop(graph: AgentGraph, deps: GraphDeps, thread_id: str, kind:
 
 async def outcome(graph: AgentGraph, thread_id: str) -> RunResult:
     snapshot = await graph.aget_state(thread_config(thread_id))
-    values = cast(AgentState, snapshot.values)
-    pending = waiting(snapshot).value if snapshot.interrupts else None
+    return _result(cast(AgentState, snapshot.values),
+                   waiting(snapshot).value if snapshot.interrupts else None)
+
+
+def _result(values: AgentState, pending: Any) -> RunResult:
+    """A run's result from its values and the approval it waits for (`pending`), if any."""
     stop = values.get("stop")
     if pending is not None:
         status = TaskStatus.PENDING_APPROVAL

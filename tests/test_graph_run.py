@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+import pytest
 from langchain_core.messages import HumanMessage, ToolMessage
 
+from graph.run import outcome
 from graph.steps import (
     AnswerChecked,
     ModelCalled,
@@ -241,3 +244,38 @@ async def test_model_unavailable_ends_the_run_with_a_clear_reason(agent: Agent) 
     assert done.plan[0]["description"] == "Answer", "work done before the failure is kept"
     last = (await agent.steps())[-1]
     assert isinstance(last, RunStopped) and last.stop == "model_unavailable"
+
+
+async def test_a_run_that_ended_reports_without_loading_its_checkpoint_again(
+        agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`drive` takes the result of a run that answered or stopped from the stream's last
+    values, the same result its checkpoint gives; a run that waits for a person is reported
+    from its checkpoint, which holds what it waits for."""
+    loads = 0
+    load = agent.graph.aget_state
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal loads
+        loads += 1
+        return await load(*args, **kwargs)
+
+    monkeypatch.setattr(agent.graph, "aget_state", counted)
+    agent.model.add(plan("Look up the price"), call("lookup_price", {"item": "apple"}),
+                    reply("An apple costs 1.25 EUR."), verdict(True))
+    done = await agent.start("What does an apple cost?")
+    assert (done.status, done.final_answer) == ("SUCCEEDED", "An apple costs 1.25 EUR.")
+    assert loads == 1, "only `start`'s read of the thread before the run"
+    assert done == await outcome(agent.graph, agent.conversation_id)
+
+    loads = 0
+    agent.model.add(plan("Compute"), call("multiply", {"a": 1, "b": 2}))
+    stopped = await agent.start("Multiply things forever.", max_iterations=1)
+    assert stopped.stop is not None and stopped.stop["kind"] == "iteration_limit"
+    assert loads == 1
+    assert stopped == await outcome(agent.graph, agent.conversation_id)
+
+    loads = 0
+    agent.model.add(plan("Send it"), call("send_report", {"to": "ana@example.com", "body": "hi"}))
+    pending = await agent.start("Send Ana a note.")
+    assert pending.status == "PENDING_APPROVAL" and pending.approval is not None
+    assert loads == 2, "the waiting run's result comes from its checkpoint"
