@@ -32,10 +32,18 @@ def _family(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def _running(process: psutil.Process) -> bool:
+    """Running and not a zombie. A process can end between the two reads: then it is gone."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def _all_gone(processes: list[psutil.Process], timeout: float = 30) -> list[psutil.Process]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in processes if _running(p)]
         if not alive or asyncio.get_running_loop().time() > deadline:
             return alive
         await asyncio.sleep(0.2)
