@@ -108,8 +108,7 @@ async def test_workers_killed_at_random_lose_nothing_and_repeat_nothing(
             announcement to the message's next delivery (`_repair_end`, after the visibility
             timeout): the stream is complete only then, not when Postgres says the task ended."""
             for task_id in ids:
-                history = await events.history(task_id)
-                if not history or not history[-1].ends_stream:
+                if await events.terminal(task_id) is None:
                     return False
             return True
 
