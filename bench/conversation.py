@@ -2,7 +2,8 @@
 conversation (one LangGraph thread on the Postgres checkpointer), each a plan, one tool
 call and an answer from a scripted model that answers instantly. For task 1, 10, 25 and 50:
 checkpoint bytes the task added to Postgres, the model window it sent (messages and
-estimated tokens), and its orchestration time per step. The goal (the performance issue)
+estimated tokens), the bytes it sent to Redis (the window mirror), and its orchestration time
+per step. The goal (the performance issue)
 is flat; this prints where it stands. Asserts nothing.
 
     .venv/bin/python bench/conversation.py [--tasks 50]
@@ -39,13 +40,19 @@ from tools import Ledger
 REPORTED = (1, 10, 25, 50)
 
 
+async def _redis_received(redis: aioredis.Redis) -> int:
+    """Bytes Redis has received from its clients: here the window mirror's writes (and these
+    INFO calls, a few dozen bytes each)."""
+    return int((await redis.info("stats"))["total_net_input_bytes"])
+
+
 async def _bench(url: str, redis_url: str, tasks: int) -> None:
     db = await asyncpg.create_pool(url, min_size=1, max_size=4, reset=keep_session)
     rds = aioredis.Redis.from_url(redis_url)
     user = await db.fetchval("INSERT INTO users (email) VALUES ('bench@example.com') RETURNING id")
     conv = str(await db.fetchval(
         "INSERT INTO conversations (user_id) VALUES ($1) RETURNING id", user))
-    rows: list[tuple[int, int, int, int, float]] = []
+    rows: list[tuple[int, int, int, int, float, int]] = []
     async with postgres_checkpointer(url) as saver:
         graph = compile_graph(saver)
         before = 0
@@ -57,17 +64,19 @@ async def _bench(url: str, redis_url: str, tasks: int) -> None:
                                         reply(f"{n + 1}"), verdict(True))
             deps = GraphDeps(model=model, toolset=_toolset(), policy=DefaultPolicy(),
                              ledger=Ledger(db), recorder=StepStore(db), redis=rds)
+            received = await _redis_received(rds)
             began = time.perf_counter()
             result = await start(graph, deps, thread_id=conv,
                                  input=task_input(task_id=task, text=f"add {n} and 1"))
             elapsed = time.perf_counter() - began
+            received = await _redis_received(rds) - received
             assert result.status == "SUCCEEDED", result
             total = await _checkpoint_bytes(db, conv)
             window = model.calls[1].messages  # what the act call sent
             steps = await db.fetchval("SELECT count(*) FROM agent_logs WHERE task_id = $1::uuid",
                                       task)
             rows.append((n, total - before, len(window), estimate_tokens(window),
-                         elapsed / max(1, steps)))
+                         elapsed / max(1, steps), received))
             before = total
     await rds.aclose()
     await db.close()
@@ -77,13 +86,13 @@ async def _bench(url: str, redis_url: str, tasks: int) -> None:
     print("the task's own figures, then over the ten tasks up to it (a full copy of the messages "
           f"is written every {MESSAGES_SNAPSHOT_EVERY} additions: amortised there)")
     print(f"{'task':>5}{'KiB added':>11}{'mean KiB, 10':>14}{'window messages':>17}"
-          f"{'window tokens':>15}{'ms per step':>13}{'median ms, 10':>15}")
-    for n, added, messages, tokens, per_step in rows:
+          f"{'window tokens':>15}{'Redis KiB':>11}{'ms per step':>13}{'median ms, 10':>15}")
+    for n, added, messages, tokens, per_step, to_redis in rows:
         if n in REPORTED or n == tasks:
             recent = rows[max(0, n - 10):n]
             print(f"{n:>5}{added / 1024:>11.1f}"
                   f"{statistics.mean(r[1] for r in recent) / 1024:>14.1f}{messages:>17}"
-                  f"{tokens:>15}{per_step * 1000:>13.2f}"
+                  f"{tokens:>15}{to_redis / 1024:>11.1f}{per_step * 1000:>13.2f}"
                   f"{statistics.median(r[4] for r in recent) * 1000:>15.2f}")
     first, last = rows[0], rows[-1]
     tail = rows[-10:]

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as aioredis
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    message_to_dict,
+)
 
-from graph.window import build_window, estimate_tokens, mirror_window
+from graph import window as window_module
+from graph.window import Window, build_window, estimate_tokens, mirror_window, read_window
 
 
 def _history(turns: int) -> list:  # type: ignore[type-arg]
@@ -58,15 +68,80 @@ def test_digest_accumulates_and_says_when_it_omits() -> None:
     assert tight.summary.startswith("- [older steps omitted from this digest]")
 
 
-async def test_window_is_mirrored_in_redis_with_a_ttl(redis_url: str) -> None:
-    window = build_window("system", _history(2), summary="", summarized_upto=0, limit=5_000)
+def _ids(messages: list) -> list:  # type: ignore[type-arg]
+    for i, message in enumerate(messages):
+        message.id = f"m{i}"
+    return messages
+
+
+def _same(read: Window | None, window: Window) -> None:
+    assert read is not None
+    assert [(type(m), m.content, m.id) for m in read.messages] == \
+        [(type(m), m.content, m.id) for m in window.messages]
+    assert (read.summary, read.summarized_upto) == (window.summary, window.summarized_upto)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        await mirror_window(client, "task-1", window, ttl_seconds=86_400)
-        stored = await client.hgetall("cadre:context:task-1")
-        ttl = await client.ttl("cadre:context:task-1")
+        yield client
     finally:
         await client.aclose()
-    assert 86_000 < ttl <= 86_400
-    assert len(json.loads(stored["messages"])) == len(window.messages)
-    assert stored["summarized_upto"] == "0"
+
+
+async def test_window_is_mirrored_in_redis_with_a_ttl(client: aioredis.Redis) -> None:
+    window = build_window("system", _history(2), summary="", summarized_upto=0, limit=5_000)
+    key = f"cadre:context:{uuid.uuid4()}"
+    await mirror_window(client, key.removeprefix("cadre:context:"), window, ttl_seconds=86_400)
+    _same(await read_window(client, key.removeprefix("cadre:context:")), window)
+    for stored in (key, f"{key}:messages"):
+        assert 86_000 < await client.ttl(stored) <= 86_400
+    assert await client.llen(f"{key}:messages") == len(window.messages) - 1
+    assert await read_window(client, "no-such-task") is None
+
+
+async def test_each_mirror_sends_only_what_the_window_gained_and_lost(
+        client: aioredis.Redis) -> None:
+    task = str(uuid.uuid4())
+    history = _ids(_history(12))
+    first = build_window("s", history[:8], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, first, ttl_seconds=60)
+    # A mark no write of the whole window would keep: the next write must only append.
+    marked = HumanMessage("marked", id="m0")
+    await client.lset(f"cadre:context:{task}:messages", 0, json.dumps(message_to_dict(marked)))
+    second = build_window("s", history[:12], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, second, ttl_seconds=60)
+    read = await read_window(client, task)
+    assert read is not None and read.messages[1].content == "marked"
+    assert [m.content for m in read.messages[2:]] == [m.content for m in second.messages[2:]]
+    # Older turns leave the window's front: the list drops them, still without a rewrite.
+    slid = build_window("s", history, summary="", summarized_upto=0, limit=3_000)
+    assert slid.summarized_upto > 0
+    await mirror_window(client, task, slid, ttl_seconds=60)
+    _same(await read_window(client, task), slid)
+
+
+async def test_a_mirror_another_writer_changed_or_a_rewritten_history_is_written_whole(
+        client: aioredis.Redis) -> None:
+    task = str(uuid.uuid4())
+    history = _ids(_history(6))
+    ours = build_window("s", history[:8], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, ours, ttl_seconds=60)
+    # Another worker takes the task over and writes its window whole (this process's record
+    # of its own last write is kept aside meanwhile, as another process would not have it).
+    mine = dict(window_module._MIRRORED)
+    window_module._MIRRORED.clear()
+    theirs = build_window("t", history[:16], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, theirs, ttl_seconds=60)
+    _same(await read_window(client, task), theirs)
+    window_module._MIRRORED.update(mine)
+    later = build_window("s", history[:12], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, later, ttl_seconds=60)
+    _same(await read_window(client, task), later)
+    # The history under the window is not the one written last (a rewound thread): whole.
+    rewound = _ids(_history(6))
+    rewound[11] = AIMessage("another answer", id="other")
+    again = build_window("s", rewound[:14], summary="", summarized_upto=0, limit=100_000)
+    await mirror_window(client, task, again, ttl_seconds=60)
+    _same(await read_window(client, task), again)
