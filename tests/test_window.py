@@ -101,24 +101,29 @@ async def test_window_is_mirrored_in_redis_with_a_ttl(client: aioredis.Redis) ->
     assert await read_window(client, "no-such-task") is None
 
 
+async def _mirror(client: aioredis.Redis, task: str, history: list,  # type: ignore[type-arg]
+                  *, system: str = "s", limit: int = 100_000) -> Window:
+    """Build the window of `history` and mirror it."""
+    window = build_window(system, history, summary="", summarized_upto=0, limit=limit)
+    await mirror_window(client, task, window, ttl_seconds=60)
+    return window
+
+
 async def test_each_mirror_sends_only_what_the_window_gained_and_lost(
         client: aioredis.Redis) -> None:
     task = str(uuid.uuid4())
     history = _ids(_history(12))
-    first = build_window("s", history[:8], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, first, ttl_seconds=60)
+    await _mirror(client, task, history[:8])
     # A mark no write of the whole window would keep: the next write must only append.
     marked = HumanMessage("marked", id="m0")
     await client.lset(f"cadre:context:{task}:messages", 0, json.dumps(message_to_dict(marked)))
-    second = build_window("s", history[:12], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, second, ttl_seconds=60)
+    second = await _mirror(client, task, history[:12])
     read = await read_window(client, task)
     assert read is not None and read.messages[1].content == "marked"
     assert [m.content for m in read.messages[2:]] == [m.content for m in second.messages[2:]]
     # Older turns leave the window's front: the list drops them, still without a rewrite.
-    slid = build_window("s", history, summary="", summarized_upto=0, limit=3_000)
+    slid = await _mirror(client, task, history, limit=3_000)
     assert slid.summarized_upto > 0
-    await mirror_window(client, task, slid, ttl_seconds=60)
     _same(await read_window(client, task), slid)
 
 
@@ -126,22 +131,18 @@ async def test_a_mirror_another_writer_changed_or_a_rewritten_history_is_written
         client: aioredis.Redis) -> None:
     task = str(uuid.uuid4())
     history = _ids(_history(6))
-    ours = build_window("s", history[:8], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, ours, ttl_seconds=60)
+    await _mirror(client, task, history[:8])
     # Another worker takes the task over and writes its window whole (this process's record
     # of its own last write is kept aside meanwhile, as another process would not have it).
     mine = dict(window_module._MIRRORED)
     window_module._MIRRORED.clear()
-    theirs = build_window("t", history[:16], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, theirs, ttl_seconds=60)
+    theirs = await _mirror(client, task, history[:16], system="t")
     _same(await read_window(client, task), theirs)
     window_module._MIRRORED.update(mine)
-    later = build_window("s", history[:12], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, later, ttl_seconds=60)
+    later = await _mirror(client, task, history[:12])
     _same(await read_window(client, task), later)
     # The history under the window is not the one written last (a rewound thread): whole.
     rewound = _ids(_history(6))
     rewound[11] = AIMessage("another answer", id="other")
-    again = build_window("s", rewound[:14], summary="", summarized_upto=0, limit=100_000)
-    await mirror_window(client, task, again, ttl_seconds=60)
+    again = await _mirror(client, task, rewound[:14])
     _same(await read_window(client, task), again)
