@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from langchain_core.messages import (
     AIMessage,
@@ -138,12 +138,16 @@ return 1
 @dataclass(frozen=True)
 class _Mirrored:
     """What this process last wrote for a task: the list holds history[first:first + count],
-    the last of them with id `last_id`."""
+    the last of them with id `last_id`, under the token of its last whole write."""
 
-    tag: str
+    token: str
     first: int
     count: int
     last_id: str | None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.token}:{self.count}"
 
 
 # Per key, the last write of this process (the newest keys; an older one just writes whole).
@@ -153,6 +157,10 @@ _MIRRORED_KEYS = 4096
 
 def _token() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def _dumped(messages: Sequence[BaseMessage]) -> list[str]:
+    return [json.dumps(message_to_dict(m), default=str) for m in messages]
 
 
 def context_key(task_id: str) -> str:
@@ -168,29 +176,29 @@ async def mirror_window(redis: Redis, task_id: str, window: Window, ttl_seconds:
     start, history = window.summarized_upto, window.messages[1:]
     end = start + len(history)
     last = _MIRRORED.get(key)
-    base, drop, new = "", 0, history
+    base, token, drop, new = "", "", 0, history
     if last is not None and last.first <= start and last.first + last.count <= end:
         kept_end = last.first + last.count  # where the list ends, as a history index
         # The history only grows at its end; the last message written still being there
         # (by id) means the list is a prefix of it from `last.first`.
         if kept_end <= start or (last.last_id is not None
                                  and history[kept_end - 1 - start].id == last.last_id):
-            base = last.tag
+            base, token = last.tag, last.token
             drop = min(start, kept_end) - last.first  # what left the window's front
             new = history[max(kept_end, start) - start:]
-    tag = f"{base.split(':', 1)[0] if base else _token()}:{len(history)}"
+    written = _Mirrored(token=token or _token(), first=start, count=len(history),
+                        last_id=history[-1].id if history else None)
     script = redis.register_script(_MIRROR)
-    args: list[str | int | float] = [base, tag, drop, ttl_seconds, window.summary, start,
-            str(window.messages[0].content), time.time(),
-            *(json.dumps(message_to_dict(m), default=str) for m in new)]
-    written = await script(keys=[key, f"{key}:messages"], args=args)
-    if not written:  # the list is not what this process last wrote: write it whole
-        tag = f"{_token()}:{len(history)}"
-        args[:3] = ["", tag, 0]
-        args[8:] = [json.dumps(message_to_dict(m), default=str) for m in history]
+    args: list[str | int | float] = [base, written.tag, drop, ttl_seconds, window.summary,
+                                     start, str(window.messages[0].content), time.time(),
+                                     *_dumped(new)]
+    if not await script(keys=[key, f"{key}:messages"], args=args):
+        # The list is not what this process last wrote: write it whole, under a new token.
+        written = replace(written, token=_token())
+        args[:3] = ["", written.tag, 0]
+        args[8:] = _dumped(history)
         await script(keys=[key, f"{key}:messages"], args=args)
-    _MIRRORED[key] = _Mirrored(tag=tag, first=start, count=len(history),
-                               last_id=history[-1].id if history else None)
+    _MIRRORED[key] = written
     _MIRRORED.move_to_end(key)
     while len(_MIRRORED) > _MIRRORED_KEYS:
         _MIRRORED.popitem(last=False)

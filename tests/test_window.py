@@ -17,7 +17,14 @@ from langchain_core.messages import (
 )
 
 from graph import window as window_module
-from graph.window import Window, build_window, estimate_tokens, mirror_window, read_window
+from graph.window import (
+    Window,
+    build_window,
+    context_key,
+    estimate_tokens,
+    mirror_window,
+    read_window,
+)
 
 
 def _history(turns: int) -> list:  # type: ignore[type-arg]
@@ -92,9 +99,10 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 async def test_window_is_mirrored_in_redis_with_a_ttl(client: aioredis.Redis) -> None:
     window = build_window("system", _history(2), summary="", summarized_upto=0, limit=5_000)
-    key = f"cadre:context:{uuid.uuid4()}"
-    await mirror_window(client, key.removeprefix("cadre:context:"), window, ttl_seconds=86_400)
-    _same(await read_window(client, key.removeprefix("cadre:context:")), window)
+    task = str(uuid.uuid4())
+    key = context_key(task)
+    await mirror_window(client, task, window, ttl_seconds=86_400)
+    _same(await read_window(client, task), window)
     for stored in (key, f"{key}:messages"):
         assert 86_000 < await client.ttl(stored) <= 86_400
     assert await client.llen(f"{key}:messages") == len(window.messages) - 1
@@ -116,7 +124,7 @@ async def test_each_mirror_sends_only_what_the_window_gained_and_lost(
     await _mirror(client, task, history[:8])
     # A mark no write of the whole window would keep: the next write must only append.
     marked = HumanMessage("marked", id="m0")
-    await client.lset(f"cadre:context:{task}:messages", 0, json.dumps(message_to_dict(marked)))
+    await client.lset(f"{context_key(task)}:messages", 0, json.dumps(message_to_dict(marked)))
     second = await _mirror(client, task, history[:12])
     read = await read_window(client, task)
     assert read is not None and read.messages[1].content == "marked"
