@@ -48,6 +48,7 @@ from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.fork import ForkError, fork_thread
 from graph.model_cache import ModelCache
+from graph.outputs import OutputStore, output_store
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config, waiting
 from graph.speculation import Speculator
@@ -83,8 +84,12 @@ class Executor:
     team: Team | None = None
     # The leases this worker holds, renewed together by the worker's heartbeat.
     leases: Leases | None = None
+    # Large tool results kept out of the checkpoints (CADRE_OUTPUT_INLINE_CHARS): one store
+    # per worker, so what it keeps in memory serves all of its tasks.
+    outputs: OutputStore | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.outputs = output_store(self.deps.db, self.deps.settings.output_inline_chars)
         if self.leases is None:
             self.leases = Leases(store=self.store, worker=self.worker_id,
                                  seconds=self.lease_seconds)
@@ -381,7 +386,7 @@ class Executor:
             tool_deps=self.tool_deps, audit=PolicyAudit(self.deps.db), screen=self.screen,
             tracing=self.tracing, fence=lease, parallel_tools=self.deps.settings.parallel_tools,
             speculator=self._speculator(task), model_cache=self._model_cache(task),
-            team=self.team,
+            team=self.team, outputs=self.outputs,
         )
 
         plan_from = lookup.plan_from if lookup is not None else None

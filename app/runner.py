@@ -30,6 +30,7 @@ from app.tooling import (
 )
 from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
 from graph.approvals import ApprovalDecision, ApprovalRequest
+from graph.outputs import output_store
 from graph.recorder import Recorders
 from graph.run import RunResult, run_task, task_input
 from graph.speculation import Speculator
@@ -165,7 +166,8 @@ async def run_local(
                 parallel_tools=settings.parallel_tools,
                 speculator=Speculator(toolset=toolset, policy=policy, tool_deps=tool_deps, db=db,
                                       redis=rds, limit=settings.speculation_max)
-                if settings.speculation else None, team=team)
+                if settings.speculation else None, team=team,
+                outputs=output_store(db, settings.output_inline_chars))
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:

@@ -140,6 +140,9 @@ class Settings(BaseSettings):
                                        validation_alias=_env("CADRE_MCP_SESSIONS_PER_USER"))
     # How many read-only tool calls of one model turn run at once (1: one after another).
     parallel_tools: int = Field(4, ge=1, le=32, validation_alias=_env("CADRE_PARALLEL_TOOLS"))
+    # A tool result longer than this is stored once in `tool_outputs` and the checkpoints keep
+    # a stub of it (graph/outputs.py); 0 keeps every result in the checkpoints whole.
+    output_inline_chars: int = Field(4_000, ge=0, validation_alias=_env("CADRE_OUTPUT_INLINE_CHARS"))
     # Speculative tool calls (graph/speculation.py): on or off for the deployment, and how
     # many predicted calls one model turn may start.
     speculation: bool = Field(True, validation_alias=_env("CADRE_SPECULATION"))
@@ -238,6 +241,16 @@ class Settings(BaseSettings):
                              f"half of CADRE_LEASE_SECONDS ({self.lease_seconds:g}), or a lease can "
                              "lapse between two renewals")
         return self
+
+    @field_validator("output_inline_chars")
+    @classmethod
+    def _inline_chars(cls, value: int) -> int:
+        from graph.outputs import MIN_INLINE_CHARS
+
+        if 0 < value < MIN_INLINE_CHARS:
+            raise ValueError(f"must be 0 (keep every result in the checkpoints) or at least "
+                             f"{MIN_INLINE_CHARS}: a stored result's stub keeps 1,200 characters")
+        return value
 
     @field_validator("database_url", "agent_sql_url")
     @classmethod

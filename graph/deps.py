@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from graph.agents import Team
 from graph.fence import Fence, Unfenced
 from graph.model_cache import ModelCache
+from graph.outputs import OutputStore
 from graph.recorder import StepRecorder
 from graph.speculation import Speculator
 from graph.tracing import Tracing
@@ -49,6 +50,9 @@ class GraphDeps:
     model_cache: ModelCache | None = None
     # The worker agents a team's manager may delegate to (graph/team.py); None: no team mode.
     team: Team | None = None
+    # Where large tool results go instead of the checkpoints (graph/outputs.py); None: every
+    # result stays in the messages whole.
+    outputs: OutputStore | None = None
 
     @property
     def model_name(self) -> str:

@@ -13,6 +13,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from langgraph.types import StateSnapshot
 
 from graph.builder import AgentGraph
+from graph.outputs import unstubbed
 from graph.run import thread_config
 from graph.state import empty_usage
 
@@ -49,7 +50,7 @@ async def fork_thread(graph: AgentGraph, *, source_thread: str, source_task: str
                  if isinstance(m, ToolMessage) and m.tool_call_id == call_id]
         if not found:
             raise ForkError(f"the state at step {from_step} has no result of call {call_id}")
-        messages[found[-1]] = messages[found[-1]].model_copy(update={"content": content})
+        messages[found[-1]] = unstubbed(messages[found[-1]], content)
     if instruction:
         messages.append(HumanMessage(instruction))
     values["messages"] = messages

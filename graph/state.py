@@ -3,6 +3,7 @@ conversation's tasks (memory); the per-task fields are reset by each task's inpu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 from langchain_core.messages import AnyMessage
@@ -133,8 +134,10 @@ class AgentState(TypedDict, total=False):
     verify_failures: int
     replan_reason: str | None
     step: int
-    # Context management: a digest of messages that no longer fit the window.
-    summary: str
+    # Context management: a digest of messages that no longer fit the window (`summary_text`).
+    # Kept as a one-item list: the saver copies a string into every checkpoint of the thread,
+    # and stores anything else once per change (threads saved before hold a string).
+    summary: list[str] | str
     summarized_upto: int
     # Outcome.
     final_answer: str | None
@@ -143,3 +146,9 @@ class AgentState(TypedDict, total=False):
 
 def empty_usage() -> Usage:
     return Usage(tokens_in=0, tokens_out=0, model_calls=0)
+
+
+def summary_text(state: Mapping[str, Any]) -> str:
+    """The digest of the messages before the window, as `summary` keeps it."""
+    value = state.get("summary") or ""
+    return value if isinstance(value, str) else "".join(value)

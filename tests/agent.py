@@ -16,6 +16,7 @@ from app.store import StepStore, task_steps
 from graph import ApprovalDecision, GraphDeps, compile_graph, postgres_checkpointer, task_input
 from graph.agents import Team
 from graph.builder import AgentGraph
+from graph.outputs import OutputStore
 from graph.run import RunResult, proceed, resume, start
 from graph.steps import Step
 from graph.testing import ScriptedModel
@@ -85,12 +86,14 @@ class Agent:
     task_id: str = ""
     # The worker agents of team tasks (`mode="team"`).
     team: Team | None = None
+    # Large tool results, kept out of the checkpoints as a worker keeps them.
+    outputs: OutputStore | None = None
 
     def deps(self, model: ScriptedModel | None = None) -> GraphDeps:
         return GraphDeps(model=model or self.model, toolset=make_toolset(self.outbox),
                          policy=DefaultPolicy(), ledger=Ledger(self.db),
                          recorder=StepStore(self.db), redis=self.redis,
-                         context_tokens=4_000, team=self.team)
+                         context_tokens=4_000, team=self.team, outputs=self.outputs)
 
     async def new_task(self, text: str) -> str:
         self.task_id = str(await self.db.fetchval(
@@ -132,7 +135,7 @@ async def agent_for(database_url: str, redis_url: str) -> AsyncIterator[Agent]:
         async with postgres_checkpointer(database_url) as saver:
             yield Agent(db=db, database_url=database_url, redis=client, model=ScriptedModel(),
                         outbox=Outbox(), graph=compile_graph(saver), user_id=user_id,
-                        conversation_id=conversation_id)
+                        conversation_id=conversation_id, outputs=OutputStore(db))
     finally:
         await client.aclose()
         await db.close()

@@ -10,7 +10,7 @@ from app import migrate
 
 TABLES = {
     "users", "api_keys", "conversations", "tasks", "agent_logs", "approvals", "tool_calls",
-    "artifacts",
+    "artifacts", "tool_outputs",
 }
 CHECKPOINT_TABLES = {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "checkpoint_migrations"}
 

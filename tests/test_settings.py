@@ -12,6 +12,7 @@ import pytest
 
 from app.errors import ConfigError
 from app.settings import Settings, load_settings, process_started
+from graph.outputs import output_store
 
 STANDARD_NAMES = {
     "DATABASE_URL": ("database_url", "postgresql://u:p@db.internal:5432/cadre"),
@@ -61,6 +62,8 @@ def test_home_is_not_taken_from_HOME(isolated: Path, monkeypatch: pytest.MonkeyP
         ("SMTP_URL", "mail.example.com:25"),
         ("CADRE_FETCH_ALLOW_PRIVATE", "wiki.internal, http://bad/"),
         ("CADRE_SEARCH_PROVIDER", "google"),
+        ("CADRE_OUTPUT_INLINE_CHARS", "1999"),
+        ("CADRE_OUTPUT_INLINE_CHARS", "-1"),
     ],
 )
 def test_invalid_value_names_the_variable(
@@ -129,3 +132,13 @@ def test_settings_of_takes_field_names(isolated: Path) -> None:
     assert (settings.sqs_wait_seconds, settings.home, settings.model) == (1, Path("/srv/cadre"), "qwen")
     with pytest.raises(TypeError, match="unknown settings"):
         Settings.of(sqs_wait=1)
+
+
+def test_an_inline_limit_of_zero_turns_the_output_store_off(
+        isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADRE_OUTPUT_INLINE_CHARS", "0")
+    assert output_store(None, load_settings().output_inline_chars) is None  # type: ignore[arg-type]
+    monkeypatch.setenv("CADRE_OUTPUT_INLINE_CHARS", "2000")
+    store = output_store(None, load_settings().output_inline_chars)  # type: ignore[arg-type]
+    assert store is not None and store.inline_chars == 2000
+    assert load_settings().output_inline_chars == 2000

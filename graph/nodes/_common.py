@@ -14,7 +14,7 @@ from graph.errors import BudgetExceeded, RunFailure
 from graph.llm import call_model
 from graph.model_cache import deterministic
 from graph.recorder import Steps
-from graph.state import AgentState, Stop, Usage, empty_usage
+from graph.state import AgentState, Stop, Usage, empty_usage, summary_text
 from graph.steps import ModelCalled, RunStopped
 from graph.tracing import chat_span, record_answer, record_cached_answer, record_prompt, span
 from graph.window import Window, build_window, estimate_tokens, mirror_window
@@ -81,10 +81,15 @@ def add_usage(state: AgentState, tokens_in: int, tokens_out: int, *,
 
 
 async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
+    history = state.get("messages", [])
+    if deps.outputs is not None:
+        # The large results the window may hold, whole (the digest of older turns reads
+        # only a result's start, which the stub keeps).
+        history = await deps.outputs.resolve(history, start=state.get("summarized_upto", 0))
     window = build_window(
         system,
-        state.get("messages", []),
-        summary=state.get("summary", ""),
+        history,
+        summary=summary_text(state),
         summarized_upto=state.get("summarized_upto", 0),
         limit=deps.context_tokens,
     )
@@ -96,8 +101,14 @@ async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
     return window
 
 
-def window_state(window: Window) -> dict[str, Any]:
-    return {"summary": window.summary, "summarized_upto": window.summarized_upto}
+def window_state(window: Window, state: AgentState) -> dict[str, Any]:
+    """What of the window's digest changed since `state`: written only then."""
+    update: dict[str, Any] = {}
+    if window.summary != summary_text(state):
+        update["summary"] = [window.summary]
+    if window.summarized_upto != state.get("summarized_upto", 0):
+        update["summarized_upto"] = window.summarized_upto
+    return update
 
 
 def task_input(state: AgentState) -> str:
@@ -148,7 +159,7 @@ class Asked:
 
     def state_update(self, state: AgentState) -> dict[str, Any]:
         return {"usage": add_usage(state, self.tokens_in, self.tokens_out, cached=self.cached),
-                **window_state(self.window)}
+                **window_state(self.window, state)}
 
 
 async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,

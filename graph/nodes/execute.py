@@ -80,6 +80,8 @@ async def execute(state: AgentState, runtime: Runtime[GraphDeps]) -> dict[str, A
         await deps.speculator.end_turn()  # what the model did not ask for, it never sees
         await deps.speculator.learn(state, [(d["name"], d["arguments"])
                                             for d in state.get("decisions") or [] if d["run"]])
+    if deps.outputs is not None:
+        results = await deps.outputs.keep(state["task_id"], results)  # large ones: stubs
     return {"messages": results, "step": steps.last, "untrusted": sources}
 
 
