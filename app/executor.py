@@ -48,7 +48,7 @@ from graph.builder import AgentGraph
 from graph.fence import BOUNDED_SQL, LeaseLost
 from graph.fork import ForkError, fork_thread
 from graph.model_cache import ModelCache
-from graph.outputs import OutputStore, output_store
+from graph.outputs import OutputStore
 from graph.recorder import Recorders
 from graph.run import RunInterrupted, RunResult, run_task, thread_config, waiting
 from graph.speculation import Speculator
@@ -86,10 +86,11 @@ class Executor:
     leases: Leases | None = None
     # Large tool results kept out of the checkpoints (CADRE_OUTPUT_INLINE_CHARS): one store
     # per worker, so what it keeps in memory serves all of its tasks.
-    outputs: OutputStore | None = field(init=False, default=None)
+    outputs: OutputStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.outputs = output_store(self.deps.db, self.deps.settings.output_inline_chars)
+        self.outputs = OutputStore(self.deps.db,
+                                   inline_chars=self.deps.settings.output_inline_chars)
         if self.leases is None:
             self.leases = Leases(store=self.store, worker=self.worker_id,
                                  seconds=self.lease_seconds)
@@ -278,7 +279,8 @@ class Executor:
         if not settings.speculation or task_options(task).get("speculation") is False:
             return None
         return Speculator(toolset=self.toolset, policy=self.policy, tool_deps=self.tool_deps,
-                          db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max)
+                          db=self.deps.db, redis=self.deps.redis, limit=settings.speculation_max,
+                          outputs=self.outputs)
 
     def _model_cache(self, task: Any) -> ModelCache | None:
         """The exact model-call cache, unless turned off, or the task is a "run again"

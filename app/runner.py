@@ -30,7 +30,7 @@ from app.tooling import (
 )
 from graph import GraphDeps, TaskStatus, compile_graph, make_chat_model, postgres_checkpointer
 from graph.approvals import ApprovalDecision, ApprovalRequest
-from graph.outputs import output_store
+from graph.outputs import OutputStore
 from graph.recorder import Recorders
 from graph.run import RunResult, run_task, task_input
 from graph.speculation import Speculator
@@ -156,6 +156,7 @@ async def run_local(
         async with open_tool_deps(settings, db=db) as tool_deps, postgres_checkpointer(
                 database_url, pool_size=settings.checkpoint_pool_size,
                 idle_transaction_seconds=settings.db_idle_transaction_seconds) as saver:
+            outputs = OutputStore(db, inline_chars=settings.output_inline_chars)
             deps = GraphDeps(
                 model=model, toolset=toolset, policy=policy, ledger=Ledger(db),
                 recorder=Recorders(StepStore(db), StepPublisher(events), StepMetrics(rds),
@@ -165,9 +166,10 @@ async def run_local(
                 tracing=graph_tracing(settings, config.base_url or "https://api.openai.com/v1"),
                 parallel_tools=settings.parallel_tools,
                 speculator=Speculator(toolset=toolset, policy=policy, tool_deps=tool_deps, db=db,
-                                      redis=rds, limit=settings.speculation_max)
+                                      redis=rds, limit=settings.speculation_max,
+                                      outputs=outputs)
                 if settings.speculation else None, team=team,
-                outputs=output_store(db, settings.output_inline_chars))
+                outputs=outputs)
             graph = compile_graph(saver)
 
             async def fresh() -> AgentState:

@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     # How many read-only tool calls of one model turn run at once (1: one after another).
     parallel_tools: int = Field(4, ge=1, le=32, validation_alias=_env("CADRE_PARALLEL_TOOLS"))
     # A tool result longer than this is stored once in `tool_outputs` and the checkpoints keep
-    # a stub of it (graph/outputs.py); 0 keeps every result in the checkpoints whole.
+    # a stub of it (graph/outputs.py); 0 stores no more (stubs written before are still read).
     output_inline_chars: int = Field(4_000, ge=0, validation_alias=_env("CADRE_OUTPUT_INLINE_CHARS"))
     # Speculative tool calls (graph/speculation.py): on or off for the deployment, and how
     # many predicted calls one model turn may start.
@@ -248,7 +248,7 @@ class Settings(BaseSettings):
         from graph.outputs import MIN_INLINE_CHARS
 
         if 0 < value < MIN_INLINE_CHARS:
-            raise ValueError(f"must be 0 (keep every result in the checkpoints) or at least "
+            raise ValueError(f"must be 0 (keep new results in the checkpoints) or at least "
                              f"{MIN_INLINE_CHARS}: a stored result's stub keeps 1,200 characters")
         return value
 

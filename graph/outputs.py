@@ -10,7 +10,8 @@ of the window's stubs. Readers of the raw state that only need a result's start 
 observations, the digest of older turns, speculation's links) read the stub's.
 
 Rows are never changed: the same text is the same row, whoever wrote it, so a write needs no
-lease (a stale worker's write stores a text someone may reference, nothing more)."""
+lease (a stale worker's write stores a text someone may reference, nothing more). A store
+with `inline_chars` 0 stores nothing new but still resolves the stubs written before."""
 
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ MIN_INLINE_CHARS = 2_000  # a stub must be much shorter than what it stands for
 
 
 class OutputStore:
-    """Stores the large results of a step's tool messages (`keep`) and puts them back into a
-    model call's window (`resolve`). Keeps the newest results it wrote or read in memory, up
-    to `cache_chars` characters in all."""
+    """Stores the large results of a step's tool messages (`keep`; with `inline_chars` 0,
+    none) and puts them back into a model call's window (`resolve`). Keeps the newest results
+    it wrote or read in memory, up to `cache_chars` characters in all."""
 
     def __init__(self, db: asyncpg.Pool, *, inline_chars: int = 4_000,
                  cache_chars: int = 16_000_000) -> None:
-        if inline_chars < MIN_INLINE_CHARS:
-            raise ValueError(f"inline_chars must be at least {MIN_INLINE_CHARS}")
+        if 0 < inline_chars < MIN_INLINE_CHARS:
+            raise ValueError(f"inline_chars must be 0 or at least {MIN_INLINE_CHARS}")
         self._db = db
         self.inline_chars = inline_chars
         self._cache: OrderedDict[str, str] = OrderedDict()
@@ -49,8 +50,8 @@ class OutputStore:
     async def keep(self, task_id: str, messages: Sequence[ToolMessage]) -> list[ToolMessage]:
         """`messages` with each result over `inline_chars` stored and replaced by its stub, in
         one statement for all of them."""
-        large = {i: str(m.content) for i, m in enumerate(messages)
-                 if isinstance(m.content, str) and len(m.content) > self.inline_chars}
+        large = {i: str(m.content) for i, m in enumerate(messages) if self.inline_chars
+                 and isinstance(m.content, str) and len(m.content) > self.inline_chars}
         if not large:
             return list(messages)
         digests = {i: _digest(text) for i, text in large.items()}
@@ -70,8 +71,8 @@ class OutputStore:
                       ) -> list[AnyMessage]:
         """`messages` with the stubs from index `start` on replaced by the results they stand
         for. A result no longer stored stays a stub (its start, its end and a note)."""
-        at = {i: m.additional_kwargs[OUTPUT_KEY]["digest"]
-              for i, m in enumerate(messages) if i >= start and OUTPUT_KEY in m.additional_kwargs}
+        at = {i: m.additional_kwargs[OUTPUT_KEY]["digest"] for i, m in enumerate(messages)
+              if i >= start and isinstance(m, ToolMessage) and OUTPUT_KEY in m.additional_kwargs}
         if not at:
             return list(messages)
         found = {d: text for d in set(at.values()) if (text := self._recall(d)) is not None}
@@ -106,9 +107,6 @@ class OutputStore:
         return text
 
 
-def output_store(db: asyncpg.Pool, inline_chars: int) -> OutputStore | None:
-    """The store for `CADRE_OUTPUT_INLINE_CHARS`: None for 0 (every result stays whole)."""
-    return OutputStore(db, inline_chars=inline_chars) if inline_chars else None
 
 
 def _digest(text: str) -> str:

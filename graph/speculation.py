@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import asyncpg
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
 from opentelemetry.trace import Span
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from graph.outputs import OutputStore
 from graph.tracing import TRACER
 from guardrails import Allow, Policy, PolicyCall
 from tools import Tool, ToolContext, ToolOutcome, Toolset
@@ -105,6 +106,8 @@ class Speculator:
     redis: Redis | None = None  # metrics; None: not counted
     limit: int = 3
     links: int = 2  # `fetch_url`s predicted from one search result
+    # Large results of the last turn, read whole (else the links of their stubs' start and end).
+    outputs: OutputStore | None = None
     running: dict[str, Speculated] = field(default_factory=dict)
     _state: dict[str, Any] = field(default_factory=dict)
     _streamed: dict[tuple[Any, int], dict[str, str]] = field(default_factory=dict)
@@ -134,8 +137,11 @@ class Speculator:
         """Likely next calls, most likely first, without duplicates."""
         found: list[tuple[str, dict[str, Any], Source]] = []
         if not planning:
-            for message in _last_results(state):
-                if message.status == "success":
+            results: Sequence[AnyMessage] = _last_results(state)
+            if self.outputs is not None:
+                results = await self.outputs.resolve(results)
+            for message in results:
+                if isinstance(message, ToolMessage) and message.status == "success":
                     found += [(t, a, "results")
                               for t, a in self._after(message.name or "", str(message.content))]
         found += [(t, a, "plan") for t, a in self._from_plan(state, planning)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from app import migrate
 
@@ -95,3 +96,25 @@ async def test_task_status_is_constrained(database_url: str) -> None:
             raise AssertionError("an unknown status was accepted")
     finally:
         await conn.close()
+
+
+async def test_a_downgrade_that_would_lose_stored_tool_results_is_refused(
+        database_url: str) -> None:
+    from alembic import command
+
+    config = migrate._alembic_config(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("INSERT INTO tool_outputs (digest, task_id, chars, content) "
+                           "VALUES ('d', gen_random_uuid(), 4, 'text')")
+        with pytest.raises(Exception, match="would lose them"):
+            await asyncio.to_thread(command.downgrade, config, "0015")
+        assert await conn.fetchval("SELECT content FROM tool_outputs") == "text"
+
+        await conn.execute("DELETE FROM tool_outputs")
+        await asyncio.to_thread(command.downgrade, config, "0015")
+        assert await conn.fetchval("SELECT to_regclass('tool_outputs')") is None
+    finally:
+        await conn.close()
+    await asyncio.to_thread(migrate.upgrade, database_url)
+    assert await asyncio.to_thread(migrate.current_revision, database_url) == "0016"

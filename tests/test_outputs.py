@@ -9,6 +9,7 @@ import string
 import uuid
 from dataclasses import replace
 
+import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from bench.loop_overhead import _checkpoint_bytes
@@ -20,6 +21,7 @@ from graph.run import start, thread_config
 from graph.state import AgentState
 from graph.testing import call, plan, reply, verdict
 from tests.agent import Agent
+from tests.test_speculation import Probe, probe_toolset, speculator
 from tools import ToolContext, Toolset
 
 # Text that compresses about as little as a real page does (Postgres compresses large values).
@@ -124,6 +126,44 @@ async def test_a_result_no_longer_stored_leaves_the_model_its_stub(agent: Agent)
     [seen] = _results(agent.model.calls[calls_before].messages)
     assert seen.content == (await _kept(agent))[0].content
     assert "characters of this result are stored apart" in str(seen.content)
+
+
+async def test_a_store_turned_off_stores_nothing_new_and_still_reads_the_stubs(
+        agent: Agent) -> None:
+    await _read(agent, _deps(agent, OutputStore(agent.db)), "long")
+    calls_before = len(agent.model.calls)
+    await _read(agent, _deps(agent, OutputStore(agent.db, inline_chars=0)), "long")
+
+    # The model saw both pages whole: the first from its stub, the second as it came.
+    assert [m.content for m in _results(agent.model.calls[calls_before + 2].messages)] == [
+        PAGE, PAGE]
+    first, second = await _kept(agent)
+    assert OUTPUT_KEY in first.additional_kwargs
+    assert second.content == PAGE and OUTPUT_KEY not in second.additional_kwargs
+    assert await agent.db.fetchval("SELECT count(*) FROM tool_outputs") == 1
+    with pytest.raises(ValueError, match="0 or at least 2000"):
+        OutputStore(agent.db, inline_chars=1999)
+
+
+async def test_speculation_reads_the_links_of_a_stored_search_result(agent: Agent) -> None:
+    toolset = probe_toolset(agent, Probe())
+    deep = "https://kb.example/deep-in-the-results"
+    found = ToolMessage(content="results: " + "x " * 2_500 + deep + " " + "y " * 1_000,
+                        tool_call_id="s1", name="search")
+    [kept] = await OutputStore(agent.db).keep(await agent.new_task("search"), [found])
+    state: AgentState = {"task_id": agent.task_id, "messages": [
+        HumanMessage("search for it"),
+        AIMessage("", tool_calls=[{"name": "search", "args": {"query": "it"}, "id": "s1",
+                                   "type": "tool_call"}]),
+        kept]}
+    assert deep not in str(kept.content)
+
+    def fetches(predicted: list[tuple[str, dict[str, object], str]]) -> list[object]:
+        return [arguments["url"] for name, arguments, _ in predicted if name == "fetch_url"]
+
+    reading = speculator(agent, toolset, outputs=OutputStore(agent.db))
+    assert fetches(await reading.predict(state)) == [deep]
+    assert fetches(await speculator(agent, toolset).predict(state)) == []
 
 
 async def test_a_fork_that_edits_a_stored_result_sees_the_edit(agent: Agent) -> None:

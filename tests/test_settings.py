@@ -12,7 +12,6 @@ import pytest
 
 from app.errors import ConfigError
 from app.settings import Settings, load_settings, process_started
-from graph.outputs import output_store
 
 STANDARD_NAMES = {
     "DATABASE_URL": ("database_url", "postgresql://u:p@db.internal:5432/cadre"),
@@ -134,11 +133,9 @@ def test_settings_of_takes_field_names(isolated: Path) -> None:
         Settings.of(sqs_wait=1)
 
 
-def test_an_inline_limit_of_zero_turns_the_output_store_off(
+def test_an_inline_limit_of_zero_or_at_least_2000_is_taken(
         isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CADRE_OUTPUT_INLINE_CHARS", "0")
-    assert output_store(None, load_settings().output_inline_chars) is None  # type: ignore[arg-type]
-    monkeypatch.setenv("CADRE_OUTPUT_INLINE_CHARS", "2000")
-    store = output_store(None, load_settings().output_inline_chars)  # type: ignore[arg-type]
-    assert store is not None and store.inline_chars == 2000
-    assert load_settings().output_inline_chars == 2000
+    assert load_settings().output_inline_chars == 4000
+    for value in (0, 2000):
+        monkeypatch.setenv("CADRE_OUTPUT_INLINE_CHARS", str(value))
+        assert load_settings().output_inline_chars == value

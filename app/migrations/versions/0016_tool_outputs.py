@@ -29,4 +29,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Checkpoints written since hold stubs that name these rows: dropping them would lose
+    # those results for good, so a downgrade is refused while any row exists.
+    op.execute("""
+    DO $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM tool_outputs) THEN
+            RAISE EXCEPTION 'tool_outputs holds tool results that checkpoints refer to; '
+                'a downgrade past revision 0016 would lose them';
+        END IF;
+    END $$
+    """)
     op.execute("DROP TABLE tool_outputs")
