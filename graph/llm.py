@@ -67,13 +67,16 @@ async def call_model(
     *,
     tools: Sequence[dict[str, Any]] = (),
     tool_choice: str | None = None,
+    stream: bool = True,
 ) -> AIMessage:
-    """One model call, streamed (so token events reach listeners), with failures mapped."""
+    """One model call, with failures mapped: streamed (so token events reach listeners), or
+    with `stream=False` answered whole, for a call whose tokens nobody reads (parsing and
+    passing on each chunk is most of a call's cost in the worker; docs/performance.md)."""
     runnable: Any = model
     if tools:
         runnable = model.bind_tools(list(tools), tool_choice=tool_choice)
     try:
-        message = await runnable.ainvoke(list(messages))
+        message = await runnable.ainvoke(list(messages), **({} if stream else {"stream": False}))
     except openai.APIStatusError as exc:
         raise ModelUnavailable(
             f"the model endpoint answered {exc.status_code} after retries: {_short(exc.message)}"

@@ -43,6 +43,7 @@ class RecordedCall:
     messages: list[BaseMessage]
     tools: list[str]
     tool_choice: str | None
+    streamed: bool = False  # asked for as a stream (else answered whole)
 
 
 class ScriptedModel(BaseChatModel):
@@ -51,7 +52,7 @@ class ScriptedModel(BaseChatModel):
     script: list[AIMessage | Exception] = Field(default_factory=list)
     calls: list[RecordedCall] = Field(default_factory=list)
     model_name: str = "scripted"
-    # Seconds before a streamed answer starts: a model's thinking time (benchmarks).
+    # Seconds before an answer starts (streamed or whole): a model's thinking time.
     latency: float = 0.0
     # Awaited after each streamed chunk with its index, before the next: a test holds the
     # stream mid-message with it.
@@ -94,10 +95,12 @@ class ScriptedModel(BaseChatModel):
                 return queue
         return self.script
 
-    def _next(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
+    def _next(self, messages: list[BaseMessage], kwargs: dict[str, Any], *,
+              streamed: bool = False) -> AIMessage:
         tools = [t["function"]["name"] for t in kwargs.get("tools") or []]
         choice = kwargs.get("tool_choice")
-        self.calls.append(RecordedCall(messages=list(messages), tools=tools, tool_choice=choice))
+        self.calls.append(RecordedCall(messages=list(messages), tools=tools, tool_choice=choice,
+                                       streamed=streamed))
         script = self._queue(messages)
         if not script:
             last = str(messages[-1].content)[:200] if messages else ""
@@ -115,21 +118,24 @@ class ScriptedModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        return ChatResult(generations=[ChatGeneration(message=self._next(messages, kwargs))])
+        return ChatResult(generations=[ChatGeneration(message=_whole(self._next(messages, kwargs)))])
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
         if self.on_call is not None:
             await self.on_call()
-        return self._generate(messages, stop, **kwargs)
+        message = _whole(self._next(messages, kwargs))
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         if self.on_call is not None:
             await self.on_call()
-        message = self._next(messages, kwargs)
+        message = self._next(messages, kwargs, streamed=True)
         if self.latency:
             await asyncio.sleep(self.latency)
         for i, chunk in enumerate(_chunks(message)):
@@ -141,6 +147,17 @@ class ScriptedModel(BaseChatModel):
             yield ChatGenerationChunk(message=chunk)
             if self.between_chunks is not None:
                 await self.between_chunks(i)
+
+
+def _whole(message: AIMessage) -> AIMessage:
+    """An answer asked for whole, with the metadata OpenAI-compatible servers give it."""
+    message.response_metadata = {"finish_reason": _finish_reason(message),
+                                 "model_name": "scripted", **message.response_metadata}
+    return message
+
+
+def _finish_reason(message: AIMessage) -> str:
+    return "tool_calls" if message.tool_calls else "stop"
 
 
 def _chunks(message: AIMessage) -> Iterator[AIMessageChunk]:
@@ -161,8 +178,7 @@ def _chunks(message: AIMessage) -> Iterator[AIMessageChunk]:
         id=message.id,
         usage_metadata=message.usage_metadata,
         # As OpenAI-compatible servers report it on the last chunk.
-        response_metadata={"finish_reason": "tool_calls" if message.tool_calls else "stop",
-                           "model_name": "scripted"},
+        response_metadata={"finish_reason": _finish_reason(message), "model_name": "scripted"},
     )
 
 

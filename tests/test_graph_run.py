@@ -233,6 +233,20 @@ async def test_several_calls_in_one_turn(agent: Agent) -> None:
     assert "no price for 'kiwi'" in str(results[1].content)
 
 
+async def test_only_the_act_calls_are_streamed(agent: Agent) -> None:
+    # Plans and verdicts are asked for whole: nothing reads their tokens, and streaming costs
+    # the worker CPU for every chunk (bench/model_call.py).
+    agent.model.add(plan("Look up the price"), call("lookup_price", {"item": "apple"}),
+                    reply("An apple costs 1.25 EUR."), verdict(True))
+    done = await agent.start("What does an apple cost?")
+    assert done.status == "SUCCEEDED"
+    assert [(c.tools, c.streamed) for c in agent.model.calls] == [
+        (["submit_plan"], False),
+        (["lookup_price", "multiply", "send_report", "wait_a_while", "drop_everything"], True),
+        (["lookup_price", "multiply", "send_report", "wait_a_while", "drop_everything"], True),
+        (["submit_verdict"], False)]
+
+
 async def test_model_unavailable_ends_the_run_with_a_clear_reason(agent: Agent) -> None:
     from graph.errors import ModelUnavailable
 

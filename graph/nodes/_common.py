@@ -183,8 +183,10 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
             message = hit.message
             tokens_in, tokens_out, estimated = hit.tokens_in, hit.tokens_out, False
         else:
+            # Only an answer's tokens are streamed to listeners (and a turn's tool calls to
+            # speculation): a plan or a verdict is asked for whole.
             message = await call_model(deps.model, window.messages, tools=tools,
-                                       tool_choice=tool_choice)
+                                       tool_choice=tool_choice, stream=purpose == "act")
             tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
         latency_ms = int((time.monotonic() - started) * 1000)
         finish_reason = message.response_metadata.get("finish_reason")
