@@ -115,6 +115,9 @@ async def test_two_researchers_at_once_then_an_analyst_then_the_answer(
     assert [(r.to, r.ok, r.result) for r in returned] == [
         (r1, True, "An apple costs 1.25 EUR."), (r2, True, "A pear costs 2.0 EUR."),
         (a1, True, "The product is 2.5.")]
+    # Only the manager's answer streamed: nothing reads a worker's tokens.
+    assert not any(c.streamed for c in researcher.calls)
+    assert [c.streamed for c in agent.model.calls] == [False, False, False, True, False]
     # Each worker saw only its sub-task (and its inputs), and only its profile's tools.
     assert all(c.tools == ["lookup_price"] for c in researcher.calls)
     analyst_first = agent.model.calls[1]

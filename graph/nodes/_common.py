@@ -183,10 +183,11 @@ async def ask(deps: GraphDeps, state: AgentState, steps: Steps, system: str, *,
             message = hit.message
             tokens_in, tokens_out, estimated = hit.tokens_in, hit.tokens_out, False
         else:
-            # Only an answer's tokens are streamed to listeners (and a turn's tool calls to
-            # speculation): a plan or a verdict is asked for whole.
+            # Only the answer's tokens are streamed to listeners (and its turns' tool calls to
+            # speculation): a plan, a verdict and a team's worker agent are answered whole.
             message = await call_model(deps.model, window.messages, tools=tools,
-                                       tool_choice=tool_choice, stream=purpose == "act")
+                                       tool_choice=tool_choice,
+                                       stream=purpose == "act" and not state.get("profile"))
             tokens_in, tokens_out, estimated = call_tokens(message, window.messages)
         latency_ms = int((time.monotonic() - started) * 1000)
         finish_reason = message.response_metadata.get("finish_reason")
