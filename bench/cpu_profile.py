@@ -15,7 +15,7 @@ psutil rounds run without py-spy, so its own cost (also printed) does not skew t
 nothing.
 
     .venv/bin/python bench/cpu_profile.py [--workers 2] [--tasks 200,30] [--concurrency 64]
-                                          [--latency 1.0] [--warmup 20] [--idle 5]
+                                          [--latency 1.0] [--tokens 0] [--warmup 20] [--idle 5]
                                           [--py-spy PATH | --no-py-spy] [--keep DIR]
 """
 
@@ -293,11 +293,11 @@ def split_bench(stacks: list[tuple[tuple[Frame, ...], int]]) -> None:
 # -- the run -----------------------------------------------------------------------------------
 
 
-async def _serve_model(latency: float) -> None:
+async def _serve_model(latency: float, tokens: int) -> None:
     """`--serve-model`: the fake model in this subprocess; prints its port, serves until stdin
     closes."""
     async with FakeOpenAIServer() as model:
-        model.responder = _model(latency)
+        model.responder = _model(latency, tokens)
         print(model.port, flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
@@ -327,6 +327,7 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
                  py_spy: str | None, out_dir: Path) -> None:
     model = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve-model", "--latency", str(args.latency),
+        "--tokens", str(args.tokens),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
     assert model.stdout is not None and model.stdin is not None
     port = int(await model.stdout.readline())
@@ -337,8 +338,10 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
             procs = await start_workers(deps, worker_env(env, f"http://127.0.0.1:{port}/v1"),
                                         args.workers)
             named.update({p.pid: f"worker {i + 1}" for i, p in enumerate(procs)})
-            print(f"model latency {args.latency:g}s per call, 3 calls per task, {args.workers} "
-                  f"workers x {args.concurrency} tasks at once, {psutil.cpu_count()} cores")
+            print(f"model latency {args.latency:g}s per call, 3 calls per task"
+                  + (f" of about {args.tokens} tokens each, streamed one a chunk"
+                     if args.tokens else "") + f", {args.workers} workers x "
+                  f"{args.concurrency} tasks at once, {psutil.cpu_count()} cores")
             if args.warmup:
                 await submit_and_wait(http, deps, args.warmup, "warm-up task")
                 print(f"warm-up: {args.warmup} tasks (not counted)")
@@ -410,6 +413,9 @@ def main() -> None:
                              "profiled round's")
     parser.add_argument("--concurrency", type=int, default=64, help="tasks at once per worker")
     parser.add_argument("--latency", type=float, default=1.0)
+    parser.add_argument("--tokens", type=int, default=0,
+                        help="each answer about this many tokens, streamed a chunk each, as a "
+                             "real model sends them (0: short answers in one chunk)")
     parser.add_argument("--warmup", type=int, default=20, help="tasks run first, not counted")
     parser.add_argument("--idle", type=float, default=5.0,
                         help="seconds of idle measurement before the rounds (0: none)")
@@ -428,7 +434,7 @@ def main() -> None:
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_model:
-        asyncio.run(_serve_model(args.latency))
+        asyncio.run(_serve_model(args.latency, args.tokens))
         return
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import signal
 import statistics
@@ -46,17 +47,25 @@ from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  #
 CLIENT_CONNECTIONS = 16
 
 
-def _model(latency: float) -> Any:
+def _model(latency: float, tokens: int = 0) -> Any:
+    """The fake model's answers: a one-step plan, "Done." and a verdict; with `tokens`, each
+    about that many words long and streamed in that many pieces, as a real model sends them."""
+    words = " ".join(f"word{i}" for i in range(tokens))
+    steps = json.dumps({"steps": [f"Answer the question: {words}".strip()]})
+    verdict = json.dumps({"goal_met": True, "reason": f"ok {words}".strip()})
+    answer = f"Done. {words}".strip()
+    pieces = max(1, tokens)
+
     def respond(body: dict[str, Any]) -> FakeResponse:
         choice = body.get("tool_choice")
         name = choice["function"]["name"] if isinstance(choice, dict) else None
         if name == "submit_plan":
-            return FakeResponse(body=completion(tool_calls=[("submit_plan", '{"steps": ["Answer"]}')]),
-                                delay=latency)
+            return FakeResponse(body=completion(tool_calls=[("submit_plan", steps)]),
+                                delay=latency, pieces=pieces)
         if name == "submit_verdict":
-            return FakeResponse(body=completion(tool_calls=[
-                ("submit_verdict", '{"goal_met": true, "reason": "ok"}')]), delay=latency)
-        return FakeResponse(body=completion("Done."), delay=latency)
+            return FakeResponse(body=completion(tool_calls=[("submit_verdict", verdict)]),
+                                delay=latency, pieces=pieces)
+        return FakeResponse(body=completion(answer), delay=latency, pieces=pieces)
     return respond
 
 

@@ -273,6 +273,9 @@ class FakeResponse:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # Streamed, the content and each call's arguments in about this many pieces each (a real
+    # model sends about one a token); 1: whole in one chunk.
+    pieces: int = 1
 
 
 def completion(content: str | None = None, *,
@@ -336,7 +339,8 @@ class FakeOpenAIServer:
             return JSONResponse(response.body or {"error": {"message": f"status {response.status}"}},
                                 status_code=response.status, headers=response.headers)
         if body.get("stream"):
-            return StreamingResponse(_sse(response.body), media_type="text/event-stream")
+            return StreamingResponse(_sse(response.body, response.pieces),
+                                     media_type="text/event-stream")
         return JSONResponse(response.body, headers=response.headers)
 
     async def __aenter__(self) -> FakeOpenAIServer:
@@ -349,14 +353,36 @@ class FakeOpenAIServer:
         await self._stack.aclose()
 
 
-async def _sse(body: dict[str, Any]) -> AsyncIterator[bytes]:
+def _split(text: str, pieces: int) -> list[str]:
+    size = max(1, -(-len(text) // max(1, pieces)))
+    return [text[i:i + size] for i in range(0, len(text), size)] or [text]
+
+
+async def _sse(body: dict[str, Any], pieces: int = 1) -> AsyncIterator[bytes]:
     message = body["choices"][0]["message"]
-    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
-    chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": 0, "model": "fake",
-             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-    yield f"data: {json.dumps(chunk)}\n\n".encode()
+    chunk = {"id": body["id"], "object": "chat.completion.chunk", "created": 0, "model": "fake"}
+
+    def event(delta: dict[str, Any]) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        return f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n".encode()
+
+    if pieces <= 1:
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
+        yield event(delta)
+    else:
+        # As a real model streams: the role, then the text and each call's arguments in pieces.
+        content = message.get("content")
+        yield event({"role": "assistant", "content": "" if content else None})
+        for piece in _split(content, pieces) if content else []:
+            yield event({"content": piece})
+        for i, c in enumerate(message.get("tool_calls") or []):
+            function = c["function"]
+            yield event({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                         "function": {"name": function["name"], "arguments": ""}}]})
+            for piece in _split(function["arguments"], pieces):
+                yield event({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})
     final = {**chunk, "choices": [{"index": 0, "delta": {},
                                    "finish_reason": body["choices"][0]["finish_reason"]}]}
     yield f"data: {json.dumps(final)}\n\n".encode()
