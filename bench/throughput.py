@@ -5,7 +5,7 @@ model calls). Prints tasks/s, time to first event (queued -> a worker's RUNNING 
 task duration per configuration, and what that means per day. Asserts nothing.
 
     .venv/bin/python bench/throughput.py [--workers 1,2,4] [--tasks 10,100] [--latency 1.0]
-                                         [--concurrency 32] [--rate 5]
+                                         [--concurrency 32] [--rate 5] [--tokens 0]
 """
 
 from __future__ import annotations
@@ -175,11 +175,14 @@ async def api_client(deps: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
-                 tasks_list: list[int], latency: float, rate: float | None) -> None:
+                 tasks_list: list[int], latency: float, rate: float | None,
+                 tokens: int = 0) -> None:
     async with FakeOpenAIServer() as model, open_deps(settings) as deps, api_client(deps) as http:
-        model.responder = _model(latency)
+        model.responder = _model(latency, tokens)
         arrivals = f"{rate:g} submitted a second" if rate else "each round submitted at once"
-        print(f"model latency {latency:g}s per call, 3 calls per task, "
+        print(f"model latency {latency:g}s per call, 3 calls per task"
+              + (f" of about {tokens} tokens each, streamed a chunk a token" if tokens else "")
+              + ", "
               f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker, {arrivals}")
         print(f"{'workers':>7} {'tasks':>6} {'tasks/s':>8} {'TTFE p50':>9} {'TTFE p99':>9} "
               f"{'task p50':>9} {'per day':>10} {'failed':>6}")
@@ -231,11 +234,15 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="submit this many tasks a second, evenly spaced, instead of each "
                              "round at once (a load below saturation)")
+    parser.add_argument("--tokens", type=int, default=0,
+                        help="each answer about this many tokens, streamed a chunk each, as a "
+                             "real model sends them (0: short answers in one chunk)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):
         asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
-                           [int(t) for t in args.tasks.split(",")], args.latency, args.rate))
+                           [int(t) for t in args.tasks.split(",")], args.latency, args.rate,
+                           args.tokens))
 
 if __name__ == "__main__":
     main()
