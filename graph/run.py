@@ -6,7 +6,9 @@ use it; `start`, `resume` and `proceed` are the same loop with the payload chose
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -31,6 +33,8 @@ from graph.state import AgentState, PlanStep, Stop, Usage, empty_usage
 from graph.status import TaskStatus
 from graph.steps import MAIN_AGENT, MANAGER, RunStopped
 from graph.tracing import agent_span
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ITERATIONS = 15
 
@@ -191,16 +195,29 @@ async def drive(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any
         return result
 
 
+# The answer's tokens go to `on_token` together, at most this long after the first of them
+# arrived: one event per token cost the worker a Redis write each (docs/performance.md). The
+# SSE streams already send a follower's events at most every 50 ms.
+TOKEN_FLUSH_SECONDS = 0.05
+
+
 class _AnswerTokens(AsyncCallbackHandler):
     """Hands the act node's answer tokens to `on_token` as the model streams them, inside
-    the node: each is published before the node records its step, so a stream never shows
+    the node: the tokens that arrived within `flush_seconds` together, and the last of them
+    when the model's answer ends, before the node records its step, so a stream never shows
     a token after the step that holds the whole answer (as LangGraph's `messages` stream
     mode, drained by the consumer later, could)."""
 
-    def __init__(self, on_token: OnToken | None, speculator: Speculator | None = None) -> None:
+    def __init__(self, on_token: OnToken | None, speculator: Speculator | None = None, *,
+                 flush_seconds: float = TOKEN_FLUSH_SECONDS) -> None:
         self.on_token = on_token
         self.speculator = speculator
         self.answering: set[UUID] = set()
+        self.flush_seconds = flush_seconds
+        self._held: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # flushes hand text on in the order it came
 
     # These two make it a streaming handler to LangChain (a runtime-checked protocol), as
     # LangGraph's own `messages` handler is: with one present a chat model streams its
@@ -236,14 +253,39 @@ class _AnswerTokens(AsyncCallbackHandler):
         text = token if isinstance(token, str) else "".join(
             part if isinstance(part, str) else str(part.get("text", "")) for part in token)
         if text:
+            self._held.append(text)
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.flush_seconds,
+                                                                    self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        self._flushing = asyncio.ensure_future(self._flush())
+        self._flushing.add_done_callback(_log_failure)
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self._held or self.on_token is None:
+                return
+            text, self._held = "".join(self._held), []
             await self.on_token(text)
 
     async def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self.answering.discard(run_id)
+        await self._flush()
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID,
                            **kwargs: Any) -> None:
         self.answering.discard(run_id)
+        await self._flush()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("answer tokens not handed on: %s", exc)
 
 
 async def _astream(graph: AgentGraph, deps: GraphDeps, thread_id: str, payload: Any,
