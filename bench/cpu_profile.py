@@ -43,8 +43,10 @@ sys.path.insert(0, str(ROOT))
 from app.deps import open_deps  # noqa: E402
 from bench.throughput import (  # noqa: E402
     _model,
+    add_tokens_option,
     api_client,
     bench_stack,
+    calls_line,
     start_workers,
     stop_workers,
     submit_and_wait,
@@ -338,9 +340,7 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
             procs = await start_workers(deps, worker_env(env, f"http://127.0.0.1:{port}/v1"),
                                         args.workers)
             named.update({p.pid: f"worker {i + 1}" for i, p in enumerate(procs)})
-            print(f"model latency {args.latency:g}s per call, 3 calls per task"
-                  + (f" of about {args.tokens} tokens each, streamed one a chunk"
-                     if args.tokens else "") + f", {args.workers} workers x "
+            print(f"{calls_line(args.latency, args.tokens)}, {args.workers} workers x "
                   f"{args.concurrency} tasks at once, {psutil.cpu_count()} cores")
             if args.warmup:
                 await submit_and_wait(http, deps, args.warmup, "warm-up task")
@@ -413,9 +413,7 @@ def main() -> None:
                              "profiled round's")
     parser.add_argument("--concurrency", type=int, default=64, help="tasks at once per worker")
     parser.add_argument("--latency", type=float, default=1.0)
-    parser.add_argument("--tokens", type=int, default=0,
-                        help="each answer about this many tokens, streamed a chunk each, as a "
-                             "real model sends them (0: short answers in one chunk)")
+    add_tokens_option(parser)
     parser.add_argument("--warmup", type=int, default=20, help="tasks run first, not counted")
     parser.add_argument("--idle", type=float, default=5.0,
                         help="seconds of idle measurement before the rounds (0: none)")

@@ -47,6 +47,18 @@ from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  #
 CLIENT_CONNECTIONS = 16
 
 
+def add_tokens_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokens", type=int, default=0,
+                        help="each answer about this many tokens, streamed a chunk each, as a "
+                             "real model sends them (0: short answers in one chunk)")
+
+
+def calls_line(latency: float, tokens: int) -> str:
+    """How the fake model answers, for the first line a benchmark prints."""
+    return (f"model latency {latency:g}s per call, 3 calls per task"
+            + (f" of about {tokens} tokens each, streamed a chunk a token" if tokens else ""))
+
+
 def _model(latency: float, tokens: int = 0) -> Any:
     """The fake model's answers: a one-step plan, "Done." and a verdict; with `tokens`, each
     about that many words long and streamed in that many pieces, as a real model sends them."""
@@ -180,10 +192,8 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
     async with FakeOpenAIServer() as model, open_deps(settings) as deps, api_client(deps) as http:
         model.responder = _model(latency, tokens)
         arrivals = f"{rate:g} submitted a second" if rate else "each round submitted at once"
-        print(f"model latency {latency:g}s per call, 3 calls per task"
-              + (f" of about {tokens} tokens each, streamed a chunk a token" if tokens else "")
-              + ", "
-              f"{env['CADRE_WORKER_CONCURRENCY']} tasks at once per worker, {arrivals}")
+        print(f"{calls_line(latency, tokens)}, {env['CADRE_WORKER_CONCURRENCY']} tasks at once "
+              f"per worker, {arrivals}")
         print(f"{'workers':>7} {'tasks':>6} {'tasks/s':>8} {'TTFE p50':>9} {'TTFE p99':>9} "
               f"{'task p50':>9} {'per day':>10} {'failed':>6}")
         for n_workers in workers_list:
@@ -234,9 +244,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=None,
                         help="submit this many tasks a second, evenly spaced, instead of each "
                              "round at once (a load below saturation)")
-    parser.add_argument("--tokens", type=int, default=0,
-                        help="each answer about this many tokens, streamed a chunk each, as a "
-                             "real model sends them (0: short answers in one chunk)")
+    add_tokens_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):

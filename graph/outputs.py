@@ -107,8 +107,6 @@ class OutputStore:
         return text
 
 
-
-
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -81,16 +81,16 @@ def add_usage(state: AgentState, tokens_in: int, tokens_out: int, *,
 
 
 async def window_for(deps: GraphDeps, state: AgentState, system: str) -> Window:
-    history = state.get("messages", [])
+    history, start = state.get("messages", []), state.get("summarized_upto", 0)
     if deps.outputs is not None:
         # The large results the window may hold, whole (the digest of older turns reads
         # only a result's start, which the stub keeps).
-        history = await deps.outputs.resolve(history, start=state.get("summarized_upto", 0))
+        history = await deps.outputs.resolve(history, start=start)
     window = build_window(
         system,
         history,
         summary=summary_text(state),
-        summarized_upto=state.get("summarized_upto", 0),
+        summarized_upto=start,
         limit=deps.context_tokens,
     )
     if deps.redis is not None:
