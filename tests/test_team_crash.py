@@ -247,12 +247,15 @@ async def test_workers_killed_while_sub_agents_run_repeat_no_effect(
                                and r["returned"] < PARTS and r["lease_owner"]
                                and (pid := int(r["lease_owner"].rsplit(":", 1)[1])) in held]
                         # Kills alternate between a task with some of its effects done (its
-                        # worker agents still to return) and one with none yet, when there is
-                        # such a task, and go to both users' tasks.
+                        # worker agents still to return) and one with none yet, and go to both
+                        # users' tasks. A kill waits for a task of the kind its turn wants:
+                        # taking the other kind when none was at hand let a fast machine kill
+                        # only before the effects (a task's window after them is one worker
+                        # model call, 2 s), and the test fail one run in a few.
                         after_effects = sum(1 for k in kills if "after" in k) <= len(kills) // 2
-                        chosen = sorted(out, key=lambda c: (
-                            (receiver.effects_of(c[0]["id"]) > 0) != after_effects,
-                            sum(1 for k in kills if f"({owner[c[0]['id']]})" in k)))
+                        chosen = sorted(
+                            (c for c in out if (receiver.effects_of(c[0]["id"]) > 0) == after_effects),
+                            key=lambda c: sum(1 for k in kills if f"({owner[c[0]['id']]})" in k))
                         # The last replacement is up first: at least two workers always serve.
                         if chosen and len(kills) < MAX_KILLS and now - last_kill >= 1.5 \
                                 and all([await alive(w) for w in workers]):
