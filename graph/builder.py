@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
+import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -119,7 +120,44 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
+        """The saver's cursor, with two departures from its own. On a pool it takes no
+        saver-wide lock: the saver's `asyncio.Lock` made every read and write of a worker's
+        tasks wait for the one before, on one connection of the pool at a time (LangGraph
+        issue #7259). And a write under a lease (`pipeline`, with a holder) is one pipeline in
+        one transaction: `cadre_hold_lease` (migration 0017) locks the task's row or raises
+        `LEASE_LOST_SQLSTATE`, which aborts the writes queued after it and is raised here as
+        `LeaseLost`. (Before, the saver waited for the lock's answer, then sent each write and
+        the commit on its own: five round trips for a checkpoint, one now.)"""
         holder = fence.CURRENT.get().holder
+        if not isinstance(self.conn, AsyncConnectionPool) or self.pipe or not self.supports_pipeline:
+            async with self._locked_cursor(pipeline=pipeline, holder=holder) as cur:
+                yield cur
+            return
+        async with self.conn.connection() as conn:
+            if not pipeline:
+                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
+                return
+            if holder is None:
+                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield _one_statement_writes(cur)
+                return
+            try:
+                async with (conn.pipeline(), conn.transaction(),
+                            conn.cursor(binary=True, row_factory=dict_row) as cur):
+                    await cur.execute(HOLD_SQL, (str(fence.STALLED_WRITE_MS), *holder))
+                    yield _one_statement_writes(cur)
+            except psycopg.Error as exc:
+                if exc.sqlstate != fence.LEASE_LOST_SQLSTATE:
+                    raise
+                raise fence.LeaseLost(f"task {holder[0]} is no longer leased to {holder[1]} "
+                                      f"(epoch {holder[2]}): checkpoint not written") from None
+
+    @asynccontextmanager
+    async def _locked_cursor(self, *, pipeline: bool, holder: tuple[str, str, int] | None,
+                             ) -> AsyncIterator[AsyncCursor[DictRow]]:
+        """On one shared connection (not how Cadre opens the saver): the saver's own cursor,
+        under its lock, with the lease checked before the writes."""
         if not pipeline:
             async with super()._cursor() as cur:
                 yield cur
@@ -129,7 +167,6 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 yield _one_statement_writes(cur)
             return
         async with super()._cursor() as cur, cur.connection.transaction():
-            # The lock on the task's row must not outlive a process paused mid-transaction.
             await cur.execute(
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
                 + fence.HELD_SQL.format(task="%s", worker="%s", epoch="%s") + " AS held",
@@ -139,6 +176,11 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                 raise fence.LeaseLost(f"task {holder[0]} is no longer leased to {holder[1]} "
                                       f"(epoch {holder[2]}): checkpoint not written")
             yield _one_statement_writes(cur)
+
+
+# The lock on the task's row must not outlive a process paused mid-transaction.
+HOLD_SQL = ("SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+            "cadre_hold_lease(%s::uuid, %s, %s)")
 
 
 def _as_arrays(sql: str, types: Sequence[str]) -> str:

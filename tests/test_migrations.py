@@ -117,4 +117,4 @@ async def test_a_downgrade_that_would_lose_stored_tool_results_is_refused(
     finally:
         await conn.close()
     await asyncio.to_thread(migrate.upgrade, database_url)
-    assert await asyncio.to_thread(migrate.current_revision, database_url) == "0016"
+    assert await asyncio.to_thread(migrate.current_revision, database_url) == migrate.head_revision()

@@ -111,15 +111,22 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
             await events.publish(task_id, PlanData(plan=[], step=2, agent=MAIN_AGENT), epoch=1)
         with pytest.raises(fence.LeaseLost):  # an older run cannot claim the events back
             await events.claim(task_id, 1)
-        async with postgres_checkpointer(str(settings.database_url)) as saver:
+        # One connection: the refused writes must leave it fit for the next statement.
+        async with postgres_checkpointer(str(settings.database_url), pool_size=1) as saver:
             config: Any = {"configurable": {"thread_id": conv, "checkpoint_ns": ""}}
             token = fence.CURRENT.set(old)
             try:
                 with pytest.raises(fence.LeaseLost):  # a checkpoint
                     await saver.aput(config, empty_checkpoint(), {}, {})
+                with pytest.raises(fence.LeaseLost):  # a node's writes
+                    await saver.aput_writes({"configurable": {**config["configurable"],
+                                                              "checkpoint_id": "c"}},
+                                            [("messages", "x")], "node-task")
             finally:
                 fence.CURRENT.reset(token)
             assert await saver.aget_tuple(config) is None
+            assert not await deps.db.fetchval(
+                "SELECT count(*) FROM checkpoint_writes WHERE thread_id = $1", conv)
         async with deps.db.acquire() as conn:  # the task's end
             assert not await store.finish(conn, task_id, TaskStatus.SUCCEEDED, output="old",
                                           error=None, usage=None, lease=("a:1", 1))
@@ -150,6 +157,48 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
                                       error=None, usage=None, lease=("b:2", 2))
         steps = [s.number for s in (await task_steps(deps.db, [task_id]))[task_id]]
         assert steps == [1, 2]
+
+
+async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or_write(
+        settings: Settings) -> None:
+    """The saver takes a connection of its pool per call, with no lock around them all: one
+    write waiting for the task's row leaves the other tasks' checkpoints free (LangGraph's
+    saver serialised every call of a process behind one lock)."""
+    async with open_deps(settings) as deps:
+        store = TaskStore(deps.db)
+        task_id, conv = await _running_task(deps.db)
+        assert await store.take_lease(task_id, "a:1", 30, None) is not None
+        lease = Lease(store=store, task_id=task_id, worker="a:1", epoch=1, seconds=30)
+        lease.renewed(asyncio.get_running_loop().time() + 3600)
+        other: Any = {"configurable": {"thread_id": (await _running_task(deps.db))[1],
+                                       "checkpoint_ns": ""}}
+        config: Any = {"configurable": {"thread_id": conv, "checkpoint_ns": ""}}
+        async with postgres_checkpointer(str(settings.database_url), pool_size=2) as saver, \
+                deps.db.acquire() as blocker:
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT 1 FROM tasks WHERE id = $1::uuid FOR UPDATE", task_id)
+
+            async def fenced_write() -> None:
+                token = fence.CURRENT.set(lease)
+                try:
+                    await saver.aput(config, empty_checkpoint(), {}, {})
+                finally:
+                    fence.CURRENT.reset(token)
+
+            write = asyncio.create_task(fenced_write())
+            async with asyncio.timeout(20):  # until the write waits on the row's lock
+                while not await deps.db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE '%idle_in_transaction_session_timeout%'"):
+                    await asyncio.sleep(0.02)
+            async with asyncio.timeout(20):
+                await saver.aput(other, empty_checkpoint(), {}, {})
+                assert await saver.aget_tuple(other) is not None
+            assert not write.done()
+            await transaction.commit()
+            await asyncio.wait_for(write, 20)
+            assert await saver.aget_tuple(config) is not None
 
 
 async def test_a_takeover_waits_for_a_write_already_under_way(settings: Settings) -> None:
