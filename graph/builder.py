@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-import psycopg
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
@@ -120,53 +119,20 @@ class FencedPostgresSaver(AsyncPostgresSaver):
 
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[AsyncCursor[DictRow]]:
-        """The saver's cursor, with two departures from its own. On a pool it takes no
-        saver-wide lock: the saver's `asyncio.Lock` made every read and write of a worker's
-        tasks wait for the one before, on one connection of the pool at a time (LangGraph
-        issue #7259). And a write under a lease (`pipeline`, with a holder) is one pipeline in
-        one transaction: `cadre_hold_lease` (migration 0017) locks the task's row or raises
-        `LEASE_LOST_SQLSTATE`, which aborts the writes queued after it and is raised here as
-        `LeaseLost`. (Before, the saver waited for the lock's answer, then sent each write and
-        the commit on its own: five round trips for a checkpoint, one now.)"""
         holder = fence.CURRENT.get().holder
-        if not isinstance(self.conn, AsyncConnectionPool) or self.pipe or not self.supports_pipeline:
-            async with self._locked_cursor(pipeline=pipeline, holder=holder) as cur:
-                yield cur
-            return
-        async with self.conn.connection() as conn:
-            if not pipeline:
-                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    yield cur
-                return
-            if holder is None:
-                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
-                    yield _one_statement_writes(cur)
-                return
-            try:
-                async with (conn.pipeline(), conn.transaction(),
-                            conn.cursor(binary=True, row_factory=dict_row) as cur):
-                    await cur.execute(HOLD_SQL, (str(fence.STALLED_WRITE_MS), *holder))
-                    yield _one_statement_writes(cur)
-            except psycopg.Error as exc:
-                if exc.sqlstate != fence.LEASE_LOST_SQLSTATE:
-                    raise
-                raise fence.LeaseLost(f"task {holder[0]} is no longer leased to {holder[1]} "
-                                      f"(epoch {holder[2]}): checkpoint not written") from None
-
-    @asynccontextmanager
-    async def _locked_cursor(self, *, pipeline: bool, holder: tuple[str, str, int] | None,
-                             ) -> AsyncIterator[AsyncCursor[DictRow]]:
-        """On one shared connection (not how Cadre opens the saver): the saver's own cursor,
-        under its lock, with the lease checked before the writes."""
         if not pipeline:
-            async with super()._cursor() as cur:
+            async with self._unlocked_cursor() as cur:
                 yield cur
             return
         if holder is None:
-            async with super()._cursor(pipeline=True) as cur:
+            async with self._unlocked_cursor(pipeline=True) as cur:
                 yield _one_statement_writes(cur)
             return
-        async with super()._cursor() as cur, cur.connection.transaction():
+        # Each statement of the transaction is sent and answered on its own, not pipelined:
+        # the server's idle_in_transaction_session_timeout runs only between an answer and
+        # the next statement, so a process paused anywhere in the transaction loses its
+        # session, and the lock on the task's row, within STALLED_WRITE_MS.
+        async with self._unlocked_cursor() as cur, cur.connection.transaction():
             await cur.execute(
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
                 + fence.HELD_SQL.format(task="%s", worker="%s", epoch="%s") + " AS held",
@@ -177,10 +143,28 @@ class FencedPostgresSaver(AsyncPostgresSaver):
                                       f"(epoch {holder[2]}): checkpoint not written")
             yield _one_statement_writes(cur)
 
-
-# The lock on the task's row must not outlive a process paused mid-transaction.
-HOLD_SQL = ("SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
-            "cadre_hold_lease(%s::uuid, %s, %s)")
+    @asynccontextmanager
+    async def _unlocked_cursor(self, *, pipeline: bool = False,
+                               ) -> AsyncIterator[AsyncCursor[DictRow]]:
+        """The saver's cursor without the saver's lock when it runs on a pool: LangGraph's
+        saver holds one `asyncio.Lock` around every read and write, pool or not, so a
+        worker's tasks read and wrote their checkpoints one at a time, on one connection of
+        the pool (LangGraph issue #7259). Here each call takes a connection of the pool.
+        The lock stays for a saver on one shared connection, which Cadre never opens."""
+        if not isinstance(self.conn, AsyncConnectionPool) or self.pipe:
+            async with super()._cursor(pipeline=pipeline) as cur:
+                yield cur
+            return
+        async with self.conn.connection() as conn:
+            if not pipeline:
+                async with conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
+            elif self.supports_pipeline:
+                async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
+            else:
+                async with conn.transaction(), conn.cursor(binary=True, row_factory=dict_row) as cur:
+                    yield cur
 
 
 def _as_arrays(sql: str, types: Sequence[str]) -> str:

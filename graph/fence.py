@@ -16,15 +16,12 @@ from typing import Protocol
 
 from tools.ledger import HELD_SQL, LeaseLost
 
-__all__ = ["BOUNDED_SQL", "CURRENT", "HELD_SQL", "LEASE_LOST_SQLSTATE", "STALLED_WRITE_MS", "Fence",
-           "LeaseLost", "Unfenced"]
+__all__ = ["BOUNDED_SQL", "CURRENT", "HELD_SQL", "STALLED_WRITE_MS", "Fence", "LeaseLost", "Unfenced"]
 
 # A transaction that locks a task's row under a lease sets this as its
 # idle_in_transaction_session_timeout: should the process pause mid-transaction, the server
 # ends its session after this long, and the takeover waiting on the lock goes ahead.
 STALLED_WRITE_MS = 5_000
-# Raised by `cadre_hold_lease` (migration 0017), the checkpointer's fence, when the lease is gone.
-LEASE_LOST_SQLSTATE = "CD001"
 BOUNDED_SQL = ("SELECT set_config('idle_in_transaction_session_timeout', "
                f"'{STALLED_WRITE_MS}', true)")
 

@@ -162,7 +162,7 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
 async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or_write(
         settings: Settings) -> None:
     """The saver takes a connection of its pool per call, with no lock around them all: one
-    write waiting for the task's row leaves the other tasks' checkpoints free (LangGraph's
+    write waiting for its task's row leaves the other tasks' checkpoints free (LangGraph's
     saver serialised every call of a process behind one lock)."""
     async with open_deps(settings) as deps:
         store = TaskStore(deps.db)
@@ -170,8 +170,11 @@ async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or
         assert await store.take_lease(task_id, "a:1", 30, None) is not None
         lease = Lease(store=store, task_id=task_id, worker="a:1", epoch=1, seconds=30)
         lease.renewed(asyncio.get_running_loop().time() + 3600)
-        other: Any = {"configurable": {"thread_id": (await _running_task(deps.db))[1],
-                                       "checkpoint_ns": ""}}
+        other_task, other_conv = await _running_task(deps.db)
+        assert await store.take_lease(other_task, "a:1", 30, None) is not None
+        other_lease = Lease(store=store, task_id=other_task, worker="a:1", epoch=1, seconds=30)
+        other_lease.renewed(asyncio.get_running_loop().time() + 3600)
+        other: Any = {"configurable": {"thread_id": other_conv, "checkpoint_ns": ""}}
         config: Any = {"configurable": {"thread_id": conv, "checkpoint_ns": ""}}
         async with postgres_checkpointer(str(settings.database_url), pool_size=2) as saver, \
                 deps.db.acquire() as blocker:
@@ -179,21 +182,21 @@ async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or
             await transaction.start()
             await blocker.execute("SELECT 1 FROM tasks WHERE id = $1::uuid FOR UPDATE", task_id)
 
-            async def fenced_write() -> None:
-                token = fence.CURRENT.set(lease)
+            async def fenced_write(held: Lease, on: Any) -> None:
+                token = fence.CURRENT.set(held)
                 try:
-                    await saver.aput(config, empty_checkpoint(), {}, {})
+                    await saver.aput(on, empty_checkpoint(), {}, {})
                 finally:
                     fence.CURRENT.reset(token)
 
-            write = asyncio.create_task(fenced_write())
+            write = asyncio.create_task(fenced_write(lease, config))
             async with asyncio.timeout(20):  # until the write waits on the row's lock
                 while not await deps.db.fetchval(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                         "AND query LIKE '%idle_in_transaction_session_timeout%'"):
                     await asyncio.sleep(0.02)
-            async with asyncio.timeout(20):
-                await saver.aput(other, empty_checkpoint(), {}, {})
+            async with asyncio.timeout(20):  # another task's write and read go on meanwhile
+                await fenced_write(other_lease, other)
                 assert await saver.aget_tuple(other) is not None
             assert not write.done()
             await transaction.commit()
