@@ -1,7 +1,8 @@
 """Checkpoint writes from many tasks at once in one process, as a worker makes them: C writers
 (tasks), each writing S steps of a checkpoint (`aput`, a ~2 KB message list as a blob) and a
 node's writes (`aput_writes`), on one saver over a psycopg pool of P connections. Three
-savers, interleaved round by round against the same Postgres:
+savers, each opened once, interleaved round by round (each first in turn) against the same
+Postgres:
 
 - LangGraph's `AsyncPostgresSaver` on the pool (the anchor, unfenced);
 - Cadre's `FencedPostgresSaver` unfenced (`cadre run`, tests);
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,17 @@ async def _bench(url: str, writers: int, steps: int, pool_size: int, rounds: int
     latencies: dict[str, list[float]] = {name: [] for name, _, _ in sides}
     print(f"{writers} tasks at once x {steps} steps (an aput and an aput_writes each), "
           f"pool of {pool_size} connections, {rounds} rounds (+1 warm-up) interleaved")
-    for number in range(rounds + 1):
-        for name, opened, fenced in sides:
-            async with opened() as saver:
+    async with AsyncExitStack() as stack:
+        # Each saver's pool is opened once: the warm-up round fills it.
+        savers = [(name, await stack.enter_async_context(opened()), fenced)
+                  for name, opened, fenced in sides]
+        for number in range(rounds + 1):
+            order = savers[number % len(savers):] + savers[:number % len(savers)]
+            for name, saver, fenced in order:
                 rate, times = await _round(saver, tasks, steps, leases if fenced else None)
-            if number:
-                rates[name].append(rate)
-                latencies[name].extend(times)
+                if number:
+                    rates[name].append(rate)
+                    latencies[name].extend(times)
     for name, _, _ in sides:
         ms = [t * 1000 for t in latencies[name]]
         print(f"  {name:<30} {statistics.median(rates[name]):8.0f} writes/s   "

@@ -195,8 +195,8 @@ _ONE_STATEMENT: dict[str, tuple[str, tuple[int, ...] | None]] = {
 class _OneStatementCursor:
     """The saver's cursor for its writes, where `executemany` of the rows of one blob or
     writes insert is one statement of arrays instead of one statement per row: a 3-call
-    task's 60 row inserts become 9 statements (docs/performance.md). Everything else goes to
-    the cursor as it is."""
+    task's 60 row inserts become 9 statements (docs/performance.md); rows one statement may
+    not hold go one `execute` each. Everything else goes to the cursor as it is."""
 
     def __init__(self, cursor: AsyncCursor[DictRow]) -> None:
         self._cursor = cursor
@@ -210,7 +210,14 @@ class _OneStatementCursor:
             if key is None or len({tuple(row[i] for i in key) for row in rows}) == len(rows):
                 await self._cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
                 return
-        await self._cursor.executemany(query, rows, **kwargs)
+        if kwargs:
+            await self._cursor.executemany(query, rows, **kwargs)
+            return
+        # A statement per row, not psycopg's executemany: that pipelines its rows, and in a
+        # write under a lease every statement must be answered before the next is sent
+        # (FencedPostgresSaver._cursor).
+        for row in rows:
+            await self._cursor.execute(query, row)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)

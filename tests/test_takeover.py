@@ -71,11 +71,18 @@ async def _take_over(store: TaskStore, task_id: str, worker: str) -> int:
     return int(taken["epoch"])
 
 
+async def _backend_pid(saver: Any) -> int:
+    async with saver.conn.connection() as conn:
+        row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+        return int(row["pid"])
+
+
 def _plan(number: int) -> PlanMade:
     return PlanMade(number=number, steps=[PlanItem(number=1, description="x", status="pending")])
 
 
-async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Settings) -> None:
+async def test_every_write_of_a_run_that_lost_its_lease_is_refused(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     async with open_deps(settings) as deps:
         store, events = TaskStore(deps.db), EventLog(deps.redis)
         task_id, conv = await _running_task(deps.db)
@@ -114,6 +121,7 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
         # One connection: the refused writes must leave it fit for the next statement.
         async with postgres_checkpointer(str(settings.database_url), pool_size=1) as saver:
             config: Any = {"configurable": {"thread_id": conv, "checkpoint_ns": ""}}
+            before = await _backend_pid(saver)
             token = fence.CURRENT.set(old)
             try:
                 with pytest.raises(fence.LeaseLost):  # a checkpoint
@@ -127,6 +135,9 @@ async def test_every_write_of_a_run_that_lost_its_lease_is_refused(settings: Set
             assert await saver.aget_tuple(config) is None
             assert not await deps.db.fetchval(
                 "SELECT count(*) FROM checkpoint_writes WHERE thread_id = $1", conv)
+            # The same session, back in the pool idle (not rolled back or replaced by it).
+            assert await _backend_pid(saver) == before
+            assert not [r for r in caplog.records if r.name.startswith("psycopg")]
         async with deps.db.acquire() as conn:  # the task's end
             assert not await store.finish(conn, task_id, TaskStatus.SUCCEEDED, output="old",
                                           error=None, usage=None, lease=("a:1", 1))
@@ -180,6 +191,9 @@ async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or
                 deps.db.acquire() as blocker:
             transaction = blocker.transaction()
             await transaction.start()
+            # The blocker's session must outlast the test: on its 15 s idle timeout the server
+            # would end it and free the row.
+            await blocker.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             await blocker.execute("SELECT 1 FROM tasks WHERE id = $1::uuid FOR UPDATE", task_id)
 
             async def fenced_write(held: Lease, on: Any) -> None:
