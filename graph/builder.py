@@ -151,7 +151,7 @@ class FencedPostgresSaver(AsyncPostgresSaver):
         worker's tasks read and wrote their checkpoints one at a time, on one connection of
         the pool (LangGraph issue #7259). Here each call takes a connection of the pool.
         The lock stays for a saver on one shared connection, which Cadre never opens."""
-        if not isinstance(self.conn, AsyncConnectionPool) or self.pipe:
+        if not isinstance(self.conn, AsyncConnectionPool):  # (a pool cannot have a `pipe`)
             async with super()._cursor(pipeline=pipeline) as cur:
                 yield cur
             return

@@ -77,6 +77,14 @@ async def _backend_pid(saver: Any) -> int:
         return int(row["pid"])
 
 
+async def _leased(store: TaskStore, task_id: str) -> Lease:
+    """The task leased to worker a:1 (epoch 1), with a lease fresh by its own clock."""
+    assert await store.take_lease(task_id, "a:1", 30, None) is not None
+    lease = Lease(store=store, task_id=task_id, worker="a:1", epoch=1, seconds=30)
+    lease.renewed(asyncio.get_running_loop().time() + 3600)
+    return lease
+
+
 def _plan(number: int) -> PlanMade:
     return PlanMade(number=number, steps=[PlanItem(number=1, description="x", status="pending")])
 
@@ -178,13 +186,9 @@ async def test_a_checkpoint_write_waiting_on_its_lease_holds_up_no_other_read_or
     async with open_deps(settings) as deps:
         store = TaskStore(deps.db)
         task_id, conv = await _running_task(deps.db)
-        assert await store.take_lease(task_id, "a:1", 30, None) is not None
-        lease = Lease(store=store, task_id=task_id, worker="a:1", epoch=1, seconds=30)
-        lease.renewed(asyncio.get_running_loop().time() + 3600)
+        lease = await _leased(store, task_id)
         other_task, other_conv = await _running_task(deps.db)
-        assert await store.take_lease(other_task, "a:1", 30, None) is not None
-        other_lease = Lease(store=store, task_id=other_task, worker="a:1", epoch=1, seconds=30)
-        other_lease.renewed(asyncio.get_running_loop().time() + 3600)
+        other_lease = await _leased(store, other_task)
         other: Any = {"configurable": {"thread_id": other_conv, "checkpoint_ns": ""}}
         config: Any = {"configurable": {"thread_id": conv, "checkpoint_ns": ""}}
         async with postgres_checkpointer(str(settings.database_url), pool_size=2) as saver, \
