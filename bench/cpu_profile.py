@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.deps import open_deps  # noqa: E402
+from bench.anchor import Anchor  # noqa: E402
 from bench.throughput import (  # noqa: E402
     _model,
     add_tokens_option,
@@ -115,8 +116,8 @@ def delta(before: dict[str, dict[int, float]],
 
 
 def _order(label: str) -> tuple[int, str]:
-    for rank, prefix in enumerate(("bench", "fake model", "worker", "postgres", "redis", "sqs",
-                                   "py-spy")):
+    for rank, prefix in enumerate(("bench", "fake model", "worker", "anchor", "postgres", "redis",
+                                   "sqs", "py-spy")):
         if label.startswith(prefix):
             return rank, label
     return 99, label
@@ -136,10 +137,11 @@ def print_cpu(used: dict[str, float], tasks: int, wall: float,
             net = (used[label] - rate * wall) / tasks * 1000
             line += f" {rate * 1000:>9.1f} {net:>19.1f}"
         print(line)
-    workers = [v for k, v in used.items() if k.startswith("worker ")]
-    if len(workers) > 1:
-        print(f"  {'(all workers)':<38} {sum(workers):>7.2f} {sum(workers) / tasks * 1000:>8.1f} "
-              f"{sum(workers) / total:>6.1%}")
+    for kind in ("worker", "anchor"):
+        procs = [v for k, v in used.items() if k.startswith(f"{kind} ")]
+        if len(procs) > 1:
+            print(f"  {f'(all {kind}s)':<38} {sum(procs):>7.2f} {sum(procs) / tasks * 1000:>8.1f} "
+                  f"{sum(procs) / total:>6.1%}")
     cores = psutil.cpu_count() or 1
     print(f"  {'total':<38} {total:>7.2f} {total / tasks * 1000:>8.1f} {1:>6.0%}")
     print(f"  {total:.1f} CPU s in {wall:.1f} s wall = {total / wall:.2f} of {cores} cores busy "
@@ -360,9 +362,33 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
             if py_spy:
                 await _profiled_round(http, deps, counts[0], named, procs, args, py_spy, out_dir)
             await stop_workers(deps, procs)
+            if args.anchor:
+                await _anchor_round(settings.database_url, f"http://127.0.0.1:{port}/v1",
+                                    counts[0], named, args, idle)
     finally:
         model.stdin.close()
         await model.wait()
+
+
+async def _anchor_round(database_url: str, model_url: str, count: int, named: dict[int, str],
+                        args: argparse.Namespace, idle: dict[str, float] | None) -> None:
+    """The same count of tasks, three model calls each, through LangGraph's prebuilt agent in
+    as many processes as there were workers (bench/anchor.py), on the same Postgres."""
+    anchor = await Anchor.start(database_url, model_url, args.workers, count, args.concurrency,
+                                "anchor round")
+    named.update({pid: f"anchor {i + 1}" for i, pid in enumerate(anchor.pids)})
+    _mark_machine()
+    before = sample(named)
+    try:
+        r = await anchor.run()
+        used = delta(before, sample(named))
+    finally:
+        await anchor.close()
+    print(f"\n== anchor: LangGraph's create_react_agent, the same model, Postgres and checkpointer "
+          f"(bench/anchor.py), nothing of Cadre ==\n\n{count} tasks, {args.workers} processes x "
+          f"{args.concurrency} at once: {r['tasks_per_s']:.2f} tasks/s, wall {r['wall']:.1f} s, "
+          f"task p50 {r['duration_p50']:.2f} s")
+    print_cpu(used, count, r["wall"], idle)
 
 
 async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str],
@@ -427,6 +453,9 @@ def main() -> None:
     parser.add_argument("--all-threads", action="store_true",
                         help="py-spy samples every thread it sees running, not only the one "
                              "holding the GIL (counts threads waiting for a core too)")
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="skip the last round, the same tasks through LangGraph's prebuilt "
+                             "agent (bench/anchor.py)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="directory to keep py-spy's raw stacks in")
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)

@@ -2,10 +2,13 @@
 and N `cadre worker` processes, against a fake OpenAI-compatible model that answers after a
 set latency (default 1 s, like a real model). Each task is plan -> answer -> verify (three
 model calls). Prints tasks/s, time to first event (queued -> a worker's RUNNING event) and
-task duration per configuration, and what that means per day. Asserts nothing.
+task duration per configuration, and what that means per day; after each worker count, the
+same rounds through the anchor, LangGraph's prebuilt agent in as many processes with three
+model calls a task (bench/anchor.py; `--no-anchor` skips it). Asserts nothing.
 
     .venv/bin/python bench/throughput.py [--workers 1,2,4] [--tasks 10,100] [--latency 1.0]
                                          [--concurrency 32] [--rate 5] [--tokens 0]
+                                         [--no-anchor]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from app.queue import ensure_queues, sqs_client  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.stack.ephemeral import ephemeral_services  # noqa: E402
 from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
+from bench.anchor import Anchor, anchor_answer  # noqa: E402
 from graph.status import TaskStatus  # noqa: E402
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  # noqa: E402
 
@@ -69,6 +73,9 @@ def _model(latency: float, tokens: int = 0) -> Any:
     pieces = max(1, tokens)
 
     def respond(body: dict[str, Any]) -> FakeResponse:
+        anchored = anchor_answer(body, latency, pieces, answer)
+        if anchored is not None:
+            return anchored
         choice = body.get("tool_choice")
         name = choice["function"]["name"] if isinstance(choice, dict) else None
         if name == "submit_plan":
@@ -188,7 +195,7 @@ async def api_client(deps: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int],
                  tasks_list: list[int], latency: float, rate: float | None,
-                 tokens: int = 0) -> None:
+                 tokens: int = 0, anchor: bool = True) -> None:
     async with FakeOpenAIServer() as model, open_deps(settings) as deps, api_client(deps) as http:
         model.responder = _model(latency, tokens)
         arrivals = f"{rate:g} submitted a second" if rate else "each round submitted at once"
@@ -205,7 +212,29 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
                       f"{r['ttfe_p50']:>8.2f}s {r['ttfe_p99']:>8.2f}s {r['duration_p50']:>8.2f}s "
                       f"{r['tasks_per_s'] * 86400:>10,.0f} {int(r['failed']):>6}")
             await stop_workers(deps, procs)
+            if anchor and not rate:
+                for count in tasks_list:
+                    a = await _anchor_round(settings, model.base_url, n_workers, count,
+                                            int(env["CADRE_WORKER_CONCURRENCY"]))
+                    print(f"{n_workers:>7} {count:>6} {a['tasks_per_s']:>8.2f} {'-':>9} "
+                          f"{'-':>9} {a['duration_p50']:>8.2f}s {a['tasks_per_s'] * 86400:>10,.0f} "
+                          f"{'-':>6}  anchor: create_react_agent, {n_workers} processes")
     print("target: 10,000 tasks/day (0.12 tasks/s)")
+    if anchor and rate:
+        print("(no anchor rows: the anchor submits each round at once, not at a rate)")
+
+
+async def _anchor_round(settings: Settings, model_url: str, processes: int, count: int,
+                        concurrency: int) -> dict[str, float]:
+    """The same count of three-call tasks through LangGraph's prebuilt agent (bench/anchor.py)
+    in as many processes as there were workers, each as many tasks at once."""
+    assert settings.database_url is not None
+    anchor = await Anchor.start(settings.database_url, model_url, processes, count, concurrency,
+                                f"round {next(_ROUNDS)} anchor")
+    try:
+        return await anchor.run()
+    finally:
+        await anchor.close()
 
 
 @contextmanager
@@ -245,12 +274,15 @@ def main() -> None:
                         help="submit this many tasks a second, evenly spaced, instead of each "
                              "round at once (a load below saturation)")
     add_tokens_option(parser)
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="skip the anchor rows: the same tasks through LangGraph's prebuilt "
+                             "agent (bench/anchor.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):
         asyncio.run(_bench(settings, env, [int(w) for w in args.workers.split(",")],
                            [int(t) for t in args.tasks.split(",")], args.latency, args.rate,
-                           args.tokens))
+                           args.tokens, args.anchor))
 
 if __name__ == "__main__":
     main()
