@@ -82,7 +82,8 @@ async def _run(database_url: str, model_url: str, tasks: int, concurrency: int,
 
         await asyncio.gather(*(one(n, False) for n in range(WARMUP)))
         print("ready", flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        if not await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline):
+            return {}  # the parent went away
         began = time.time()
         await asyncio.gather(*(one(n, True) for n in range(tasks)))
         return {"began": began, "ended": time.time(), "durations": durations}
@@ -91,6 +92,8 @@ async def _run(database_url: str, model_url: str, tasks: int, concurrency: int,
 async def _serve(args: argparse.Namespace) -> None:
     result = await _run(args.database_url, args.model_url, args.tasks, args.concurrency,
                         args.label)
+    if not result:
+        return
     print(json.dumps(result), flush=True)
     # Stay until told, so that the parent can read this process's CPU time after the round.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -114,12 +117,14 @@ class Anchor:
             "--tasks", str(n), "--concurrency", str(concurrency), "--label", f"{label} {i}",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
             for i, n in enumerate(share)]
+        anchor = cls(procs)
         for proc in procs:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
             if line.strip() != b"ready":
-                raise RuntimeError(f"anchor process failed to start: {line!r}")
-        return cls(procs)
+                await anchor.close()
+                raise RuntimeError(f"an anchor process failed to start: {line!r}")
+        return anchor
 
     async def run(self) -> dict[str, float]:
         """tasks/s (all tasks over the first begin to the last end) and task p50; the
@@ -141,6 +146,7 @@ class Anchor:
                 "duration_p50": durations[len(durations) // 2]}
 
     async def close(self) -> None:
+        """End the processes (each exits when its stdin closes)."""
         for proc in self.procs:
             if proc.stdin is not None:
                 proc.stdin.close()

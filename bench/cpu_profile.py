@@ -11,12 +11,18 @@ With py-spy (on PATH or `--py-spy PATH`) it then runs one more round at the firs
 with every worker and this process (API + load generator) sampled (`--gil`: the
 thread holding the GIL, i.e. Python's own CPU, not C code that released it), and prints the
 hottest functions by self and inclusive time and the share of samples per package. The
-psutil rounds run without py-spy, so its own cost (also printed) does not skew them. Asserts
-nothing.
+psutil rounds run without py-spy, so its own cost (also printed) does not skew them.
+
+Last, the anchor (bench/anchor.py; `--no-anchor` skips it): the first round's count of tasks,
+three model calls each, through LangGraph's prebuilt `create_react_agent` in as many processes
+as there are workers, as many at once in each, on the same Postgres, checkpointer and fake
+model, with the same accounting (and, with py-spy, a round with its processes sampled).
+Asserts nothing.
 
     .venv/bin/python bench/cpu_profile.py [--workers 2] [--tasks 200,30] [--concurrency 64]
                                           [--latency 1.0] [--tokens 0] [--warmup 20] [--idle 5]
                                           [--py-spy PATH | --no-py-spy] [--keep DIR]
+                                          [--no-anchor]
 """
 
 from __future__ import annotations
@@ -364,37 +370,57 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
             await stop_workers(deps, procs)
             if args.anchor:
                 await _anchor_round(settings.database_url, f"http://127.0.0.1:{port}/v1",
-                                    counts[0], named, args, idle)
+                                    counts[0], named, args, idle, py_spy, out_dir)
     finally:
         model.stdin.close()
         await model.wait()
 
 
 async def _anchor_round(database_url: str, model_url: str, count: int, named: dict[int, str],
-                        args: argparse.Namespace, idle: dict[str, float] | None) -> None:
+                        args: argparse.Namespace, idle: dict[str, float] | None,
+                        py_spy: str | None, out_dir: Path) -> None:
     """The same count of tasks, three model calls each, through LangGraph's prebuilt agent in
-    as many processes as there were workers (bench/anchor.py), on the same Postgres."""
-    anchor = await Anchor.start(database_url, model_url, args.workers, count, args.concurrency,
-                                "anchor round")
-    named.update({pid: f"anchor {i + 1}" for i, pid in enumerate(anchor.pids)})
-    _mark_machine()
-    before = sample(named)
-    try:
-        r = await anchor.run()
-        used = delta(before, sample(named))
-    finally:
-        await anchor.close()
-    print(f"\n== anchor: LangGraph's create_react_agent, the same model, Postgres and checkpointer "
-          f"(bench/anchor.py), nothing of Cadre ==\n\n{count} tasks, {args.workers} processes x "
-          f"{args.concurrency} at once: {r['tasks_per_s']:.2f} tasks/s, wall {r['wall']:.1f} s, "
-          f"task p50 {r['duration_p50']:.2f} s")
-    print_cpu(used, count, r["wall"], idle)
+    as many processes as there were workers (bench/anchor.py), on the same Postgres; with
+    py-spy, once more with the anchor's processes sampled."""
+    print("\n== anchor: LangGraph's create_react_agent, the same model, Postgres and "
+          "checkpointer (bench/anchor.py), nothing of Cadre ==")
+    for profiled in (False, True) if py_spy else (False,):
+        anchor = await Anchor.start(database_url, model_url, args.workers, count,
+                                    args.concurrency, f"anchor round {int(profiled)}")
+        named.update({pid: f"anchor {i + 1}" for i, pid in enumerate(anchor.pids)})
+        try:
+            spies = {}
+            if profiled:
+                assert py_spy is not None
+                spies = await _start_spies({f"anchor{i + 1}": pid for i, pid in enumerate(
+                    anchor.pids)}, args, py_spy, out_dir)
+                print(f"\nprofiled: {_spy_flags(args)} on each anchor process")
+            _mark_machine()
+            before = sample(named)
+            r = await anchor.run()
+            used = delta(before, sample(named))
+            await _stop_spies(spies, out_dir)
+        finally:
+            await anchor.close()
+        print(f"\n{count} tasks, {args.workers} processes x {args.concurrency} at once: "
+              f"{r['tasks_per_s']:.2f} tasks/s, wall {r['wall']:.1f} s, "
+              f"task p50 {r['duration_p50']:.2f} s")
+        print_cpu(used, count, r["wall"], None if profiled else idle)
+        if profiled:
+            stacks = [s for i in range(args.workers) if (out_dir / f"anchor{i + 1}.txt").exists()
+                      for s in parse_raw(out_dir / f"anchor{i + 1}.txt")]
+            print_profile(f"anchor processes ({args.workers}, merged)", stacks, args.top,
+                          args.rate, sum(v for k, v in used.items() if k.startswith("anchor ")))
 
 
-async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str],
-                          procs: list[Any], args: argparse.Namespace, py_spy: str,
-                          out_dir: Path) -> None:
-    targets = {"api": os.getpid(), **{f"worker{i + 1}": p.pid for i, p in enumerate(procs)}}
+def _spy_flags(args: argparse.Namespace) -> str:
+    return (f"py-spy {'--nonblocking ' if args.nonblocking else ''}"
+            f"{'' if args.all_threads else '--gil '}at {args.rate}/s")
+
+
+async def _start_spies(targets: dict[str, int], args: argparse.Namespace, py_spy: str,
+                       out_dir: Path) -> dict[str, Any]:
+    """py-spy recording each of `targets` (name: pid) into `out_dir`/name.txt."""
     flags = ["--format", "raw", "--function", "--full-filenames", "--rate", str(args.rate)]
     if args.nonblocking:
         flags.append("--nonblocking")
@@ -405,10 +431,10 @@ async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         for name, pid in targets.items()}
     await asyncio.sleep(1.0)  # let py-spy attach
-    print(f"\n== profiled round: py-spy {'--nonblocking ' if args.nonblocking else ''}"
-          f"{'' if args.all_threads else '--gil '}at "
-          f"{args.rate}/s on the API process and each worker ==")
-    r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
+    return spies
+
+
+async def _stop_spies(spies: dict[str, Any], out_dir: Path) -> None:
     errors = {}
     for name, spy in spies.items():
         if spy.returncode is None:
@@ -418,6 +444,16 @@ async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str
             errors[name] = err.decode(errors="replace").strip().splitlines()[-1:]
     if errors:
         print(f"py-spy wrote nothing for {errors}")
+
+
+async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str],
+                          procs: list[Any], args: argparse.Namespace, py_spy: str,
+                          out_dir: Path) -> None:
+    targets = {"api": os.getpid(), **{f"worker{i + 1}": p.pid for i, p in enumerate(procs)}}
+    spies = await _start_spies(targets, args, py_spy, out_dir)
+    print(f"\n== profiled round: {_spy_flags(args)} on the API process and each worker ==")
+    r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
+    await _stop_spies(spies, out_dir)
     worker_stacks = [s for i in range(len(procs)) if (out_dir / f"worker{i + 1}.txt").exists()
                      for s in parse_raw(out_dir / f"worker{i + 1}.txt")]
     worker_cpu = sum(v for k, v in r.items() if k.startswith("worker "))

@@ -218,7 +218,8 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
                                             int(env["CADRE_WORKER_CONCURRENCY"]))
                     print(f"{n_workers:>7} {count:>6} {a['tasks_per_s']:>8.2f} {'-':>9} "
                           f"{'-':>9} {a['duration_p50']:>8.2f}s {a['tasks_per_s'] * 86400:>10,.0f} "
-                          f"{'-':>6}  anchor: create_react_agent, {n_workers} processes")
+                          f"{'-':>6}  anchor: create_react_agent, {n_workers} "
+                          f"process{'es' if n_workers > 1 else ''}")
     print("target: 10,000 tasks/day (0.12 tasks/s)")
     if anchor and rate:
         print("(no anchor rows: the anchor submits each round at once, not at a rate)")
