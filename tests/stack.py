@@ -31,7 +31,11 @@ class UpProcess:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"cadre up exited ({self.proc.returncode}):\n{self.text}")
                 await asyncio.sleep(0.2)
-        await asyncio.wait_for(_poll(), timeout)
+        try:
+            await asyncio.wait_for(_poll(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no line with {needle!r} from cadre up in {timeout:g}s:\n"
+                                 f"{self.text}") from None
 
     async def finish(self, timeout: float = 90) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)

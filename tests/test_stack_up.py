@@ -83,7 +83,8 @@ async def test_up_doctor_keys_supervise_stop_restart(
     ran = await run_cadre("run", "What is 6 times 7?", "--max-iterations", "2", "--reject-all",
                           env=clean_env, cwd=tmp_path, timeout=300)
     assert ran.code in (0, 1), ran.stdout + ran.stderr
-    assert "tiny offline model" in ran.stdout and "[ 2] plan" in ran.stdout
+    assert "tiny offline model" in ran.stdout and "[ 2] plan" in ran.stdout, \
+        ran.stdout + ran.stderr
     conn = await asyncpg.connect(stack["env"]["DATABASE_URL"])  # type: ignore[index]
     try:
         status, steps = await conn.fetchrow(
@@ -91,7 +92,7 @@ async def test_up_doctor_keys_supervise_stop_restart(
             "GROUP BY t.id")
     finally:
         await conn.close()
-    assert status in ("SUCCEEDED", "FAILED") and steps >= 2
+    assert status in ("SUCCEEDED", "FAILED") and steps >= 2, (status, steps, ran.stdout)
 
     # The same through the API, as with curl: submit, then follow the live stream to the end.
     admin_key = next(line.strip() for line in up.lines if line.strip().startswith("cadre_"))
@@ -111,8 +112,8 @@ async def test_up_doctor_keys_supervise_stop_restart(
                     await http.post(f"/v1/tasks/{created['id']}/approvals/{held['approval_id']}",
                                     json={"decision": "reject"})
         task = (await http.get(f"/v1/tasks/{created['id']}")).json()
-    assert types[0] == "status" and types[-1] == "status" and "plan" in types
-    assert task["status"] in ("SUCCEEDED", "FAILED") and task["steps"]
+    assert types[0] == "status" and types[-1] == "status" and "plan" in types, (types, task)
+    assert task["status"] in ("SUCCEEDED", "FAILED") and task["steps"], task
     assert any(("worker-" in line and created["id"] in line) or "RUNNING" in line
                for line in up.lines) or task["started_at"]
 
@@ -124,7 +125,7 @@ async def test_up_doctor_keys_supervise_stop_restart(
     assert alive.exists(key)
     os.kill(old_worker, signal.SIGKILL)
     await up.wait_for_line("worker-1 exited", timeout=30)
-    assert not alive.exists(key)
+    assert not alive.exists(key), up.text
     alive.close()
     for _ in range(100):
         new_worker = _stack_file(tmp_path)["processes"]["worker-1"]  # type: ignore[index]
@@ -136,7 +137,7 @@ async def test_up_doctor_keys_supervise_stop_restart(
 
     # SIGTERM stops everything, leaving no process behind.
     family = _family(up.proc.pid)
-    assert len(family) >= 6
+    assert len(family) >= 6, family
     up.proc.send_signal(signal.SIGTERM)
     assert await up.finish() == 0, up.text
     assert await _all_gone(family) == []
