@@ -2,7 +2,8 @@
 a task of the same three model calls (a tool call, another, then the answer) against the same
 fake model, on Cadre's Postgres checkpointer (`durability="sync"`, as Cadre runs), in
 `processes` processes of `concurrency` tasks at once each: what the chosen stack costs with
-none of Cadre (no API, queue, leases, records, events, window or checks).
+none of Cadre (no API, queue, leases, records, events, window or checks). Its calls are
+answered whole; Cadre streams its answer's call (docs/performance.md, "Fifth pass").
 
 `bench/throughput.py` and `bench/cpu_profile.py` run it after their own rounds, in the same
 run, against the same Postgres and fake model. This file is also the anchor's process:
@@ -20,10 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 import uuid
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +63,7 @@ async def _run(database_url: str, model_url: str, tasks: int, concurrency: int,
     from langgraph.prebuilt import create_react_agent
 
     @tool(TOOL)
-    def lookup(n: int) -> str:
+    async def lookup(n: int) -> str:
         """Look a number up."""
         return f"value {n}"
 
@@ -78,7 +82,7 @@ async def _run(database_url: str, model_url: str, tasks: int, concurrency: int,
                         stream_mode="updates", durability="sync"):
                     pass
                 if keep:
-                    durations.append(time.time() - began)
+                    durations.append(round(time.time() - began, 4))
 
         await asyncio.gather(*(one(n, False) for n in range(WARMUP)))
         print("ready", flush=True)
@@ -99,9 +103,17 @@ async def _serve(args: argparse.Namespace) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
+# A child's result line holds every task's duration: far above asyncio's 64 KiB line limit
+# for a few thousand tasks.
+_LINE_LIMIT = 1 << 24
+_START_SECONDS = 120
+_STOP_SECONDS = 10
+
+
 class Anchor:
-    """`processes` anchor processes, started and warmed up; `run()` starts their tasks at once
-    and waits for them. `pids` are for CPU accounting."""
+    """`processes` anchor processes, started and warmed up (`start`, or `running` to have
+    them ended whatever happens); `run()` starts their tasks at once and waits for them.
+    `pids` are for CPU accounting."""
 
     def __init__(self, procs: list[asyncio.subprocess.Process]) -> None:
         self.procs = procs
@@ -112,18 +124,20 @@ class Anchor:
                     concurrency: int, label: str) -> Anchor:
         share = [tasks // processes + (1 if i < tasks % processes else 0)
                  for i in range(processes)]
-        procs = [await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--database-url", database_url, "--model-url", model_url,
-            "--tasks", str(n), "--concurrency", str(concurrency), "--label", f"{label} {i}",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
-            for i, n in enumerate(share)]
-        anchor = cls(procs)
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await proc.stdout.readline()
-            if line.strip() != b"ready":
-                await anchor.close()
-                raise RuntimeError(f"an anchor process failed to start: {line!r}")
+        anchor = cls([])
+        try:
+            for i, n in enumerate(share):
+                anchor.procs.append(await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--database-url", database_url,
+                    "--model-url", model_url, "--tasks", str(n), "--concurrency",
+                    str(concurrency), "--label", f"{label} {i}", stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, cwd=ROOT, limit=_LINE_LIMIT))
+            await asyncio.wait_for(asyncio.gather(*(_ready(p) for p in anchor.procs)),
+                                   _START_SECONDS)
+        except BaseException:
+            await anchor.close()
+            raise
+        anchor.pids = [p.pid for p in anchor.procs]
         return anchor
 
     async def run(self) -> dict[str, float]:
@@ -138,19 +152,50 @@ class Anchor:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"anchor process exited {await proc.wait()}")
+                raise RuntimeError(f"an anchor process exited {await proc.wait()} mid-round")
             results.append(json.loads(line))
-        durations = sorted(d for r in results for d in r["durations"])
+        durations = [d for r in results for d in r["durations"]]
         wall = max(r["ended"] for r in results) - min(r["began"] for r in results)
         return {"tasks_per_s": len(durations) / wall, "wall": wall,
-                "duration_p50": durations[len(durations) // 2]}
+                "duration_p50": statistics.median(durations)}
 
     async def close(self) -> None:
-        """End the processes (each exits when its stdin closes)."""
+        """End the processes: each exits when its stdin closes, or is killed after a grace
+        period (one still in its round, after another failed)."""
         for proc in self.procs:
             if proc.stdin is not None:
                 proc.stdin.close()
-        await asyncio.gather(*(p.wait() for p in self.procs))
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), _STOP_SECONDS)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, database_url: str, model_url: str, processes: int, tasks: int,
+                      concurrency: int, label: str) -> AsyncIterator[Anchor]:
+        anchor = await cls.start(database_url, model_url, processes, tasks, concurrency, label)
+        try:
+            yield anchor
+        finally:
+            await anchor.close()
+
+
+async def _ready(proc: asyncio.subprocess.Process) -> None:
+    """Until the process says `ready`; anything else it prints first goes to stderr."""
+    assert proc.stdout is not None
+    while (line := await proc.stdout.readline()).strip() != b"ready":
+        if not line:
+            raise RuntimeError(f"an anchor process exited {await proc.wait()} while starting")
+        sys.stderr.write(f"anchor: {line.decode(errors='replace')}")
+
+
+def add_anchor_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="skip the anchor: the same tasks through LangGraph's prebuilt agent "
+                             "(bench/anchor.py)")
 
 
 def main() -> None:

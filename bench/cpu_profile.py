@@ -46,8 +46,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.deps import open_deps  # noqa: E402
-from bench.anchor import Anchor  # noqa: E402
+from app.deps import open_deps, require_database_url  # noqa: E402
+from bench.anchor import Anchor, add_anchor_option  # noqa: E402
 from bench.throughput import (  # noqa: E402
     _model,
     add_tokens_option,
@@ -369,43 +369,46 @@ async def _bench(args: argparse.Namespace, settings: Any, env: dict[str, str],
                 await _profiled_round(http, deps, counts[0], named, procs, args, py_spy, out_dir)
             await stop_workers(deps, procs)
             if args.anchor:
-                await _anchor_round(settings.database_url, f"http://127.0.0.1:{port}/v1",
-                                    counts[0], named, args, idle, py_spy, out_dir)
+                await _anchor_round(require_database_url(settings), f"http://127.0.0.1:{port}/v1",
+                                    counts[0], named, args, py_spy, out_dir)
     finally:
         model.stdin.close()
         await model.wait()
 
 
 async def _anchor_round(database_url: str, model_url: str, count: int, named: dict[int, str],
-                        args: argparse.Namespace, idle: dict[str, float] | None,
-                        py_spy: str | None, out_dir: Path) -> None:
+                        args: argparse.Namespace, py_spy: str | None, out_dir: Path) -> None:
     """The same count of tasks, three model calls each, through LangGraph's prebuilt agent in
     as many processes as there were workers (bench/anchor.py), on the same Postgres; with
-    py-spy, once more with the anchor's processes sampled."""
+    py-spy, once more with the anchor's processes sampled. (No column net of idle: the idle
+    window was measured with the workers up, polling the queue.)"""
     print("\n== anchor: LangGraph's create_react_agent, the same model, Postgres and "
           "checkpointer (bench/anchor.py), nothing of Cadre ==")
     for profiled in (False, True) if py_spy else (False,):
-        anchor = await Anchor.start(database_url, model_url, args.workers, count,
-                                    args.concurrency, f"anchor round {int(profiled)}")
-        named.update({pid: f"anchor {i + 1}" for i, pid in enumerate(anchor.pids)})
         try:
-            spies = {}
-            if profiled:
-                assert py_spy is not None
-                spies = await _start_spies({f"anchor{i + 1}": pid for i, pid in enumerate(
-                    anchor.pids)}, args, py_spy, out_dir)
-                print(f"\nprofiled: {_spy_flags(args)} on each anchor process")
-            _mark_machine()
-            before = sample(named)
-            r = await anchor.run()
-            used = delta(before, sample(named))
-            await _stop_spies(spies, out_dir)
-        finally:
-            await anchor.close()
+            async with Anchor.running(database_url, model_url, args.workers, count,
+                                      args.concurrency, f"anchor round {int(profiled)}") as anchor:
+                named.update({pid: f"anchor {i + 1}" for i, pid in enumerate(anchor.pids)})
+                spies = {}
+                if profiled:
+                    assert py_spy is not None
+                    spies = await _start_spies({f"anchor{i + 1}": pid for i, pid in enumerate(
+                        anchor.pids)}, args, py_spy, out_dir)
+                    print(f"\nprofiled: {_spy_flags(args)} on each anchor process")
+                try:
+                    _mark_machine()
+                    before = sample(named)
+                    r = await anchor.run()
+                    used = delta(before, sample(named))
+                finally:
+                    await _stop_spies(spies, out_dir)
+        except Exception as exc:
+            print(f"\nthe anchor failed: {type(exc).__name__}: {exc}")
+            return
         print(f"\n{count} tasks, {args.workers} processes x {args.concurrency} at once: "
               f"{r['tasks_per_s']:.2f} tasks/s, wall {r['wall']:.1f} s, "
               f"task p50 {r['duration_p50']:.2f} s")
-        print_cpu(used, count, r["wall"], None if profiled else idle)
+        print_cpu(used, count, r["wall"], None)
         if profiled:
             stacks = [s for i in range(args.workers) if (out_dir / f"anchor{i + 1}.txt").exists()
                       for s in parse_raw(out_dir / f"anchor{i + 1}.txt")]
@@ -452,8 +455,10 @@ async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str
     targets = {"api": os.getpid(), **{f"worker{i + 1}": p.pid for i, p in enumerate(procs)}}
     spies = await _start_spies(targets, args, py_spy, out_dir)
     print(f"\n== profiled round: {_spy_flags(args)} on the API process and each worker ==")
-    r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
-    await _stop_spies(spies, out_dir)
+    try:
+        r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
+    finally:
+        await _stop_spies(spies, out_dir)
     worker_stacks = [s for i in range(len(procs)) if (out_dir / f"worker{i + 1}.txt").exists()
                      for s in parse_raw(out_dir / f"worker{i + 1}.txt")]
     worker_cpu = sum(v for k, v in r.items() if k.startswith("worker "))
@@ -489,9 +494,7 @@ def main() -> None:
     parser.add_argument("--all-threads", action="store_true",
                         help="py-spy samples every thread it sees running, not only the one "
                              "holding the GIL (counts threads waiting for a core too)")
-    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
-                        help="skip the last round, the same tasks through LangGraph's prebuilt "
-                             "agent (bench/anchor.py)")
+    add_anchor_option(parser)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="directory to keep py-spy's raw stacks in")
     parser.add_argument("--serve-model", action="store_true", help=argparse.SUPPRESS)

@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from app import migrate  # noqa: E402
 from app.api import create_app  # noqa: E402
-from app.deps import open_deps  # noqa: E402
+from app.deps import open_deps, require_database_url  # noqa: E402
 from app.events import EventLog, StatusData  # noqa: E402
 from app.keys import create_key  # noqa: E402
 from app.queue import ensure_queues, sqs_client  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.stack.ephemeral import ephemeral_services  # noqa: E402
 from app.stack.sqs import LOCAL_CREDENTIALS  # noqa: E402
-from bench.anchor import Anchor, anchor_answer  # noqa: E402
+from bench.anchor import Anchor, add_anchor_option, anchor_answer  # noqa: E402
 from graph.status import TaskStatus  # noqa: E402
 from graph.testing import FakeOpenAIServer, FakeResponse, completion, serving  # noqa: E402
 
@@ -216,6 +216,9 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
                 for count in tasks_list:
                     a = await _anchor_round(settings, model.base_url, n_workers, count,
                                             int(env["CADRE_WORKER_CONCURRENCY"]))
+                    if isinstance(a, str):
+                        print(f"{n_workers:>7} {count:>6}  the anchor failed: {a}")
+                        continue
                     print(f"{n_workers:>7} {count:>6} {a['tasks_per_s']:>8.2f} {'-':>9} "
                           f"{'-':>9} {a['duration_p50']:>8.2f}s {a['tasks_per_s'] * 86400:>10,.0f} "
                           f"{'-':>6}  anchor: create_react_agent, {n_workers} "
@@ -226,16 +229,15 @@ async def _bench(settings: Settings, env: dict[str, str], workers_list: list[int
 
 
 async def _anchor_round(settings: Settings, model_url: str, processes: int, count: int,
-                        concurrency: int) -> dict[str, float]:
+                        concurrency: int) -> dict[str, float] | str:
     """The same count of three-call tasks through LangGraph's prebuilt agent (bench/anchor.py)
-    in as many processes as there were workers, each as many tasks at once."""
-    assert settings.database_url is not None
-    anchor = await Anchor.start(settings.database_url, model_url, processes, count, concurrency,
-                                f"round {next(_ROUNDS)} anchor")
+    in as many processes as there were workers, each as many tasks at once; or why it failed."""
     try:
-        return await anchor.run()
-    finally:
-        await anchor.close()
+        async with Anchor.running(require_database_url(settings), model_url, processes, count,
+                                  concurrency, f"round {next(_ROUNDS)} anchor") as anchor:
+            return await anchor.run()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 @contextmanager
@@ -275,9 +277,7 @@ def main() -> None:
                         help="submit this many tasks a second, evenly spaced, instead of each "
                              "round at once (a load below saturation)")
     add_tokens_option(parser)
-    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
-                        help="skip the anchor rows: the same tasks through LangGraph's prebuilt "
-                             "agent (bench/anchor.py)")
+    add_anchor_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cadre-bench-") as tmp, \
             bench_stack(Path(tmp), args.concurrency) as (settings, env):
