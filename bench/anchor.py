@@ -115,16 +115,19 @@ class Anchor:
     them ended whatever happens); `run()` starts their tasks at once and waits for them.
     `pids` are for CPU accounting."""
 
-    def __init__(self, procs: list[asyncio.subprocess.Process]) -> None:
-        self.procs = procs
-        self.pids = [p.pid for p in procs]
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     @classmethod
     async def start(cls, database_url: str, model_url: str, processes: int, tasks: int,
                     concurrency: int, label: str) -> Anchor:
         share = [tasks // processes + (1 if i < tasks % processes else 0)
                  for i in range(processes)]
-        anchor = cls([])
+        anchor = cls()
         try:
             for i, n in enumerate(share):
                 anchor.procs.append(await asyncio.create_subprocess_exec(
@@ -137,7 +140,6 @@ class Anchor:
         except BaseException:
             await anchor.close()
             raise
-        anchor.pids = [p.pid for p in anchor.procs]
         return anchor
 
     async def run(self) -> dict[str, float]:

@@ -410,10 +410,15 @@ async def _anchor_round(database_url: str, model_url: str, count: int, named: di
               f"task p50 {r['duration_p50']:.2f} s")
         print_cpu(used, count, r["wall"], None)
         if profiled:
-            stacks = [s for i in range(args.workers) if (out_dir / f"anchor{i + 1}.txt").exists()
-                      for s in parse_raw(out_dir / f"anchor{i + 1}.txt")]
-            print_profile(f"anchor processes ({args.workers}, merged)", stacks, args.top,
-                          args.rate, sum(v for k, v in used.items() if k.startswith("anchor ")))
+            print_profile(f"anchor processes ({args.workers}, merged)",
+                          _stacks(out_dir, "anchor", args.workers), args.top, args.rate,
+                          sum(v for k, v in used.items() if k.startswith("anchor ")))
+
+
+def _stacks(out_dir: Path, name: str, count: int) -> list[tuple[tuple[Frame, ...], int]]:
+    """The stacks py-spy wrote for `name`1 to `name``count`, merged."""
+    return [s for i in range(count) if (out_dir / f"{name}{i + 1}.txt").exists()
+            for s in parse_raw(out_dir / f"{name}{i + 1}.txt")]
 
 
 def _spy_flags(args: argparse.Namespace) -> str:
@@ -459,8 +464,7 @@ async def _profiled_round(http: Any, deps: Any, count: int, named: dict[int, str
         r = await _round(http, deps, count, named, args.workers, args.concurrency, None)
     finally:
         await _stop_spies(spies, out_dir)
-    worker_stacks = [s for i in range(len(procs)) if (out_dir / f"worker{i + 1}.txt").exists()
-                     for s in parse_raw(out_dir / f"worker{i + 1}.txt")]
+    worker_stacks = _stacks(out_dir, "worker", len(procs))
     worker_cpu = sum(v for k, v in r.items() if k.startswith("worker "))
     print_profile(f"workers ({len(procs)}, merged)", worker_stacks, args.top, args.rate, worker_cpu)
     if (out_dir / "api.txt").exists():
